@@ -1,0 +1,122 @@
+"""The `corral` command. Thin: options come from the settings model, work from the manager."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+from click.core import ParameterSource
+from pydantic import BaseModel
+
+from corral import __version__
+from corral.config import ConfigError, WebConfig, env_name, flagged_settings
+from corral.exit_codes import USAGE
+
+
+class GroupedOption(click.Option):
+    """An option that `--help` lists under its setting's group."""
+
+    def __init__(self, *args: Any, help_group: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help_group = help_group
+
+
+class GroupedCommand(click.Command):
+    """A command whose `--help` shows its options in sections (Binding, Workers, ...)."""
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                group = getattr(param, "help_group", "Other options")
+                sections.setdefault(group, []).append(record)
+        for group, rows in sections.items():
+            with formatter.section(group):
+                formatter.write_dl(rows)
+
+
+def setting_options(model: type[BaseModel]) -> list[click.Option]:
+    """One click option per flagged setting of `model`, with its default and variable in help."""
+    options: list[click.Option] = []
+    for name, info, spelling in flagged_settings(model):
+        default = info.get_default(call_default_factory=True)
+        shown = "" if default in (None, "", []) else f"default: {_show(default)}; "
+        help_text = f"{info.description} [{shown}env: {env_name(name)}]"
+        kwargs: dict[str, Any] = {"help": help_text, "help_group": spelling.group}
+        if info.annotation is bool:
+            kwargs.update(is_flag=True, default=None)
+        else:
+            kwargs.update(type=str, metavar=spelling.metavar or _metavar(info.annotation))
+            kwargs["multiple"] = getattr(info.annotation, "__origin__", None) is list
+        options.append(GroupedOption([*spelling.decls, name], **kwargs))
+    return options
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _metavar(annotation: Any) -> str:
+    return "N" if annotation in (int, int | None) else "TEXT"
+
+
+def given_settings(ctx: click.Context, model: type[BaseModel]) -> dict[str, Any]:
+    """The settings the user typed on the command line (not click's defaults)."""
+    return {
+        name: ctx.params[name]
+        for name, _, _ in flagged_settings(model)
+        if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+    }
+
+
+def spelling_of(model: type[BaseModel]) -> Callable[[str], str]:
+    decls = {name: spelling.decls[0].split("/")[0] for name, _, spelling in flagged_settings(model)}
+    return lambda name: decls.get(name, name.upper())
+
+
+def fail(messages: list[str]) -> None:
+    for message in messages:
+        click.echo(f"corral: error: {message}", err=True)
+    sys.exit(USAGE)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", "-V", prog_name="corral")
+def main() -> None:
+    """corral runs a Python web application: ASGI workers, supervised."""
+
+
+@main.command(
+    cls=GroupedCommand,
+    params=[click.Argument(["app"], required=False), *setting_options(WebConfig)],
+)
+@click.pass_context
+def run(ctx: click.Context, app: str | None, **_: Any) -> None:
+    """Serve APP (MODULE:ATTRIBUTE, e.g. main:app) with supervised workers.
+
+    The current directory is on the import path, as with uvicorn. Every
+    option can also be set with the environment variable shown beside it,
+    which takes precedence over the flag.
+    """
+    values = given_settings(ctx, WebConfig)
+    if app is not None:
+        values["app"] = app
+    elif "app" not in values:
+        fail(["no app given: expected `corral run MODULE:ATTRIBUTE`, such as main:app"])
+    try:
+        config = WebConfig.from_sources(
+            values, source="corral run", describe=spelling_of(WebConfig)
+        )
+    except ConfigError as error:
+        fail(error.messages)
+        return
+    from corral.manager.supervisor import Manager
+
+    sys.exit(Manager(config).run())

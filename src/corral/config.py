@@ -1,0 +1,245 @@
+"""The settings, declared once.
+
+Each setting of `WebConfig` is one typed field. Its `Flag` metadata gives its
+command-line spelling and its `--help` group; its name gives its
+`CORRAL_<NAME>` environment variable (and, later, its `corral.toml` key). The
+CLI is derived from this model (see `corral.cli`), so a setting is never
+written twice.
+
+Precedence, lowest first: model defaults, the file, flags (or `corral.run()`
+arguments), `CORRAL_*` environment variables.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+
+from corral.units import Duration
+
+ENV_PREFIX = "CORRAL_"
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a setting is spelled on the command line and where `--help` lists it."""
+
+    decls: tuple[str, ...]
+    group: str
+    metavar: str | None = None
+
+
+def flag(*decls: str, group: str, metavar: str | None = None) -> Flag:
+    return Flag(decls, group, metavar)
+
+
+class ConfigError(Exception):
+    """Settings that do not validate; each message names the setting and what was expected."""
+
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__("\n".join(messages))
+        self.messages = messages
+
+
+BINDING = "Binding"
+WORKERS = "Workers"
+HTTP = "HTTP"
+TLS = "HTTPS"
+LOGGING = "Logging"
+PROCESS = "Process"
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+
+
+class WebConfig(BaseModel):
+    """Everything `corral run APP` takes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    app: str = Field(description="The ASGI app, as MODULE:ATTRIBUTE.")
+    factory: Annotated[bool, flag("--factory/--no-factory", group=WORKERS)] = Field(
+        False, description="APP is a callable that returns the ASGI app."
+    )
+    preload: Annotated[bool, flag("--preload/--no-preload", group=WORKERS)] = Field(
+        True,
+        description="Import the app once, before forking workers, so they share its memory.",
+    )
+
+    bind: Annotated[list[str], flag("--bind", "-b", group=BINDING, metavar="ADDRESS")] = Field(
+        default_factory=list,
+        description="Listen on HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N; repeatable. "
+        "Replaces --host/--port.",
+    )
+    host: Annotated[str, flag("--host", group=BINDING)] = Field(
+        "127.0.0.1", description="Listen on this address (with --port)."
+    )
+    port: Annotated[int, flag("--port", group=BINDING)] = Field(
+        8000, ge=0, le=65535, description="Listen on this port (with --host)."
+    )
+    uds: Annotated[str | None, flag("--uds", group=BINDING, metavar="PATH")] = Field(
+        None, description="Listen on this Unix domain socket."
+    )
+    backlog: Annotated[int, flag("--backlog", group=BINDING)] = Field(
+        2048, ge=1, description="Connections the kernel queues before refusing more."
+    )
+
+    workers: Annotated[int, flag("--workers", "-w", group=WORKERS)] = Field(
+        1, ge=1, description="Number of web worker processes."
+    )
+    timeout: Annotated[Duration, flag("--timeout", group=WORKERS, metavar="SECONDS")] = Field(
+        30.0,
+        gt=0,
+        description="Kill a worker whose event loop has not answered for this long "
+        "(its stack is logged first).",
+    )
+    boot_timeout: Annotated[Duration, flag("--boot-timeout", group=WORKERS, metavar="SECONDS")] = (
+        Field(60.0, gt=0, description="Kill a worker that has not become ready in this long.")
+    )
+    graceful_timeout: Annotated[
+        Duration, flag("--graceful-timeout", group=WORKERS, metavar="SECONDS")
+    ] = Field(30.0, ge=0, description="On stop, wait this long for in-flight requests, then kill.")
+
+    keep_alive: Annotated[Duration, flag("--keep-alive", group=HTTP, metavar="SECONDS")] = Field(
+        5.0, ge=0, description="Close idle keep-alive connections after this long."
+    )
+    limit_concurrency: Annotated[int | None, flag("--limit-concurrency", group=HTTP)] = Field(
+        None, ge=1, description="Per worker, answer 503 beyond this many connections and tasks."
+    )
+    root_path: Annotated[str, flag("--root-path", group=HTTP)] = Field(
+        "", description="The ASGI root_path, for an app mounted below a URL prefix."
+    )
+    proxy_headers: Annotated[bool, flag("--proxy-headers/--no-proxy-headers", group=HTTP)] = Field(
+        True,
+        description="Trust X-Forwarded-Proto and X-Forwarded-For from --forwarded-allow-ips.",
+    )
+    forwarded_allow_ips: Annotated[
+        str | None, flag("--forwarded-allow-ips", group=HTTP, metavar="IPS")
+    ] = Field(
+        None,
+        description="Comma-separated addresses to trust proxy headers from "
+        "('*' for all; default 127.0.0.1).",
+    )
+
+    certfile: Annotated[Path | None, flag("--certfile", group=TLS, metavar="PATH")] = Field(
+        None, description="TLS certificate (PEM); serves HTTPS."
+    )
+    keyfile: Annotated[Path | None, flag("--keyfile", group=TLS, metavar="PATH")] = Field(
+        None, description="TLS private key (PEM)."
+    )
+    ca_certs: Annotated[Path | None, flag("--ca-certs", group=TLS, metavar="PATH")] = Field(
+        None, description="CA certificates to verify clients with."
+    )
+
+    access_log: Annotated[bool, flag("--access-log/--no-access-log", group=LOGGING)] = Field(
+        True, description="One line per request: client, method, path, status, duration."
+    )
+    log_level: Annotated[LogLevel, flag("--log-level", group=LOGGING)] = Field(
+        "info", description="critical, error, warning, info, debug or trace."
+    )
+
+    pidfile: Annotated[Path | None, flag("--pidfile", group=PROCESS, metavar="PATH")] = Field(
+        None, description="Write the manager's pid to this file."
+    )
+    user: Annotated[str | None, flag("--user", group=PROCESS)] = Field(
+        None, description="Run as this user (name or uid) once the sockets are bound."
+    )
+    group: Annotated[str | None, flag("--group", group=PROCESS)] = Field(
+        None, description="Run as this group (name or gid) once the sockets are bound."
+    )
+    env_file: Annotated[Path | None, flag("--env-file", group=PROCESS, metavar="PATH")] = Field(
+        None, description="Load environment variables for the app from this .env file."
+    )
+
+    @field_validator("app")
+    @classmethod
+    def _app_is_module_attribute(cls, value: str) -> str:
+        module, _, attribute = value.partition(":")
+        if not module or not attribute:
+            raise ValueError(f"expected MODULE:ATTRIBUTE such as main:app, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> WebConfig:
+        if self.keyfile and not self.certfile:
+            raise ValueError("--keyfile needs --certfile")
+        return self
+
+    @classmethod
+    def from_sources(
+        cls,
+        values: Mapping[str, Any],
+        *,
+        source: str,
+        describe: Callable[[str], str] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> WebConfig:
+        """Validate `values`, overridden by `CORRAL_*` variables, or raise ConfigError.
+
+        `describe(name)` says how the user spelled a setting (its flag, say),
+        so that a message points at what the user typed.
+        """
+        environ = os.environ if environ is None else environ
+        from_env = env_values(cls, environ)
+        merged = {**values, **from_env}
+        try:
+            return cls.model_validate(merged)
+        except ValidationError as error:
+            messages = []
+            for problem in error.errors():
+                name = str(problem["loc"][0]) if problem["loc"] else ""
+                if name in from_env:
+                    where = env_name(name)
+                elif describe is not None and name:
+                    where = describe(name)
+                else:
+                    where = f"{source}: {name}" if name else source
+                messages.append(_explain(cls, where, name, problem))
+            raise ConfigError(messages) from None
+
+
+def flagged_settings(model: type[BaseModel]) -> Iterator[tuple[str, FieldInfo, Flag]]:
+    """The settings of `model` that have a command-line flag, in declaration order."""
+    for name, info in model.model_fields.items():
+        for marker in info.metadata:
+            if isinstance(marker, Flag):
+                yield name, info, marker
+
+
+def env_name(setting: str) -> str:
+    return ENV_PREFIX + setting.upper()
+
+
+def env_values(model: type[BaseModel], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Settings given as `CORRAL_<NAME>`; a list takes comma- or space-separated items."""
+    values: dict[str, Any] = {}
+    for name, info, _ in flagged_settings(model):
+        raw = environ.get(env_name(name))
+        if raw is None:
+            continue
+        if _is_list(info):
+            values[name] = raw.replace(",", " ").split()
+        else:
+            values[name] = raw
+    return values
+
+
+def _is_list(info: FieldInfo) -> bool:
+    return getattr(info.annotation, "__origin__", None) is list
+
+
+def _explain(model: type[BaseModel], where: str, name: str, problem: Mapping[str, Any]) -> str:
+    if problem["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(name, list(model.model_fields), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{where}: unknown setting{hint}"
+    message = str(problem["msg"]).removeprefix("Value error, ")
+    if problem["type"] in ("value_error", "assertion_error") or "input" not in problem:
+        return f"{where}: {message}"
+    return f"{where}: {message}, got {problem['input']!r}"

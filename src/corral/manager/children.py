@@ -1,0 +1,46 @@
+"""A supervised child's record: its states and the transitions between them, in one place."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+
+class State(enum.Enum):
+    STARTING = "starting"  # asked for, booting: not yet serving
+    READY = "ready"  # serving (a web worker: lifespan done, accepting)
+    DRAINING = "draining"  # asked to stop: finishing what it has, taking nothing new
+    STOPPED = "stopped"  # exited
+
+
+@dataclass
+class Child:
+    name: str
+    pid: int | None = None
+    state: State = State.STARTING
+    started_at: float = field(default_factory=time.monotonic)
+    ready_at: float | None = None
+    last_seen: float = field(default_factory=time.monotonic)
+    requests: int = 0
+    stop_reason: str | None = None  # why corral is stopping it (timeout, scale, stop)
+    kill_at: float | None = None  # when to SIGKILL it if it is still there
+
+    def ready(self) -> None:
+        self.state = State.READY
+        self.ready_at = self.last_seen = time.monotonic()
+
+    def heartbeat(self, requests: int) -> None:
+        self.last_seen = time.monotonic()
+        self.requests = requests
+
+    def drain(self, reason: str, deadline: float) -> None:
+        self.state = State.DRAINING
+        self.stop_reason = reason
+        self.kill_at = deadline
+
+    def stopped(self) -> None:
+        self.state = State.STOPPED
+
+    def uptime(self) -> float:
+        return time.monotonic() - (self.ready_at or self.started_at)

@@ -1,0 +1,99 @@
+"""The manager: binds the sockets, supervises the groups, answers signals. Never imports the app.
+
+Its life: bind (exit 2 if an address is taken) -> write the pidfile, drop
+privileges -> start the web group (exit 3 if the app cannot start) -> wait
+for a signal -> stop: web first, gracefully unless told otherwise -> clean up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+
+from corral import system
+from corral.config import WebConfig
+from corral.exit_codes import APP_FAILED, OK, USAGE
+from corral.manager.web_group import AppFailed, WebGroup
+from corral.output import Output
+from corral.web import sockets as listeners
+
+
+class Manager:
+    def __init__(self, config: WebConfig) -> None:
+        self.config = config
+        self.output = Output()
+        self.web: WebGroup | None = None
+        self.finished: asyncio.Future[int] | None = None
+        self.stopping = False
+
+    def run(self) -> int:
+        """Serve until stopped; return the exit code."""
+        system.set_title("corral: manager")
+        config = self.config
+        try:
+            addresses, sockets = listeners.listen(
+                config.bind, config.uds, config.host, config.port, config.backlog
+            )
+        except listeners.BindError as error:
+            self.output.say(f"error: {error}")
+            return USAGE
+        try:
+            if config.pidfile is not None:
+                config.pidfile.write_text(f"{os.getpid()}\n")
+            system.drop_privileges(config.user, config.group)
+            return asyncio.run(self._serve(sockets))
+        except (ValueError, PermissionError) as error:
+            self.output.say(f"error: {error}")
+            return USAGE
+        finally:
+            listeners.close(sockets, addresses)
+            if config.pidfile is not None:
+                with contextlib.suppress(OSError):
+                    config.pidfile.unlink()
+
+    async def _serve(self, sockets: list) -> int:
+        loop = asyncio.get_running_loop()
+        self.finished = loop.create_future()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGTTIN, self._on_scale_signal, +1)
+        loop.add_signal_handler(signal.SIGTTOU, self._on_scale_signal, -1)
+        self.web = WebGroup(self.config, sockets, self.output, on_fatal=self._finish)
+        try:
+            await self.web.start()
+        except AppFailed:
+            self.output.say("error: the app cannot start; see web.zygote's output above")
+            await self.web.stop()
+            return APP_FAILED
+        code = await self.finished
+        await self.web.stop()
+        self.output.say("stopped")
+        return code
+
+    def _finish(self, code: int) -> None:
+        if self.finished is not None and not self.finished.done():
+            self.finished.set_result(code)
+
+    def _on_stop_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        if sig == signal.SIGHUP:
+            self.output.say("SIGHUP: reloading is not supported yet; ignored")
+            return
+        assert self.web is not None
+        immediate = sig == signal.SIGQUIT or (self.stopping and sig == signal.SIGINT)
+        if immediate:
+            self.output.say(f"{name}: stopping at once")
+            self.web.kill()
+        elif not self.stopping:
+            self.output.say(
+                f"{name}: stopping gracefully (up to {self.config.graceful_timeout:g}s; "
+                "Ctrl-C again to stop at once)"
+            )
+        self.stopping = True
+        self._finish(OK)
+
+    def _on_scale_signal(self, change: int) -> None:
+        if self.web is not None and not self.stopping:
+            self.web.scale(self.web.wanted + change)

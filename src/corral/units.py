@@ -1,0 +1,45 @@
+"""Durations ("30s", "1m30s", 2.5) and sizes ("512MiB", "1G") as configuration values."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)", re.IGNORECASE)
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number or a string such as "500ms", "30s", "1m30s"."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30, '30s' or '1m30s'")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            seconds = _parse_duration_text(text)
+    else:
+        raise ValueError("expected a duration such as 30, '30s' or '1m30s'")
+    if seconds < 0:
+        raise ValueError(f"expected a duration of 0 or more, got {value!r}")
+    return seconds
+
+
+def _parse_duration_text(text: str) -> float:
+    position, total = 0, 0.0
+    for match in _DURATION_PART.finditer(text):
+        if match.start() != position and text[position : match.start()].strip():
+            break
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+        position = match.end()
+    if position == 0 or text[position:].strip():
+        raise ValueError(f"expected a duration such as 30, '30s' or '1m30s', got {text!r}")
+    return total
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]

@@ -1,0 +1,58 @@
+"""Import the user's ASGI app, and explain a failure with the user's own traceback."""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+import traceback
+from pathlib import Path
+from typing import Any
+
+_CORRAL_DIR = str(Path(__file__).resolve().parent.parent)
+
+
+class AppLoadError(Exception):
+    """The app cannot be loaded; `str()` is what to show the user."""
+
+
+def load_app(spec: str, factory: bool) -> Any:
+    """The object named by `spec` ("module:attribute"), called first if `factory`."""
+    module_name, _, attribute = spec.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name and module_name.startswith(error.name):
+            raise AppLoadError(
+                f"cannot import {module_name!r} for app {spec!r}: no module named {error.name!r} "
+                f"(the import path starts with the current directory, {os.getcwd()})"
+            ) from None
+        raise AppLoadError(user_traceback(error)) from None
+    except BaseException as error:
+        raise AppLoadError(user_traceback(error)) from None
+    for depth, name in enumerate(attribute.split(".")):
+        try:
+            target = getattr(target, name)
+        except AttributeError:
+            owner = ".".join([module_name, *attribute.split(".")[:depth]])
+            close = difflib.get_close_matches(name, [n for n in dir(target) if n[:1] != "_"])
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise AppLoadError(f"{owner!r} has no attribute {name!r}{hint}") from None
+    if factory:
+        try:
+            target = target()
+        except BaseException as error:
+            raise AppLoadError(user_traceback(error)) from None
+    elif not callable(target):
+        raise AppLoadError(f"{spec!r} is a {type(target).__name__}, not an ASGI app")
+    return target
+
+
+def user_traceback(error: BaseException) -> str:
+    """The traceback of `error` without corral's and importlib's frames above the user's."""
+    summary = traceback.TracebackException.from_exception(error)
+    frames = [
+        frame for frame in summary.stack if not frame.filename.startswith((_CORRAL_DIR, "<frozen"))
+    ]
+    summary.stack = traceback.StackSummary.from_list(frames)
+    return "".join(summary.format()).rstrip("\n")

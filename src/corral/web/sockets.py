@@ -1,0 +1,202 @@
+"""Listening sockets: parsing bind addresses and binding them, before any worker starts.
+
+The manager binds every socket itself, so workers come and go without the
+address ever refusing a connection: all of them accept from the same queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import socket
+import stat
+from dataclasses import dataclass
+
+SYSTEMD_FIRST_FD = 3
+
+
+class BindError(Exception):
+    """An address that cannot be listened on; the message names it."""
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where to listen: a TCP host and port, a Unix socket path, or an inherited descriptor."""
+
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+    fd: int | None = None
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        if self.fd is not None:
+            return f"fd://{self.fd}"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_bind(spec: str) -> Address:
+    """gunicorn's forms: HOST:PORT, [IPV6]:PORT, unix:PATH, fd://N (and a bare HOST, port 8000)."""
+    if spec.startswith("unix:"):
+        path = spec[len("unix:") :]
+        if not path:
+            raise BindError(f"--bind {spec!r}: expected unix:PATH")
+        return Address(path=path)
+    if spec.startswith("fd://"):
+        number = spec[len("fd://") :]
+        if not number.isdigit():
+            raise BindError(f"--bind {spec!r}: expected fd://N with N a file descriptor number")
+        return Address(fd=int(number))
+    if spec.startswith("["):
+        host, bracket, rest = spec[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise BindError(f"--bind {spec!r}: expected [IPV6]:PORT such as [::1]:8000")
+        return Address(host=host, port=_port(spec, rest[1:] or "8000"))
+    host, colon, port = spec.rpartition(":")
+    if not colon:
+        host, port = spec, "8000"
+    if ":" in host:
+        raise BindError(f"--bind {spec!r}: write an IPv6 address in brackets, as [::1]:8000")
+    return Address(host=host or "0.0.0.0", port=_port(spec, port))
+
+
+def _port(spec: str, text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise BindError(f"--bind {spec!r}: expected a port number from 0 to 65535")
+    return int(text)
+
+
+def systemd_sockets(environ: dict[str, str] | os._Environ[str]) -> list[socket.socket]:
+    """Sockets passed by systemd socket activation (LISTEN_FDS), consumed from `environ`."""
+    if environ.get("LISTEN_PID") != str(os.getpid()):
+        return []
+    count = int(environ.pop("LISTEN_FDS", "0"))
+    environ.pop("LISTEN_PID", None)
+    environ.pop("LISTEN_FDNAMES", None)
+    sockets = [socket.socket(fileno=SYSTEMD_FIRST_FD + i) for i in range(count)]
+    for sock in sockets:
+        sock.set_inheritable(True)
+    return sockets
+
+
+def bind(address: Address, backlog: int) -> socket.socket:
+    """A listening socket for `address`, inheritable by children; BindError says why not."""
+    try:
+        if address.fd is not None:
+            sock = socket.socket(fileno=address.fd)
+        elif address.path is not None:
+            sock = _bind_unix(address.path)
+        else:
+            sock = _bind_tcp(address)
+        sock.listen(backlog)
+    except OSError as error:
+        raise BindError(f"cannot listen on {address}: {_reason(error)}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _bind_tcp(address: Address) -> socket.socket:
+    family, kind, proto, _, sockaddr = socket.getaddrinfo(
+        address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            # "[::]" means IPv6 only, so that 0.0.0.0 can be bound beside it.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _bind_unix(path: str) -> socket.socket:
+    _remove_stale_unix_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _remove_stale_unix_socket(path: str) -> None:
+    """Unlink a socket file nobody answers on (left by a killed server); refuse a live one."""
+    try:
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return
+    except FileNotFoundError:
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+    except OSError:
+        pass
+    else:
+        raise OSError(errno.EADDRINUSE, os.strerror(errno.EADDRINUSE))
+    finally:
+        probe.close()
+
+
+def _reason(error: OSError) -> str:
+    if error.errno == errno.EADDRINUSE:
+        return "address already in use (is another server running there?)"
+    if error.errno == errno.EACCES:
+        return "permission denied (ports below 1024 need privileges)"
+    return error.strerror or str(error)
+
+
+def close(sockets: list[socket.socket], addresses: list[Address]) -> None:
+    """Close the sockets and remove the Unix socket files corral created."""
+    for sock in sockets:
+        sock.close()
+    for address in addresses:
+        if address.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(address.path)
+
+
+def url(address: Address, sock: socket.socket, tls: bool) -> str:
+    """The address as a user would type it, with the real port when 0 was asked for."""
+    scheme = "https" if tls else "http"
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        return f"{scheme}://{shown}:{port}"
+    if sock.family == socket.AF_UNIX:
+        return f"{scheme}+unix:{sock.getsockname()}"
+    return f"{scheme} on {address}"
+
+
+def listen(
+    binds: list[str], uds: str | None, host: str, port: int, backlog: int
+) -> tuple[list[Address], list[socket.socket]]:
+    """Bind what the settings ask for: systemd's sockets, else --bind, else --uds, else host:port.
+
+    All or nothing: on a BindError the sockets bound so far are closed.
+    """
+    inherited = systemd_sockets(os.environ)
+    if inherited:
+        return [Address(fd=s.fileno()) for s in inherited], inherited
+    if binds:
+        addresses = [parse_bind(spec) for spec in binds]
+    elif uds is not None:
+        addresses = [Address(path=uds)]
+    else:
+        addresses = [Address(host=host, port=port)]
+    sockets: list[socket.socket] = []
+    try:
+        for address in addresses:
+            sockets.append(bind(address, backlog))
+    except BindError:
+        close(sockets, addresses[: len(sockets)])
+        raise
+    return addresses, sockets

@@ -1,0 +1,184 @@
+"""A web worker: uvicorn's protocol on the inherited sockets, and a channel to the manager.
+
+A worker's life: (forked by the zygote) -> load the app unless preloaded ->
+lifespan startup -> tell the manager "ready" -> serve, sending a heartbeat
+from inside the event loop every HEARTBEAT_INTERVAL -> on SIGTERM (or the
+manager gone) drain: stop accepting, finish in-flight requests, close
+keep-alive connections -> lifespan shutdown -> exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import faulthandler
+import logging
+import os
+import resource
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from uvicorn._compat import asyncio_run
+
+from corral import channel, system
+from corral.config import WebConfig
+from corral.exit_codes import APP_FAILED, OK
+from corral.web.access_log import AccessLog, BlockWriter
+from corral.web.app_loader import AppLoadError, load_app
+
+HEARTBEAT_INTERVAL = 1.0
+LIFESPAN_SHUTDOWN_RESERVE = 1.0
+
+
+@dataclass
+class WorkerSpec:
+    """What the zygote hands a freshly forked worker."""
+
+    name: str
+    config: WebConfig
+    app: Any | None
+    listen_fds: list[int]
+    channel_fd: int
+    access_fd: int
+    zygote_pid: int
+
+
+def run_worker(spec: WorkerSpec) -> int:
+    """The worker's whole life; returns its exit code."""
+    system.set_title(f"corral: {spec.name}")
+    os.environ["CORRAL_WORKER_ID"] = spec.name
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    if not system.die_with_parent(spec.zygote_pid):
+        return OK
+    configure_logging(spec.config.log_level)
+    app = spec.app
+    if app is None:
+        try:
+            app = load_app(spec.config.app, spec.config.factory)
+        except AppLoadError as error:
+            print(error, file=sys.stderr, flush=True)
+            return APP_FAILED
+
+    writer = None
+    if spec.config.access_log:
+        writer = BlockWriter(spec.access_fd, prefix=output_prefix(spec.name, spec.access_fd))
+        app = AccessLog(app, writer)
+    link = channel_socket(spec.channel_fd)
+    server = WorkerServer(uvicorn_config(spec.config, app), link)
+    sockets = [socket.socket(fileno=fd) for fd in spec.listen_fds]
+    try:
+        asyncio_run(server.serve(sockets), loop_factory=server.config.get_loop_factory())
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else APP_FAILED
+    finally:
+        if writer is not None:
+            writer.flush()
+    return OK if server.started else APP_FAILED
+
+
+def output_prefix(name: str, fd: int) -> str:
+    """The `web.2 | ` prefix for lines this worker writes straight to corral's output."""
+    from corral.output import prefix_for
+
+    return prefix_for(name, color=os.isatty(fd))
+
+
+def channel_socket(fd: int) -> socket.socket:
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    return sock
+
+
+def configure_logging(level: str) -> None:
+    """Plain `LEVEL: message` lines on stderr, which the manager prefixes with our name.
+
+    uvicorn's own per-process chatter ("Started server process") stays below
+    WARNING unless asked for: the manager already says when a worker starts.
+    """
+    numeric = logging.getLevelName(level.upper()) if level != "trace" else 5
+    logging.basicConfig(stream=sys.stderr, level=numeric, format="%(levelname)s: %(message)s")
+    quiet = max(numeric, logging.WARNING) if numeric > logging.DEBUG else numeric
+    logging.getLogger("uvicorn.error").setLevel(quiet)
+
+
+def uvicorn_config(config: WebConfig, app: Any) -> uvicorn.Config:
+    drain = max(config.graceful_timeout - LIFESPAN_SHUTDOWN_RESERVE, config.graceful_timeout / 2)
+    return uvicorn.Config(
+        app,
+        log_config=None,
+        log_level=None,
+        access_log=False,
+        proxy_headers=config.proxy_headers,
+        forwarded_allow_ips=config.forwarded_allow_ips,
+        root_path=config.root_path,
+        limit_concurrency=config.limit_concurrency,
+        backlog=config.backlog,
+        timeout_keep_alive=int(config.keep_alive),
+        timeout_graceful_shutdown=drain,  # type: ignore[arg-type]  # uvicorn takes any number
+        ssl_certfile=config.certfile,
+        ssl_keyfile=config.keyfile,
+        ssl_ca_certs=config.ca_certs,
+        server_header=False,
+    )
+
+
+class WorkerServer(uvicorn.Server):
+    """uvicorn's server, which reports to the manager and takes its signals from corral."""
+
+    def __init__(self, config: uvicorn.Config, link: socket.socket) -> None:
+        super().__init__(config)
+        self.link = link
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """TERM and INT drain, QUIT stops at once; unlike uvicorn, nothing is re-raised."""
+        previous = {
+            sig: signal.signal(sig, self._on_signal)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+        }
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+        self.should_exit = True
+        if sig == signal.SIGQUIT:
+            self.force_exit = True
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and not self.should_exit:
+            loop = asyncio.get_running_loop()
+            loop.add_reader(self.link.fileno(), self._on_manager_message)
+            self._send({"t": "ready", "pid": os.getpid()})
+            self._heartbeat()
+
+    def _heartbeat(self) -> None:
+        """Sent from inside the event loop, so a blocked loop sends none."""
+        self._send({"t": "hb", "requests": self.server_state.total_requests})
+        asyncio.get_running_loop().call_later(HEARTBEAT_INTERVAL, self._heartbeat)
+
+    def _send(self, message: channel.Message) -> None:
+        with contextlib.suppress(BlockingIOError, BrokenPipeError, ConnectionResetError):
+            self.link.send(channel.encode(message))
+
+    def _on_manager_message(self) -> None:
+        try:
+            data = self.link.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            # The manager is gone: drain, so no process outlives it.
+            asyncio.get_running_loop().remove_reader(self.link.fileno())
+            self.should_exit = True
