@@ -1,0 +1,197 @@
+"""Run a real corral in a subprocess and watch its output, its processes and its sockets."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+APPS = Path(__file__).parent / "apps"
+
+
+class Corral:
+    """A `corral run` process under test: its output lines, its children, its address."""
+
+    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+        self.args = args
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "corral", *args],
+            cwd=cwd,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self._known: dict[int, psutil.Process] = {}
+        self._tracker = threading.Thread(target=self._track, daemon=True)
+        self._tracker.start()
+
+    def _track(self) -> None:
+        """Remember every process of the tree while the manager lives (to find orphans later).
+
+        Process titles overwrite /proc/PID/environ, so the tree is the only reliable trace.
+        """
+        with _gone_ok():
+            root = psutil.Process(self.proc.pid)
+            while self.proc.poll() is None:
+                for child in root.children(recursive=True):
+                    self._known.setdefault(child.pid, child)
+                time.sleep(0.05)
+
+    def alive(self) -> list[psutil.Process]:
+        """The processes of this corral's tree still running (the manager included)."""
+        procs = [*self._known.values()]
+        with _gone_ok():
+            procs.append(psutil.Process(self.proc.pid))
+        return [p for p in procs if _running(p)]
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            with self._changed:
+                self.lines.append(raw.decode(errors="replace").rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def output(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 15, after: int = 0) -> re.Match[str]:
+        """The first output line from index `after` on matching `pattern`; fails on timeout."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                for line in self.lines[after:]:
+                    match = regex.search(line)
+                    if match:
+                        return match
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(
+                        f"no line matching {pattern!r} within {timeout}s; output:\n{self.output}"
+                    )
+                self._changed.wait(min(left, 0.2))
+
+    def count(self, pattern: str) -> int:
+        regex = re.compile(pattern)
+        with self._changed:
+            return sum(1 for line in self.lines if regex.search(line))
+
+    def mark(self) -> int:
+        """An index into the output, for waiting on lines that come after now."""
+        with self._changed:
+            return len(self.lines)
+
+    def url(self, timeout: float = 20) -> str:
+        return self.wait_for(r"listening on (https?://\S+)", timeout).group(1)
+
+    def send(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def wait(self, timeout: float = 40) -> int:
+        code = self.proc.wait(timeout)
+        self._reader.join(5)
+        return code
+
+    def worker_pids(self) -> dict[str, int]:
+        """web.N -> pid, from the running process tree (process titles)."""
+        found = {}
+        for proc in self.alive():
+            with _gone_ok():
+                title = " ".join(proc.cmdline())
+                match = re.match(r"corral: (web\.\d+)", title)
+                if match:
+                    found[match.group(1)] = proc.pid
+        return found
+
+    def wait_workers(self, count: int, timeout: float = 20) -> dict[str, int]:
+        """Wait until exactly `count` workers are up and ready; return their pids."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pids = self.worker_pids()
+            if len(pids) == count:
+                return pids
+            time.sleep(0.05)
+        raise AssertionError(f"expected {count} workers, have {self.worker_pids()}:\n{self.output}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int:
+        """Send `sig`, wait for the manager to exit, check no process of its tree is left."""
+        self.send(sig)
+        code = self.wait(timeout)
+        left = self.wait_until_gone(5)
+        assert not left, f"processes left after the manager exited: {left}\n{self.output}"
+        return code
+
+    def cleanup(self) -> None:
+        """Kill whatever is left of this corral, manager and descendants."""
+        with _gone_ok():
+            self.proc.kill()
+        for proc in self.alive():
+            with _gone_ok():
+                proc.kill()
+        self.proc.wait(10)
+
+    def wait_until_gone(self, timeout: float) -> list[psutil.Process]:
+        """Wait for every process of the tree to exit; return those still alive."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = self.alive()
+            if not left or time.monotonic() > deadline:
+                return left
+            time.sleep(0.1)
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+class _gone_ok:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, value: object, tb: object) -> bool:
+        return isinstance(value, (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError))
+
+
+@pytest.fixture
+def corral() -> Iterator:
+    """Start `corral ARGS...` (cwd: tests/apps unless given); all are killed after the test."""
+    started: list[Corral] = []
+
+    def start(*args: str, cwd: Path = APPS, env: dict[str, str] | None = None) -> Corral:
+        instance = Corral(list(args), cwd, env or {})
+        started.append(instance)
+        return instance
+
+    yield start
+    leftovers = []
+    for instance in started:
+        leftovers += [p.pid for p in instance.alive()]
+        instance.cleanup()
+    assert not leftovers, f"the test left processes behind: {leftovers}"
