@@ -60,6 +60,9 @@ class WebGroup:
         self.zygote_link: socket.socket | None = None
         self.zygote_decoder = channel.Decoder()
         self.zygote_loaded: asyncio.Future[bool] | None = None
+        self.zygote_backoff = Backoff()
+        self.zygote_started = time.monotonic()
+        self._tasks: set[asyncio.Task[None]] = set()
         self.access_fd = os.dup(output.fd)
         self.watcher: asyncio.Task[None] | None = None
 
@@ -77,6 +80,9 @@ class WebGroup:
 
     async def _start_zygote(self) -> None:
         loop = asyncio.get_running_loop()
+        self._close_zygote_link()
+        self.zygote_decoder = channel.Decoder()
+        self.zygote_started = time.monotonic()
         ours, theirs = socket.socketpair()
         log_read, log_write = os.pipe()
         listen_fds = [s.fileno() for s in self.sockets]
@@ -160,7 +166,8 @@ class WebGroup:
     # -- transitions -------------------------------------------------------------
 
     def _spawn(self, name: str) -> None:
-        assert self.zygote_link is not None
+        if self.zygote_link is None:
+            return  # the zygote is being replaced; its replacement starts every worker
         ours, theirs = socket.socketpair()
         log_read, log_write = os.pipe()
         try:
@@ -247,6 +254,12 @@ class WebGroup:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, sig)
 
+    def _close_zygote_link(self) -> None:
+        if self.zygote_link is not None:
+            asyncio.get_running_loop().remove_reader(self.zygote_link.fileno())
+            self.zygote_link.close()
+            self.zygote_link = None
+
     def _close_link(self, name: str) -> None:
         link = self.links.pop(name, None)
         self.decoders.pop(name, None)
@@ -255,10 +268,33 @@ class WebGroup:
             link.close()
 
     def _on_zygote_exit(self, waiter: asyncio.Future[int]) -> None:
+        """Replace a zygote that died; its workers drain by themselves (parent-death signal)."""
         if self.stopping:
             return
-        self.output.say(f"web.zygote exited unexpectedly ({describe_exit(waiter.result())})")
-        self.on_fatal(APP_FAILED if not self.serving else 1)
+        self.output.say(
+            f"web.zygote exited unexpectedly ({describe_exit(waiter.result())}): "
+            "its workers drain, a new zygote and workers replace them"
+        )
+        for name in list(self.workers):
+            self._close_link(name)
+        self.workers.clear()
+        for handle in self.respawns.values():
+            handle.cancel()
+        self.respawns.clear()
+        delay = self.zygote_backoff.delay_after_death(time.monotonic() - self.zygote_started)
+        loop = asyncio.get_running_loop()
+        loop.call_later(delay, lambda: self._tasks.add(loop.create_task(self._replace_zygote())))
+
+    async def _replace_zygote(self) -> None:
+        if self.stopping:
+            return
+        try:
+            await self._start_zygote()
+        except AppFailed:
+            self.on_fatal(APP_FAILED)
+            return
+        for index in range(1, self.wanted + 1):
+            self._spawn(f"web.{index}")
 
     # -- supervision -------------------------------------------------------------
 
@@ -341,10 +377,7 @@ class WebGroup:
             except asyncio.TimeoutError:
                 self.zygote.kill()
                 await self.zygote.wait()
-        if self.zygote_link is not None:
-            with contextlib.suppress(ValueError, OSError):
-                asyncio.get_running_loop().remove_reader(self.zygote_link.fileno())
-            self.zygote_link.close()
+        self._close_zygote_link()
         for name in list(self.links):
             self._close_link(name)
         os.close(self.access_fd)
