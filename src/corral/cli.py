@@ -23,8 +23,24 @@ class GroupedOption(click.Option):
         self.help_group = help_group
 
 
+class DescribedArgument(click.Argument):
+    """A positional argument that `--help` lists, with a description, under "Arguments"."""
+
+    help_group = "Arguments"
+
+    def __init__(self, *args: Any, help: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = help
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str]:
+        return self.make_metavar(ctx), self.help
+
+
 class GroupedCommand(click.Command):
     """A command whose `--help` shows its options in sections (Binding, Workers, ...)."""
+
+    def format_arguments(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Arguments are listed by format_options, in their own section, on every click."""
 
     def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         sections: dict[str, list[tuple[str, str]]] = {}
@@ -95,7 +111,12 @@ def main() -> None:
 
 @main.command(
     cls=GroupedCommand,
-    params=[click.Argument(["app"], required=False), *setting_options(WebConfig)],
+    params=[
+        DescribedArgument(
+            ["app"], required=False, help="The ASGI app, as MODULE:ATTRIBUTE (main:app)."
+        ),
+        *setting_options(WebConfig),
+    ],
 )
 @click.pass_context
 def run(ctx: click.Context, app: str | None, **_: Any) -> None:

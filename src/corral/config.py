@@ -64,14 +64,6 @@ class WebConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     app: str = Field(description="The ASGI app, as MODULE:ATTRIBUTE.")
-    factory: Annotated[bool, flag("--factory/--no-factory", group=WORKERS)] = Field(
-        False, description="APP is a callable that returns the ASGI app."
-    )
-    preload: Annotated[bool, flag("--preload/--no-preload", group=WORKERS)] = Field(
-        True,
-        description="Import the app once, before forking workers, so they share its memory.",
-    )
-
     bind: Annotated[list[str], flag("--bind", "-b", group=BINDING, metavar="ADDRESS")] = Field(
         default_factory=list,
         description="Listen on HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N; repeatable. "
@@ -105,6 +97,14 @@ class WebConfig(BaseModel):
     graceful_timeout: Annotated[
         Duration, flag("--graceful-timeout", group=WORKERS, metavar="SECONDS")
     ] = Field(30.0, ge=0, description="On stop, wait this long for in-flight requests, then kill.")
+
+    factory: Annotated[bool, flag("--factory/--no-factory", group=WORKERS)] = Field(
+        False, description="APP is a callable that returns the ASGI app."
+    )
+    preload: Annotated[bool, flag("--preload/--no-preload", group=WORKERS)] = Field(
+        True,
+        description="Import the app once, before forking workers, so they share its memory.",
+    )
 
     keep_alive: Annotated[Duration, flag("--keep-alive", group=HTTP, metavar="SECONDS")] = Field(
         5.0, ge=0, description="Close idle keep-alive connections after this long."
