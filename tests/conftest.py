@@ -9,8 +9,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -21,17 +22,23 @@ APPS = Path(__file__).parent / "apps"
 class Corral:
     """A `corral run` process under test: its output lines, its children, its address."""
 
-    def __init__(self, args: list[str], cwd: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        command: list[str],
+        cwd: Path,
+        env: dict[str, str],
+        pass_fds: Sequence[int] = (),
+    ) -> None:
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
-        self.args = args
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "corral", *args],
+            command,
             cwd=cwd,
             env=self.env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            pass_fds=pass_fds,
         )
         self.lines: list[str] = []
         self._changed = threading.Condition()
@@ -179,19 +186,48 @@ class _gone_ok:
         return isinstance(value, (psutil.NoSuchProcess, psutil.AccessDenied, ProcessLookupError))
 
 
-@pytest.fixture
-def corral() -> Iterator:
-    """Start `corral ARGS...` (cwd: tests/apps unless given); all are killed after the test."""
-    started: list[Corral] = []
+class Started:
+    """The corrals a test started; each is killed after the test, which fails if any was left."""
 
-    def start(*args: str, cwd: Path = APPS, env: dict[str, str] | None = None) -> Corral:
-        instance = Corral(list(args), cwd, env or {})
-        started.append(instance)
+    def __init__(self) -> None:
+        self.instances: list[Corral] = []
+
+    def command(
+        self,
+        command: list[str],
+        cwd: Path = APPS,
+        env: dict[str, str] | None = None,
+        pass_fds: Sequence[int] = (),
+    ) -> Corral:
+        instance = Corral(command, cwd, env or {}, pass_fds)
+        self.instances.append(instance)
         return instance
 
-    yield start
-    leftovers = []
-    for instance in started:
-        leftovers += [p.pid for p in instance.alive()]
-        instance.cleanup()
-    assert not leftovers, f"the test left processes behind: {leftovers}"
+    def corral(self, *args: str, **options: Any) -> Corral:
+        return self.command([sys.executable, "-m", "corral", *args], **options)
+
+    def cleanup(self) -> None:
+        leftovers = []
+        for instance in self.instances:
+            leftovers += [p.pid for p in instance.alive()]
+            instance.cleanup()
+        assert not leftovers, f"the test left processes behind: {leftovers}"
+
+
+@pytest.fixture
+def started() -> Iterator[Started]:
+    tracker = Started()
+    yield tracker
+    tracker.cleanup()
+
+
+@pytest.fixture
+def corral(started: Started) -> Callable[..., Corral]:
+    """Start `corral ARGS...` (cwd: tests/apps unless given; env=, pass_fds=)."""
+    return started.corral
+
+
+@pytest.fixture
+def launch(started: Started) -> Callable[..., Corral]:
+    """Start a command of the test's own that becomes a corral manager (a wrapper that execs)."""
+    return started.command

@@ -9,6 +9,7 @@ import os
 import pwd
 import signal
 import sys
+from typing import Any
 
 import setproctitle
 
@@ -32,16 +33,25 @@ def die_with_parent(expected_parent: int, sig: int = signal.SIGTERM) -> bool:
     return os.getppid() == expected_parent
 
 
-def drop_privileges(user: str | None, group: str | None) -> None:
-    """Become `user`/`group` (names or numeric ids); the group first, while we may still."""
+def identity(user: str | None, group: str | None) -> dict[str, Any]:
+    """Popen's `user`, `group` and `extra_groups` for running a child as `user`/`group`.
+
+    The manager keeps its own identity (so it can remove its pidfile and
+    socket files, and bind again on reload); the children that run the
+    app are started as the user. Names or numeric ids; ValueError names
+    one that does not exist.
+    """
+    if user is None and group is None:
+        return {}
+    chosen: dict[str, Any] = {}
     if group is not None:
-        os.setgid(_gid(group))
+        chosen["group"] = _gid(group)
     if user is not None:
         entry = _passwd(user)
-        if group is None:
-            os.setgid(entry.pw_gid)
-        os.initgroups(entry.pw_name, os.getgid())
-        os.setuid(entry.pw_uid)
+        gid = chosen.setdefault("group", entry.pw_gid)
+        chosen["user"] = entry.pw_uid
+        chosen["extra_groups"] = os.getgrouplist(entry.pw_name, gid)
+    return chosen
 
 
 def _passwd(user: str) -> pwd.struct_passwd:

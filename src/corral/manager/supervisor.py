@@ -1,8 +1,8 @@
 """The manager: binds the sockets, supervises the groups, answers signals. Never imports the app.
 
-Its life: bind (exit 2 if an address is taken) -> write the pidfile, drop
-privileges -> start the web group (exit 3 if the app cannot start) -> wait
-for a signal -> stop: web first, gracefully unless told otherwise -> clean up.
+Its life: bind (exit 2 if an address is taken) -> write the pidfile -> start
+the web group, whose processes run as --user/--group (exit 3 if the app cannot
+start) -> wait for a signal -> stop: web first, gracefully unless told otherwise -> clean up.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+from typing import Any
 
 from corral import system
 from corral.config import WebConfig
@@ -42,8 +43,8 @@ class Manager:
         try:
             if config.pidfile is not None:
                 config.pidfile.write_text(f"{os.getpid()}\n")
-            system.drop_privileges(config.user, config.group)
-            return asyncio.run(self._serve(sockets))
+            identity = system.identity(config.user, config.group)
+            return asyncio.run(self._serve(sockets, identity))
         except (ValueError, PermissionError) as error:
             self.output.say(f"error: {error}")
             return USAGE
@@ -53,14 +54,14 @@ class Manager:
                 with contextlib.suppress(OSError):
                     config.pidfile.unlink()
 
-    async def _serve(self, sockets: list) -> int:
+    async def _serve(self, sockets: list, identity: dict[str, Any]) -> int:
         loop = asyncio.get_running_loop()
         self.finished = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
         loop.add_signal_handler(signal.SIGTTIN, self._on_scale_signal, +1)
         loop.add_signal_handler(signal.SIGTTOU, self._on_scale_signal, -1)
-        self.web = WebGroup(self.config, sockets, self.output, on_fatal=self._finish)
+        self.web = WebGroup(self.config, sockets, identity, self.output, on_fatal=self._finish)
         try:
             await self.web.start()
         except AppFailed:

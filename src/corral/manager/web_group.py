@@ -17,6 +17,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 from corral import channel
 from corral.config import WebConfig
@@ -40,11 +41,13 @@ class WebGroup:
         self,
         config: WebConfig,
         sockets: list[socket.socket],
+        identity: dict[str, Any],
         output: Output,
         on_fatal: Callable[[int], None],
     ) -> None:
         self.config = config
         self.sockets = sockets
+        self.identity = identity  # the user and group the app runs as (Popen arguments)
         self.output = output
         self.on_fatal = on_fatal
         self.wanted = config.workers
@@ -86,17 +89,26 @@ class WebGroup:
         ours, theirs = socket.socketpair()
         log_read, log_write = os.pipe()
         listen_fds = [s.fileno() for s in self.sockets]
-        self.zygote = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "corral.web.zygote",
-            str(theirs.fileno()),
-            pass_fds=[theirs.fileno(), self.access_fd, *listen_fds],
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=log_write,
-            stderr=log_write,
-            start_new_session=True,
-        )
+        try:
+            self.zygote = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "corral.web.zygote",
+                str(theirs.fileno()),
+                pass_fds=[theirs.fileno(), self.access_fd, *listen_fds],
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_write,
+                stderr=log_write,
+                start_new_session=True,
+                **self.identity,
+            )
+        except PermissionError as error:
+            ours.close()
+            theirs.close()
+            os.close(log_read)
+            os.close(log_write)
+            who = " as --user/--group" if self.identity else ""
+            raise PermissionError(f"cannot run {sys.executable}{who}: {error.strerror}") from None
         theirs.close()
         os.close(log_write)
         self.output.attach(log_read, "web.zygote")

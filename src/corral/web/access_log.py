@@ -100,7 +100,7 @@ class AccessLog:
 def _line(scope: Scope, status: int, seconds: float) -> str:
     client = scope.get("client")
     who = f"{client[0]}:{client[1]}" if client else "-"
-    path = scope.get("root_path", "") + scope["path"]
+    path = scope["path"]  # uvicorn's path already starts with the root_path
     if scope.get("query_string"):
         path += "?" + scope["query_string"].decode("latin-1")
     return (

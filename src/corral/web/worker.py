@@ -118,9 +118,12 @@ def uvicorn_config(config: WebConfig, app: Any) -> uvicorn.Config:
         proxy_headers=config.proxy_headers,
         forwarded_allow_ips=config.forwarded_allow_ips,
         root_path=config.root_path,
-        limit_concurrency=config.limit_concurrency,
+        # uvicorn counts the request's own connection: its N admits N - 1.
+        limit_concurrency=None
+        if config.limit_concurrency is None
+        else config.limit_concurrency + 1,
         backlog=config.backlog,
-        timeout_keep_alive=int(config.keep_alive),
+        timeout_keep_alive=config.keep_alive,  # type: ignore[arg-type]  # any number works
         timeout_graceful_shutdown=drain,  # type: ignore[arg-type]  # uvicorn takes any number
         ssl_certfile=config.certfile,
         ssl_keyfile=config.keyfile,
