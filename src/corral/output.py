@@ -17,7 +17,7 @@ _READ_SIZE = 65536
 
 
 def prefix_for(name: str, color: bool) -> str:
-    text = f"{name:<{_NAME_WIDTH}}|"
+    text = f"{name:<{_NAME_WIDTH}} |"
     if not color:
         return text + " "
     code = _COLORS[zlib.crc32(name.split(".")[0].encode()) % len(_COLORS)]

@@ -9,7 +9,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-_CORRAL_DIR = str(Path(__file__).resolve().parent.parent)
+# Frames from these are corral's and Python's machinery, not the user's code.
+_NOT_THE_USERS = (
+    str(Path(__file__).resolve().parent.parent),
+    str(Path(importlib.__file__).resolve().parent),
+    "<frozen",
+)
 
 
 class AppLoadError(Exception):
@@ -51,8 +56,6 @@ def load_app(spec: str, factory: bool) -> Any:
 def user_traceback(error: BaseException) -> str:
     """The traceback of `error` without corral's and importlib's frames above the user's."""
     summary = traceback.TracebackException.from_exception(error)
-    frames = [
-        frame for frame in summary.stack if not frame.filename.startswith((_CORRAL_DIR, "<frozen"))
-    ]
+    frames = [frame for frame in summary.stack if not frame.filename.startswith(_NOT_THE_USERS)]
     summary.stack = traceback.StackSummary.from_list(frames)
     return "".join(summary.format()).rstrip("\n")

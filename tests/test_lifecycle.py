@@ -1,0 +1,467 @@
+"""corral's lifecycle, tested on real processes: deaths and restarts with backoff, an app that
+cannot start, stuck workers, graceful and immediate stops, scaling by signal, a killed manager.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import psutil
+import pytest
+
+CLOSE = {"connection": "close"}
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def _port(url: str) -> int:
+    port = urlsplit(url).port
+    assert port is not None
+    return port
+
+
+def _line_index(server, pattern: str, after: int = 0, timeout: float = 15) -> int:
+    """Wait for a line matching `pattern` from index `after` on; return its index."""
+    server.wait_for(pattern, timeout, after)
+    regex = re.compile(pattern)
+    for index in range(after, len(server.lines)):
+        if regex.search(server.lines[index]):
+            return index
+    raise AssertionError(f"{pattern!r} matched, then vanished?\n{server.output}")
+
+
+def _served_by(response: httpx.Response) -> tuple[str, int]:
+    """(worker name, pid) from the body of one of plain.py's responses."""
+    name, pid = response.text.split()[:2]
+    return name, int(pid)
+
+
+def _request_until_served_by(url: str, name: str, pid: int, timeout: float = 10) -> None:
+    """Send fresh requests until one is answered by worker `name` with pid `pid`."""
+    deadline = time.monotonic() + timeout
+    seen = set()
+    with httpx.Client(timeout=5) as client:
+        while time.monotonic() < deadline:
+            response = client.get(url, headers=CLOSE)
+            assert response.status_code == 200
+            seen.add(_served_by(response))
+            if (name, pid) in seen:
+                return
+    raise AssertionError(f"no response from {name} (pid {pid}) within {timeout}s; saw {seen}")
+
+
+def _client_on(url: str, name: str, pid: int, tries: int = 100) -> httpx.Client:
+    """An httpx client whose pooled keep-alive connection was accepted by worker `name`."""
+    for _ in range(tries):
+        client = httpx.Client(timeout=20)
+        if _served_by(client.get(url)) == (name, pid):
+            return client
+        client.close()
+    raise AssertionError(f"no connection reached {name} (pid {pid}) in {tries} tries")
+
+
+def _wait_accepted(server, port: int, count: int, timeout: float = 5) -> None:
+    """Wait until the workers between them hold `count` accepted connections on `port`."""
+    deadline = time.monotonic() + timeout
+    held = 0
+    while time.monotonic() < deadline:
+        held = 0
+        for pid in server.worker_pids().values():
+            try:
+                connections = psutil.Process(pid).net_connections(kind="tcp")
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            held += sum(
+                1
+                for c in connections
+                if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
+            )
+        if held >= count:
+            # Accepted; give the event loop a moment to read and dispatch the request too.
+            time.sleep(0.3)
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"workers hold {held} connections, expected {count}\n{server.output}")
+
+
+def _keep_alive_connection(url: str, worker: str | None = None, tries: int = 100):
+    """An HTTP/1.1 connection that has served one request and stays open, idle.
+
+    With `worker`, open connections until one is accepted by that worker.
+    """
+    parts = urlsplit(url)
+    for _ in range(tries):
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        body = response.read().decode()
+        assert response.status == 200
+        assert (response.getheader("connection") or "").lower() != "close"
+        if worker is None or body.split()[0] == worker:
+            return conn, body
+        conn.close()
+    raise AssertionError(f"no connection reached {worker} in {tries} tries")
+
+
+def _sees_clean_close(conn: http.client.HTTPConnection, timeout: float) -> bytes:
+    """What the idle connection reads next: b"" for a clean close (FIN), else raises."""
+    assert conn.sock is not None
+    conn.sock.settimeout(timeout)
+    return conn.sock.recv(1)
+
+
+def _exits_on_its_own(server, timeout: float = 10) -> int:
+    """The manager's exit code, once it exits by itself; check it left no process behind."""
+    code = server.wait(timeout)
+    left = server.wait_until_gone(5)
+    assert not left, f"processes left after the manager exited: {left}\n{server.output}"
+    return code
+
+
+# -- 1. a worker that dies is replaced under its name -----------------------------
+
+
+def test_worker_killed_by_signal_is_replaced_under_its_name_and_the_log_names_the_signal(corral):
+    server = corral("run", "plain:app", "--workers", "2", "--port", "0")
+    url = server.url()
+    pids = server.wait_workers(2)
+    mark = server.mark()
+
+    os.kill(pids["web.2"], signal.SIGKILL)
+
+    server.wait_for(rf"web\.2 exited \(pid {pids['web.2']}, killed by SIGKILL\)", after=mark)
+    new_pid = int(server.wait_for(r"web\.2 started \(pid (\d+)\)", after=mark).group(1))
+    assert new_pid != pids["web.2"]
+    _request_until_served_by(url, "web.2", new_pid)
+    assert server.wait_workers(2) == {"web.1": pids["web.1"], "web.2": new_pid}
+    assert server.count(r"web\.\d+ started") == 3  # two at start, one replacement
+    assert server.stop() == 0
+
+
+def test_worker_that_exits_is_replaced_under_its_name_and_the_log_gives_the_exit_code(corral):
+    server = corral("run", "plain:app", "--port", "0")
+    url = server.url()
+    old_pid = server.wait_workers(1)["web.1"]
+    mark = server.mark()
+
+    with pytest.raises(httpx.TransportError):  # the worker exits instead of answering
+        httpx.get(f"{url}/exit?code=1", timeout=10)
+
+    server.wait_for(rf"web\.1 exited \(pid {old_pid}, exit code 1\)", after=mark)
+    new_pid = int(server.wait_for(r"web\.1 started \(pid (\d+)\)", after=mark).group(1))
+    assert new_pid != old_pid
+    _request_until_served_by(url, "web.1", new_pid)
+    assert server.stop() == 0
+
+
+# -- 2. repeated deaths back off exponentially -------------------------------------
+
+
+def test_repeated_deaths_of_a_worker_back_off_exponentially(corral):
+    server = corral("run", "plain:app", "--port", "0")
+    server.url()
+    pid = server.wait_workers(1)["web.1"]
+    died_at = 0.0
+    for _ in range(4):
+        mark = server.mark()
+        os.kill(pid, signal.SIGKILL)
+        server.wait_for(rf"web\.1 exited \(pid {pid}, killed by SIGKILL\)", after=mark)
+        died_at = time.monotonic()
+        pid = int(server.wait_for(r"web\.1 started \(pid (\d+)\)", after=mark).group(1))
+    last_wait = time.monotonic() - died_at
+
+    delays = [float(d) for d in re.findall(r"web\.1 restarts in ([\d.]+)s", server.output)]
+    # The first death restarts at once (no delay logged), then 0.5 s, doubling.
+    assert delays == [0.5, 1.0, 2.0], server.output
+    assert last_wait >= 1.8, f"the 2s delay was not honoured: restarted after {last_wait:.2f}s"
+    _request_until_served_by(server.url(), "web.1", pid)
+    assert server.stop() == 0
+
+
+# -- 3. an app that cannot start ----------------------------------------------------
+
+BROKEN_APPS = {
+    # case: (file name, its source, app spec, the cause as it must appear exactly once)
+    "import_error": (
+        "broken.py",
+        'raise RuntimeError("boom at import")\n',
+        "broken:app",
+        r"RuntimeError: boom at import",
+    ),
+    "syntax_error": ("broken.py", "def app(:\n    pass\n", "broken:app", r"SyntaxError: "),
+    "missing_attribute": (
+        "broken.py",
+        "async def app(scope, receive, send):\n    pass\n",
+        "broken:application",
+        r"has no attribute 'application'",
+    ),
+    "module_not_found": (None, None, "nosuchmodule:app", r"no module named 'nosuchmodule'"),
+    "lifespan_startup_failure": (None, None, "plain:app", r"database unreachable"),
+}
+
+MODES = {
+    "preload": [],
+    "preload_3_workers": ["--workers", "3"],
+    "no_preload_3_workers": ["--no-preload", "--workers", "3"],
+}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+@pytest.mark.parametrize("case", list(BROKEN_APPS))
+def test_app_that_cannot_start_stops_corral_with_code_3_and_its_cause_shown_once(
+    corral, tmp_path: Path, case: str, mode: str
+):
+    file_name, source, spec, cause = BROKEN_APPS[case]
+    if case == "lifespan_startup_failure":
+        cwd, env = Path(__file__).parent / "apps", {"PLAIN_FAIL_STARTUP": "1"}
+    else:
+        cwd, env = tmp_path, {}
+        if file_name is not None:
+            (tmp_path / file_name).write_text(source)
+    started = time.monotonic()
+
+    server = corral("run", spec, "--port", "0", *MODES[mode], cwd=cwd, env=env)
+
+    assert _exits_on_its_own(server) == 3, server.output
+    assert time.monotonic() - started < 6, f"took {time.monotonic() - started:.1f}s"
+    assert server.count(cause) == 1, server.output
+    assert server.count(r"the app cannot start") == 1, server.output
+    assert server.count(r"listening on") == 0, server.output
+    # No restart storm: the app is imported once (by the zygote when preloading, else by web.1)
+    # and only web.1 boots; the others were to follow once it was ready.
+    loaded_by_zygote = mode != "no_preload_3_workers" and case != "lifespan_startup_failure"
+    assert server.count(r"web\.\d+ started") == (0 if loaded_by_zygote else 1), server.output
+    assert server.count(r"restarts in") == 0, server.output
+
+
+# -- 4. a stuck worker is aborted, its stack shown, then replaced ------------------------
+
+
+def test_worker_stuck_in_a_blocking_call_is_aborted_with_its_stack_logged_then_replaced(corral):
+    server = corral("run", "plain:app", "--port", "0", "--timeout", "2", "--graceful-timeout", "3")
+    url = server.url()
+    old_pid = server.wait_workers(1)["web.1"]
+    mark = server.mark()
+
+    with ThreadPoolExecutor(1) as pool:
+        sent = time.monotonic()
+        blocked = pool.submit(httpx.get, f"{url}/block?seconds=60", timeout=15)
+        notice = _line_index(
+            server,
+            rf"web\.1 \(pid {old_pid}\) has not answered for 2s: "
+            r"sending SIGABRT to log its stack, then SIGKILL",
+            after=mark,
+            timeout=10,
+        )
+        noticed_after = time.monotonic() - sent
+        stack = _line_index(
+            server, r"^web\.1\s*\|.*plain\.py.* in stuck_in_a_blocking_call$", after=notice
+        )
+        exited = _line_index(
+            server,
+            rf"web\.1 exited \(pid {old_pid}, killed by SIG(ABRT|KILL) \(timeout",
+            after=stack,
+        )
+        match = server.wait_for(r"web\.1 started \(pid (\d+)\)", after=exited)
+        with pytest.raises(httpx.TransportError):  # its worker died under it
+            blocked.result(timeout=10)
+
+    # The clock runs from the last heartbeat (one a second), so 1 to 2 s after the request.
+    assert 0.9 <= noticed_after < 6, f"noticed after {noticed_after:.1f}s with --timeout 2"
+    new_pid = int(match.group(1))
+    assert new_pid != old_pid
+    response = httpx.get(url, timeout=5)
+    assert response.status_code == 200
+    assert _served_by(response) == ("web.1", new_pid)
+    assert server.stop() == 0
+
+
+# -- 5. graceful stop --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_graceful_stop_finishes_in_flight_requests_closes_idle_ones_and_runs_shutdown(
+    corral, tmp_path: Path, sig: signal.Signals
+):
+    events = tmp_path / "events"
+    server = corral(
+        "run",
+        "plain:app",
+        "--workers",
+        "2",
+        "--port",
+        "0",
+        "--graceful-timeout",
+        "10",
+        env={"PLAIN_EVENTS": str(events)},
+    )
+    url = server.url()
+    port = _port(url)
+    pids = server.wait_workers(2)
+    idle, _ = _keep_alive_connection(url)
+
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(httpx.get, f"{url}/slow?seconds=3", timeout=15)
+        _wait_accepted(server, port, 2)  # the idle connection and the slow request
+        server.send(sig)
+        server.wait_for(rf"{sig.name}: stopping gracefully")
+
+        assert _sees_clean_close(idle, timeout=5) == b"", "the idle connection was not closed"
+        assert not slow.done(), "the idle connection should be closed while requests finish"
+        response = slow.result(timeout=15)
+
+    assert response.status_code == 200
+    assert response.headers.get("connection") == "close"
+    assert _exits_on_its_own(server) == 0, server.output
+    for name, pid in pids.items():
+        assert server.count(rf"{name} stopped \(pid {pid}, exit code 0\)") == 1, server.output
+    recorded = [line.split() for line in events.read_text().splitlines()]
+    startups = {int(pid) for event, pid in recorded if event == "startup"}
+    shutdowns = {int(pid) for event, pid in recorded if event == "shutdown"}
+    assert startups == shutdowns == set(pids.values()), events.read_text()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url, timeout=2)
+
+
+# -- 6. immediate stop ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["second_SIGINT", "SIGQUIT"])
+def test_immediate_stop_does_not_wait_for_in_flight_requests(corral, how: str):
+    server = corral("run", "plain:app", "--port", "0", "--graceful-timeout", "15")
+    url = server.url()
+    server.wait_workers(1)
+
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(httpx.get, f"{url}/slow?seconds=30", timeout=20)
+        _wait_accepted(server, _port(url), 1)
+        if how == "second_SIGINT":
+            server.send(signal.SIGINT)
+            server.wait_for(r"SIGINT: stopping gracefully")
+            time.sleep(0.5)
+            assert server.proc.poll() is None, "the first SIGINT should drain, not stop at once"
+            stopped_at = time.monotonic()
+            server.send(signal.SIGINT)
+            server.wait_for(r"SIGINT: stopping at once", timeout=2)
+        else:
+            stopped_at = time.monotonic()
+            server.send(signal.SIGQUIT)
+            server.wait_for(r"SIGQUIT: stopping at once", timeout=2)
+        code = server.wait(5)
+        took = time.monotonic() - stopped_at
+        with pytest.raises(httpx.TransportError):
+            slow.result(timeout=5)
+
+    assert took < 2.5, f"the manager took {took:.1f}s to stop at once\n{server.output}"
+    assert code == 0, server.output
+    left = server.wait_until_gone(5)
+    assert not left, f"processes left after the manager exited: {left}\n{server.output}"
+
+
+# -- 7. scaling with TTIN / TTOU ---------------------------------------------------------
+
+
+def test_ttin_adds_a_worker_and_ttou_drains_the_highest_one_finishing_its_requests(corral):
+    server = corral("run", "plain:app", "--port", "0", "--graceful-timeout", "10")
+    url = server.url()
+    web1 = server.wait_workers(1)["web.1"]
+    mark = server.mark()
+
+    server.send(signal.SIGTTIN)
+    server.wait_for(r"scaling web to 2 workers", after=mark)
+    web2 = int(server.wait_for(r"web\.2 started \(pid (\d+)\)", after=mark).group(1))
+    assert server.wait_workers(2) == {"web.1": web1, "web.2": web2}
+
+    # A client whose keep-alive connection is on web.2, so its slow request surely is too.
+    pinned = _client_on(url, "web.2", web2)
+    with closing(pinned), ThreadPoolExecutor(8) as pool:
+        on_web2 = pool.submit(pinned.get, f"{url}/slow?seconds=2")
+        others = [
+            pool.submit(httpx.get, f"{url}/slow?seconds=2", headers=CLOSE, timeout=20)
+            for _ in range(6)
+        ]
+        _wait_accepted(server, _port(url), 7)
+        mark = server.mark()
+        server.send(signal.SIGTTOU)
+        server.wait_for(r"scaling web to 1 workers", after=mark)
+        server.wait_for(rf"web\.2 stopped \(pid {web2}, exit code 0\)", after=mark, timeout=15)
+        responses = [on_web2.result(timeout=15), *(f.result(timeout=15) for f in others)]
+
+    assert [r.status_code for r in responses] == [200] * 7
+    assert _served_by(responses[0]) == ("web.2", web2)
+    time.sleep(1)  # web.2 must not come back
+    assert server.worker_pids() == {"web.1": web1}
+    assert server.count(r"web\.2 started") == 1, server.output
+    _request_until_served_by(url, "web.1", web1)
+    assert server.stop() == 0
+
+
+def test_ttou_closes_idle_keep_alive_on_the_drained_worker_cleanly_and_others_serve_on(corral):
+    server = corral("run", "plain:app", "--workers", "2", "--port", "0", "--graceful-timeout", "10")
+    url = server.url()
+    pids = server.wait_workers(2)
+    idle, body = _keep_alive_connection(url, worker="web.2")
+    assert body.split()[:2] == ["web.2", str(pids["web.2"])]
+
+    # Keep web.2 draining for a while: a slow request on a connection pinned to it.
+    pinned = _client_on(url, "web.2", pids["web.2"])
+    with closing(pinned), ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(pinned.get, f"{url}/slow?seconds=3")
+        _wait_accepted(server, _port(url), 2)
+        mark = server.mark()
+        server.send(signal.SIGTTOU)
+        server.wait_for(r"scaling web to 1 workers", after=mark)
+
+        assert _sees_clean_close(idle, timeout=5) == b""
+        assert not slow.done(), "the idle connection should be closed while requests finish"
+        # While web.2 drains, a fresh client is served, by web.1.
+        fresh = httpx.get(url, headers=CLOSE, timeout=5)
+        assert fresh.status_code == 200
+        assert _served_by(fresh) == ("web.1", pids["web.1"])
+        assert slow.result(timeout=15).status_code == 200
+
+    server.wait_for(rf"web\.2 stopped \(pid {pids['web.2']}, exit code 0\)", after=mark)
+    assert server.stop() == 0
+
+
+# -- 8. a manager killed with SIGKILL leaves nothing behind -------------------------------
+
+
+def test_manager_killed_with_sigkill_takes_zygote_and_workers_down_and_frees_the_port(corral):
+    server = corral("run", "plain:app", "--workers", "2", "--port", "0")
+    url = server.url()
+    port = _port(url)
+    server.wait_workers(2)
+    assert httpx.get(url, timeout=5).status_code == 200
+    deadline = time.monotonic() + 5
+    while len(server.alive()) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    titles = sorted(" ".join(p.cmdline()).strip() for p in server.alive())
+    assert titles == ["corral: manager", "corral: web.1", "corral: web.2", "corral: web.zygote"]
+
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(httpx.get, f"{url}/slow?seconds=1", timeout=10)
+        _wait_accepted(server, port, 1)
+        # stop() waits for the manager, then checks every process of its tree is gone within 5 s.
+        assert server.stop(signal.SIGKILL) == -signal.SIGKILL
+        response = slow.result(timeout=10)
+
+    assert response.status_code == 200, "the orphaned workers drain: in-flight requests finish"
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))  # raises EADDRINUSE if anything still listens there
+        probe.listen()
