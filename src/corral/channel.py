@@ -46,3 +46,13 @@ class Decoder:
             wanted = message.get("fds", 0)
             decoded.append((message, [self._fds.popleft() for _ in range(wanted)]))
         return decoded
+
+
+def receive(sock: socket.socket, size: int = 65536) -> bytes | None:
+    """What a non-blocking socket has: None if nothing yet, b"" once the peer has gone."""
+    try:
+        return sock.recv(size)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""

@@ -135,12 +135,9 @@ class WebGroup:
 
     def _on_zygote_readable(self) -> None:
         assert self.zygote_link is not None
-        try:
-            data = self.zygote_link.recv(65536)
-        except (BlockingIOError, InterruptedError):
+        data = channel.receive(self.zygote_link)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             asyncio.get_running_loop().remove_reader(self.zygote_link.fileno())
             if self.zygote_loaded and not self.zygote_loaded.done():
@@ -156,13 +153,9 @@ class WebGroup:
                 self._on_exited(message["pid"], message["code"])
 
     def _on_worker_readable(self, name: str) -> None:
-        link = self.links[name]
-        try:
-            data = link.recv(65536)
-        except (BlockingIOError, InterruptedError):
+        data = channel.receive(self.links[name])
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:
             self._close_link(name)
             return

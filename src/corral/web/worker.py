@@ -175,13 +175,8 @@ class WorkerServer(uvicorn.Server):
             self.link.send(channel.encode(message))
 
     def _on_manager_message(self) -> None:
-        try:
-            data = self.link.recv(4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        if not data:
+        data = channel.receive(self.link)
+        if data == b"":
             # The manager is gone: drain, so no process outlives it.
             asyncio.get_running_loop().remove_reader(self.link.fileno())
             self.should_exit = True
