@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ByteSize,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 from corral.units import Duration
@@ -54,6 +62,7 @@ HTTP = "HTTP"
 TLS = "HTTPS"
 LOGGING = "Logging"
 PROCESS = "Process"
+DEVELOPMENT = "Development"
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
@@ -98,6 +107,26 @@ class WebConfig(BaseModel):
         Duration, flag("--graceful-timeout", group=WORKERS, metavar="SECONDS")
     ] = Field(30.0, ge=0, description="On stop, wait this long for in-flight requests, then kill.")
 
+    max_requests: Annotated[int | None, flag("--max-requests", group=WORKERS)] = Field(
+        None,
+        ge=1,
+        description="Replace a worker after it has served this many requests "
+        "(the replacement starts first).",
+    )
+    max_requests_jitter: Annotated[int, flag("--max-requests-jitter", group=WORKERS)] = Field(
+        0,
+        ge=0,
+        description="Add a random 0..N to each worker's --max-requests, "
+        "so that workers are not replaced together.",
+    )
+    max_memory: Annotated[ByteSize | None, flag("--max-memory", group=WORKERS, metavar="SIZE")] = (
+        Field(
+            None,
+            gt=0,
+            description="Replace a worker whose memory (RSS) grows past this size, "
+            "such as 512MiB (the replacement starts first).",
+        )
+    )
     factory: Annotated[bool, flag("--factory/--no-factory", group=WORKERS)] = Field(
         False, description="APP is a callable that returns the ASGI app."
     )
@@ -142,6 +171,12 @@ class WebConfig(BaseModel):
     )
     log_level: Annotated[LogLevel, flag("--log-level", group=LOGGING)] = Field(
         "info", description="critical, error, warning, info, debug or trace."
+    )
+
+    reload: Annotated[bool, flag("--reload/--no-reload", group=DEVELOPMENT)] = Field(
+        False,
+        description="Reload (rolling, as on SIGHUP) when a .py file under the current "
+        "directory changes. For development.",
     )
 
     pidfile: Annotated[Path | None, flag("--pidfile", group=PROCESS, metavar="PATH")] = Field(

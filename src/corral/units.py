@@ -43,3 +43,16 @@ def _parse_duration_text(text: str) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def format_size(size: int) -> str:
+    """A byte count as people read it: 512MiB, 1.5GiB."""
+    amount = float(size)
+    if amount < 1024:
+        return f"{size}B"
+    for unit in ("KiB", "MiB"):
+        amount /= 1024
+        if amount < 1024:
+            return f"{amount:.1f}{unit}"
+    amount /= 1024
+    return f"{amount:.1f}GiB"

@@ -16,15 +16,20 @@ class State(enum.Enum):
 
 @dataclass
 class Child:
-    name: str
+    key: int  # unique for the manager's life; two children share a name during a replacement
+    name: str  # stable: web.2, and web.2 again for its replacement
+    generation: int = 0  # which zygote (which version of the code) forked it
     pid: int | None = None
     state: State = State.STARTING
     started_at: float = field(default_factory=time.monotonic)
     ready_at: float | None = None
     last_seen: float = field(default_factory=time.monotonic)
     requests: int = 0
-    stop_reason: str | None = None  # why corral is stopping it (timeout, scale, stop)
+    stop_reason: str | None = None  # why corral is stopping it (timeout, scale, reload, stop...)
     kill_at: float | None = None  # when to SIGKILL it if it is still there
+    replaces: int | None = None  # the key of the child this one takes over from, once ready
+    replaced_by: int | None = None  # the key of the child starting to take over from this one
+    replace_reason: str | None = None  # why it is being replaced (reload, max-requests...)
 
     def ready(self) -> None:
         self.state = State.READY
@@ -39,8 +44,16 @@ class Child:
         self.stop_reason = reason
         self.kill_at = deadline
 
+    def abort(self, reason: str, deadline: float) -> None:
+        """Stuck: it gets SIGABRT now and SIGKILL at `deadline`, and is replaced as a crash."""
+        self.stop_reason = reason
+        self.kill_at = deadline
+
     def stopped(self) -> None:
         self.state = State.STOPPED
+
+    def serving(self) -> bool:
+        return self.state in (State.STARTING, State.READY)
 
     def uptime(self) -> float:
         return time.monotonic() - (self.ready_at or self.started_at)

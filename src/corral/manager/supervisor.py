@@ -57,8 +57,9 @@ class Manager:
     async def _serve(self, sockets: list, identity: dict[str, Any]) -> int:
         loop = asyncio.get_running_loop()
         self.finished = loop.create_future()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         loop.add_signal_handler(signal.SIGTTIN, self._on_scale_signal, +1)
         loop.add_signal_handler(signal.SIGTTOU, self._on_scale_signal, -1)
         self.web = WebGroup(self.config, sockets, identity, self.output, on_fatal=self._finish)
@@ -68,10 +69,24 @@ class Manager:
             self.output.say("error: the app cannot start; see web.zygote's output above")
             await self.web.stop()
             return APP_FAILED
+        watching = loop.create_task(self._reload_on_change()) if self.config.reload else None
         code = await self.finished
+        if watching is not None:
+            watching.cancel()
         await self.web.stop()
         self.output.say("stopped")
         return code
+
+    async def _reload_on_change(self) -> None:
+        """--reload: a rolling reload whenever a .py file under the current directory changes."""
+        from watchfiles import PythonFilter, awatch
+
+        self.output.say(f"watching {os.getcwd()} for changes to .py files (--reload)")
+        async for changes in awatch(os.getcwd(), watch_filter=PythonFilter()):
+            assert self.web is not None
+            changed = sorted({os.path.relpath(path) for _, path in changes})
+            self.output.say(f"changed: {', '.join(changed)}")
+            self.web.reload()
 
     def _finish(self, code: int) -> None:
         if self.finished is not None and not self.finished.done():
@@ -79,9 +94,6 @@ class Manager:
 
     def _on_stop_signal(self, sig: int) -> None:
         name = signal.Signals(sig).name
-        if sig == signal.SIGHUP:
-            self.output.say("SIGHUP: reloading is not supported yet; ignored")
-            return
         assert self.web is not None
         immediate = sig == signal.SIGQUIT or (self.stopping and sig == signal.SIGINT)
         if immediate:
@@ -94,6 +106,11 @@ class Manager:
             )
         self.stopping = True
         self._finish(OK)
+
+    def _on_reload_signal(self) -> None:
+        if self.web is not None and not self.stopping:
+            self.output.say("SIGHUP: reloading")
+            self.web.reload()
 
     def _on_scale_signal(self, change: int) -> None:
         if self.web is not None and not self.stopping:

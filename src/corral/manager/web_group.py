@@ -1,39 +1,47 @@
-"""The manager's side of the web group: one zygote, N workers forked by it, supervised.
+"""The manager's side of the web group: zygotes, and the workers they fork, supervised.
 
-What it keeps true: `wanted` workers named web.1..web.N serve; a worker that
+What it keeps true: `wanted` workers named web.1..web.N serve. A worker that
 dies is replaced under the same name, at once after a stable run and with a
-doubling delay while deaths repeat; a worker whose event loop stops answering
-gets SIGABRT (its stack lands in the log), then SIGKILL; an app that cannot
+doubling delay while deaths repeat. A worker whose event loop stops answering
+gets SIGABRT (its stack lands in the log), then SIGKILL. An app that cannot
 start stops corral once, not in a restart storm.
+
+Replacing a live worker (reload, --max-requests, --max-memory) always starts
+the replacement first and drains the old worker only once the replacement is
+ready, so capacity never drops. A reload does this for every worker with a
+new zygote, which has imported the current code; if the new code cannot load
+or start, the old workers keep serving.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import socket
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+import psutil
+
 from corral import channel
 from corral.config import WebConfig
-from corral.exit_codes import APP_FAILED
+from corral.exit_codes import APP_FAILED, FAILURE
 from corral.manager.backoff import Backoff
 from corral.manager.children import Child, State
+from corral.manager.zygote_handle import AppFailed, ZygoteHandle
 from corral.output import Output
 from corral.system import describe_exit
+from corral.units import format_size
 
 WATCH_INTERVAL = 0.1
+MEMORY_CHECK_INTERVAL = 1.0
 ABORT_GRACE = 2.0  # between SIGABRT (stack dump) and SIGKILL
-ZYGOTE_EXIT_TIMEOUT = 5.0
 
-
-class AppFailed(Exception):
-    """The app cannot start (import error, lifespan failure): corral exits 3."""
+__all__ = ["AppFailed", "WebGroup"]
 
 
 class WebGroup:
@@ -51,21 +59,22 @@ class WebGroup:
         self.output = output
         self.on_fatal = on_fatal
         self.wanted = config.workers
-        self.workers: dict[str, Child] = {}
-        self.links: dict[str, socket.socket] = {}
-        self.decoders: dict[str, channel.Decoder] = {}
+        self.workers: dict[int, Child] = {}
+        self.links: dict[int, socket.socket] = {}
+        self.decoders: dict[int, channel.Decoder] = {}
+        self.ready_waiters: dict[int, asyncio.Future[bool]] = {}
         self.backoffs: dict[str, Backoff] = {}
         self.respawns: dict[str, asyncio.TimerHandle] = {}
+        self.keys = itertools.count(1)
+        self.zygote: ZygoteHandle | None = None  # the current generation, which forks
+        self.zygotes: dict[int, ZygoteHandle] = {}  # every live one, retiring ones too
+        self.zygote_backoff = Backoff()
+        self.generation = 0
         self.serving = False
         self.stopping = False
         self.all_stopped = asyncio.Event()
-        self.zygote: asyncio.subprocess.Process | None = None
-        self.zygote_link: socket.socket | None = None
-        self.zygote_decoder = channel.Decoder()
-        self.zygote_loaded: asyncio.Future[bool] | None = None
-        self.zygote_backoff = Backoff()
-        self.zygote_started = time.monotonic()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.reloading: asyncio.Task[None] | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
         self.access_fd = os.dup(output.fd)
         self.watcher: asyncio.Task[None] | None = None
 
@@ -77,136 +86,97 @@ class WebGroup:
         Booting one worker first means a broken app fails once, with one
         traceback, rather than N times at once.
         """
-        await self._start_zygote()
+        self.zygote = await self._launch_zygote()
         self._spawn("web.1")
         self.watcher = asyncio.create_task(self._watch())
 
-    async def _start_zygote(self) -> None:
-        loop = asyncio.get_running_loop()
-        self._close_zygote_link()
-        self.zygote_decoder = channel.Decoder()
-        self.zygote_started = time.monotonic()
-        ours, theirs = socket.socketpair()
-        log_read, log_write = os.pipe()
-        listen_fds = [s.fileno() for s in self.sockets]
-        try:
-            self.zygote = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "corral.web.zygote",
-                str(theirs.fileno()),
-                pass_fds=[theirs.fileno(), self.access_fd, *listen_fds],
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_write,
-                stderr=log_write,
-                start_new_session=True,
-                **self.identity,
-            )
-        except PermissionError as error:
-            ours.close()
-            theirs.close()
-            os.close(log_read)
-            os.close(log_write)
-            who = " as --user/--group" if self.identity else ""
-            raise PermissionError(f"cannot run {sys.executable}{who}: {error.strerror}") from None
-        theirs.close()
-        os.close(log_write)
-        self.output.attach(log_read, "web.zygote")
-        ours.setblocking(False)
-        self.zygote_link = ours
-        self.zygote_loaded = loop.create_future()
-        loop.add_reader(ours.fileno(), self._on_zygote_readable)
-        spec = {
-            "name": "web.zygote",
-            "manager_pid": os.getpid(),
-            "config": self.config.model_dump(mode="json"),
-            "listen_fds": listen_fds,
-            "access_fd": self.access_fd,
-        }
-        channel.send(ours, spec)
-        waiter = asyncio.ensure_future(self.zygote.wait())
-        await asyncio.wait([self.zygote_loaded, waiter], return_when=asyncio.FIRST_COMPLETED)
-        if not self.zygote_loaded.done() or not self.zygote_loaded.result():
-            await waiter
-            raise AppFailed("the app could not be loaded")
-        waiter.add_done_callback(self._on_zygote_exit)
+    async def _launch_zygote(self) -> ZygoteHandle:
+        self.generation += 1
+        zygote = ZygoteHandle(self.generation, self._on_zygote_message)
+        await zygote.launch(self.config, self.sockets, self.access_fd, self.identity, self.output)
+        assert zygote.process is not None
+        self.zygotes[zygote.generation] = zygote
+        exited = asyncio.ensure_future(zygote.process.wait())
+        exited.add_done_callback(lambda _: self._on_zygote_exit(zygote))
+        return zygote
 
     # -- messages --------------------------------------------------------------
 
-    def _on_zygote_readable(self) -> None:
-        assert self.zygote_link is not None
-        data = channel.receive(self.zygote_link)
-        if data is None:
-            return
-        if not data:
-            asyncio.get_running_loop().remove_reader(self.zygote_link.fileno())
-            if self.zygote_loaded and not self.zygote_loaded.done():
-                self.zygote_loaded.set_result(False)
-            return
-        for message, _ in self.zygote_decoder.feed(data):
-            kind = message["t"]
-            if kind in ("loaded", "failed") and self.zygote_loaded:
-                self.zygote_loaded.set_result(kind == "loaded")
-            elif kind == "forked":
-                self._on_forked(message["name"], message["pid"])
-            elif kind == "exited":
-                self._on_exited(message["pid"], message["code"])
+    def _on_zygote_message(self, zygote: ZygoteHandle, message: channel.Message) -> None:
+        if message["t"] == "forked":
+            self._on_forked(message["key"], message["pid"])
+        elif message["t"] == "exited":
+            self._on_exited(zygote, message["pid"], message["code"])
 
-    def _on_worker_readable(self, name: str) -> None:
-        data = channel.receive(self.links[name])
+    def _on_worker_readable(self, key: int) -> None:
+        data = channel.receive(self.links[key])
         if data is None:
             return
         if not data:
-            self._close_link(name)
+            self._close_link(key)
             return
-        child = self.workers.get(name)
-        for message, _ in self.decoders[name].feed(data):
+        for message, _ in self.decoders[key].feed(data):
+            child = self.workers.get(key)
             if child is None:
-                break
+                return
             if message["t"] == "ready":
                 self._on_ready(child)
             elif message["t"] == "hb":
                 child.heartbeat(message["requests"])
+            elif message["t"] == "recycle":
+                self._replace(child, message["reason"], f"served {message['requests']} requests")
 
     # -- transitions -------------------------------------------------------------
 
-    def _spawn(self, name: str) -> None:
-        if self.zygote_link is None:
-            return  # the zygote is being replaced; its replacement starts every worker
+    def _spawn(self, name: str, replaces: Child | None = None) -> Child | None:
+        zygote = self.zygote
+        if zygote is None or zygote.link is None:
+            return None  # the zygote is being replaced; its replacement starts every worker
+        child = Child(next(self.keys), name, zygote.generation)
         ours, theirs = socket.socketpair()
         log_read, log_write = os.pipe()
         try:
-            channel.send(
-                self.zygote_link,
-                {"t": "fork", "name": name, "fds": 2},
-                [theirs.fileno(), log_write],
-            )
+            zygote.fork(child.key, name, theirs.fileno(), log_write)
         finally:
             theirs.close()
             os.close(log_write)
         ours.setblocking(False)
-        self.workers[name] = Child(name)
-        self.links[name] = ours
-        self.decoders[name] = channel.Decoder()
+        if replaces is not None:
+            child.replaces = replaces.key
+            replaces.replaced_by = child.key
+        self.workers[child.key] = child
+        self.links[child.key] = ours
+        self.decoders[child.key] = channel.Decoder()
+        self.ready_waiters[child.key] = asyncio.get_running_loop().create_future()
         self.output.attach(log_read, name)
-        asyncio.get_running_loop().add_reader(ours.fileno(), self._on_worker_readable, name)
+        asyncio.get_running_loop().add_reader(ours.fileno(), self._on_worker_readable, child.key)
+        return child
 
-    def _on_forked(self, name: str, pid: int) -> None:
-        child = self.workers.get(name)
+    def _on_forked(self, key: int, pid: int) -> None:
+        child = self.workers.get(key)
         if child is None:
             return
         child.pid = pid
-        self.output.say(f"{name} started (pid {pid})")
+        self.output.say(f"{child.name} started (pid {pid})")
         if self.stopping:
             self._drain(child, "stop")
 
     def _on_ready(self, child: Child) -> None:
         child.ready()
+        self._settle(child.key, True)
+        old = self.workers.get(child.replaces) if child.replaces is not None else None
+        if old is not None and old.serving():
+            self._drain(old, old.replace_reason or "replaced")
         if not self.serving:
             self.serving = True
             self._announce()
             for index in range(2, self.wanted + 1):
                 self._spawn(f"web.{index}")
+
+    def _settle(self, key: int, ready: bool) -> None:
+        waiter = self.ready_waiters.pop(key, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(ready)
 
     def _announce(self) -> None:
         from corral.web.sockets import Address, url
@@ -216,7 +186,7 @@ class WebGroup:
             address = Address(fd=sock.fileno())
             self.output.say(f"listening on {url(address, sock, tls)} ({self.wanted} workers)")
 
-    def _on_exited(self, pid: int, code: int) -> None:
+    def _on_exited(self, zygote: ZygoteHandle, pid: int, code: int) -> None:
         child = next((c for c in self.workers.values() if c.pid == pid), None)
         if child is None:
             return
@@ -225,15 +195,27 @@ class WebGroup:
         cause = describe_exit(code)
         if child.stop_reason in ("timeout", "boot-timeout"):
             cause += f" ({child.stop_reason}: its stack is above)"
-        child.stopped()
-        del self.workers[child.name]
-        self._close_link(child.name)
+        self._forget(child)
+        if zygote.retiring:
+            self._retire_if_idle(zygote)
         if was_draining or self.stopping:
-            self.output.say(f"{child.name} stopped (pid {pid}, {cause})")
+            why = f": {child.stop_reason}" if child.stop_reason not in (None, "stop") else ""
+            self.output.say(f"{child.name} stopped (pid {pid}, {cause}){why}")
             if self.stopping and not self.workers:
                 self.all_stopped.set()
             return
         self.output.say(f"{child.name} exited (pid {pid}, {cause})")
+        if child.replaces is not None:
+            self.output.say(f"{child.name} keeps its old worker: the replacement did not start")
+            old = self.workers.get(child.replaces)
+            if old is not None:
+                old.replaced_by = None
+            return
+        if child.replaced_by is not None:
+            replacement = self.workers.get(child.replaced_by)
+            if replacement is not None:
+                replacement.replaces = None  # it takes over as it is
+                return
         if code == APP_FAILED and served_for is None and not self.serving:
             self.output.say(f"the app cannot start: see {child.name}'s output above")
             self.on_fatal(APP_FAILED)
@@ -245,10 +227,25 @@ class WebGroup:
             delay, self._respawn, child.name
         )
 
+    def _forget(self, child: Child) -> None:
+        child.stopped()
+        del self.workers[child.key]
+        self._close_link(child.key)
+        self._settle(child.key, False)
+
     def _respawn(self, name: str) -> None:
         self.respawns.pop(name, None)
-        if not self.stopping and _index(name) <= self.wanted and name not in self.workers:
+        running = any(c.name == name and c.serving() for c in self.workers.values())
+        if not self.stopping and _index(name) <= self.wanted and not running:
             self._spawn(name)
+
+    def _replace(self, old: Child, reason: str, detail: str) -> Child | None:
+        """Start a replacement for `old`; `old` drains once the replacement is ready."""
+        if old.state is not State.READY or old.replaced_by is not None or self.stopping:
+            return None
+        old.replace_reason = reason
+        self.output.say(f"{old.name} (pid {old.pid}) {detail}: replacing it ({reason})")
+        return self._spawn(old.name, replaces=old)
 
     def _drain(self, child: Child, reason: str) -> None:
         child.drain(reason, time.monotonic() + self.config.graceful_timeout)
@@ -259,52 +256,118 @@ class WebGroup:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(child.pid, sig)
 
-    def _close_zygote_link(self) -> None:
-        if self.zygote_link is not None:
-            asyncio.get_running_loop().remove_reader(self.zygote_link.fileno())
-            self.zygote_link.close()
-            self.zygote_link = None
-
-    def _close_link(self, name: str) -> None:
-        link = self.links.pop(name, None)
-        self.decoders.pop(name, None)
+    def _close_link(self, key: int) -> None:
+        link = self.links.pop(key, None)
+        self.decoders.pop(key, None)
         if link is not None:
             asyncio.get_running_loop().remove_reader(link.fileno())
             link.close()
 
-    def _on_zygote_exit(self, waiter: asyncio.Future[int]) -> None:
-        """Replace a zygote that died; its workers drain by themselves (parent-death signal)."""
-        if self.stopping:
+    # -- zygotes -----------------------------------------------------------------
+
+    def _retire_if_idle(self, zygote: ZygoteHandle) -> None:
+        if not any(c.generation == zygote.generation for c in self.workers.values()):
+            self._in_background(zygote.exit())
+
+    def _on_zygote_exit(self, zygote: ZygoteHandle) -> None:
+        """Forget a zygote that exited; replace the current one if it died on its own."""
+        self.zygotes.pop(zygote.generation, None)
+        zygote.close()
+        if self.stopping or zygote is not self.zygote:
             return
+        assert zygote.process is not None
         self.output.say(
-            f"web.zygote exited unexpectedly ({describe_exit(waiter.result())}): "
+            f"web.zygote exited unexpectedly ({describe_exit(zygote.process.returncode or 0)}): "
             "its workers drain, a new zygote and workers replace them"
         )
-        for name in list(self.workers):
-            self._close_link(name)
-        self.workers.clear()
+        self.zygote = None
+        for child in [c for c in self.workers.values() if c.generation == zygote.generation]:
+            self._forget(child)  # they get the parent-death signal and drain by themselves
         for handle in self.respawns.values():
             handle.cancel()
         self.respawns.clear()
-        delay = self.zygote_backoff.delay_after_death(time.monotonic() - self.zygote_started)
+        delay = self.zygote_backoff.delay_after_death(time.monotonic() - zygote.started_at)
         loop = asyncio.get_running_loop()
-        loop.call_later(delay, lambda: self._tasks.add(loop.create_task(self._replace_zygote())))
+        loop.call_later(delay, lambda: self._in_background(self._replace_zygote()))
 
     async def _replace_zygote(self) -> None:
         if self.stopping:
             return
         try:
-            await self._start_zygote()
+            self.zygote = await self._launch_zygote()
         except AppFailed:
-            self.on_fatal(APP_FAILED)
+            self.on_fatal(APP_FAILED if not self.serving else FAILURE)
             return
         for index in range(1, self.wanted + 1):
             self._spawn(f"web.{index}")
 
+    def _in_background(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # -- reload --------------------------------------------------------------------
+
+    def reload(self) -> None:
+        """Roll every worker over to a new zygote with the current code, one at a time."""
+        if self.stopping:
+            return
+        if self.reloading is not None and not self.reloading.done():
+            self.output.say("a reload is already under way; this one is ignored")
+            return
+        self.reloading = asyncio.get_running_loop().create_task(self._reload())
+
+    async def _reload(self) -> None:
+        self.output.say("reloading: loading the current code in a new zygote")
+        try:
+            new = await self._launch_zygote()
+        except AppFailed:
+            self.output.say(
+                "reload failed: the new code cannot be loaded (see web.zygote's output above); "
+                "the running workers keep serving the old code"
+            )
+            return
+        old = self.zygote
+        self.zygote = new
+        if old is not None:
+            old.retiring = True
+        rolled = 0
+        for child in sorted(self._older_than(new), key=lambda c: _index(c.name)):
+            if self.stopping:
+                return
+            if child.key not in self.workers or not child.serving():
+                continue
+            replacement = self._replace(child, "reload", "runs the old code")
+            if replacement is None or not await self.ready_waiters[replacement.key]:
+                self._abandon_reload(new, old, rolled)
+                return
+            rolled += 1
+        if old is not None:
+            self._retire_if_idle(old)
+        self.output.say(f"reload complete: {rolled} workers run the new code")
+
+    def _older_than(self, zygote: ZygoteHandle) -> list[Child]:
+        return [c for c in self.workers.values() if c.generation < zygote.generation]
+
+    def _abandon_reload(self, new: ZygoteHandle, old: ZygoteHandle | None, rolled: int) -> None:
+        if rolled == 0 and old is not None:
+            self.zygote, old.retiring, new.retiring = old, False, True
+            self._retire_if_idle(new)
+            self.output.say(
+                "reload failed: the new code did not start (see above); "
+                "every worker keeps serving the old code"
+            )
+        else:
+            self.output.say(
+                f"reload failed part way: {rolled} workers run the new code, "
+                f"{len(self._older_than(new))} the old"
+            )
+
     # -- supervision -------------------------------------------------------------
 
     async def _watch(self) -> None:
-        """Escalate kills that are due and abort workers whose event loop stopped answering."""
+        """Escalate kills that are due, abort stuck workers, recycle oversized ones."""
+        next_memory_check = time.monotonic()
         while True:
             await asyncio.sleep(WATCH_INTERVAL)
             now = time.monotonic()
@@ -321,6 +384,9 @@ class WebGroup:
                     self._abort(child, "boot-timeout", self.config.boot_timeout)
                 elif child.state is State.READY and now - child.last_seen > self.config.timeout:
                     self._abort(child, "timeout", self.config.timeout)
+            if self.config.max_memory is not None and now >= next_memory_check:
+                next_memory_check = now + MEMORY_CHECK_INTERVAL
+                self._recycle_oversized(self.config.max_memory)
 
     def _abort(self, child: Child, reason: str, limit: float) -> None:
         what = "has not become ready" if reason == "boot-timeout" else "has not answered"
@@ -328,9 +394,20 @@ class WebGroup:
             f"{child.name} (pid {child.pid}) {what} for {limit:g}s: "
             "sending SIGABRT to log its stack, then SIGKILL"
         )
-        child.stop_reason = reason
-        child.kill_at = time.monotonic() + ABORT_GRACE
+        child.abort(reason, time.monotonic() + ABORT_GRACE)
         self._signal(child, signal.SIGABRT)
+
+    def _recycle_oversized(self, limit: int) -> None:
+        for child in list(self.workers.values()):
+            if child.state is not State.READY or child.replaced_by is not None:
+                continue
+            try:
+                rss = psutil.Process(child.pid).memory_info().rss
+            except psutil.Error:
+                continue
+            if rss > limit:
+                detail = f"uses {format_size(rss)}, over --max-memory {format_size(limit)}"
+                self._replace(child, "max-memory", detail)
 
     # -- scale and stop ----------------------------------------------------------
 
@@ -338,17 +415,20 @@ class WebGroup:
         """Run `wanted` workers: start the missing ones, drain the highest-numbered extras."""
         self.wanted = max(1, wanted)
         self.output.say(f"scaling web to {self.wanted} workers")
+        names = {c.name for c in self.workers.values() if c.serving()}
         for index in range(1, self.wanted + 1):
             name = f"web.{index}"
-            if name not in self.workers and name not in self.respawns:
+            if name not in names and name not in self.respawns:
                 self._spawn(name)
         for child in list(self.workers.values()):
-            if _index(child.name) > self.wanted and child.state is not State.DRAINING:
+            if _index(child.name) > self.wanted and child.serving():
                 self._drain(child, "scale")
 
     async def stop(self) -> None:
-        """Drain every worker (killed at --graceful-timeout), then let the zygote go."""
+        """Drain every worker (killed at --graceful-timeout), then let the zygotes go."""
         self.stopping = True
+        if self.reloading is not None:
+            self.reloading.cancel()
         for handle in self.respawns.values():
             handle.cancel()
         self.respawns.clear()
@@ -360,32 +440,19 @@ class WebGroup:
                 await asyncio.wait_for(
                     self.all_stopped.wait(), self.config.graceful_timeout + ABORT_GRACE + 1
                 )
-        await self._stop_zygote()
+        if self.watcher is not None:
+            self.watcher.cancel()
+        await asyncio.gather(*(zygote.exit() for zygote in list(self.zygotes.values())))
+        for key in list(self.links):
+            self._close_link(key)
+        os.close(self.access_fd)
 
     def kill(self) -> None:
-        """Stop at once: SIGKILL every worker (the zygote follows in stop())."""
+        """Stop at once: SIGKILL every worker (the zygotes follow in stop())."""
         self.stopping = True
         for child in self.workers.values():
             child.kill_at = time.monotonic()
             self._signal(child, signal.SIGKILL)
-
-    async def _stop_zygote(self) -> None:
-        if self.watcher is not None:
-            self.watcher.cancel()
-        if self.zygote is None:
-            return
-        if self.zygote.returncode is None and self.zygote_link is not None:
-            with contextlib.suppress(OSError):
-                channel.send(self.zygote_link, {"t": "exit"})
-            try:
-                await asyncio.wait_for(self.zygote.wait(), ZYGOTE_EXIT_TIMEOUT)
-            except asyncio.TimeoutError:
-                self.zygote.kill()
-                await self.zygote.wait()
-        self._close_zygote_link()
-        for name in list(self.links):
-            self._close_link(name)
-        os.close(self.access_fd)
 
 
 def _index(name: str) -> int:

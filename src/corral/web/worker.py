@@ -14,6 +14,7 @@ import contextlib
 import faulthandler
 import logging
 import os
+import random
 import resource
 import signal
 import socket
@@ -25,6 +26,7 @@ from typing import Any
 
 import uvicorn
 from uvicorn._compat import asyncio_run
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from corral import channel, system
 from corral.config import WebConfig
@@ -34,6 +36,9 @@ from corral.web.app_loader import AppLoadError, load_app
 
 HEARTBEAT_INTERVAL = 1.0
 LIFESPAN_SHUTDOWN_RESERVE = 1.0
+REQUEST_LIMIT_CHECK = 0.1
+IDLE_DRAIN_GRACE = 1.0  # how long a draining worker keeps an idle keep-alive connection
+RECYCLE_REMINDER = 5.0  # ask again if the manager could not replace us yet
 
 
 @dataclass
@@ -71,7 +76,12 @@ def run_worker(spec: WorkerSpec) -> int:
         writer = BlockWriter(spec.access_fd, prefix=output_prefix(spec.name, spec.access_fd))
         app = AccessLog(app, writer)
     link = channel_socket(spec.channel_fd)
-    server = WorkerServer(uvicorn_config(spec.config, app), link)
+    request_limit = None
+    if spec.config.max_requests is not None:
+        request_limit = spec.config.max_requests + random.randint(
+            0, spec.config.max_requests_jitter
+        )
+    server = WorkerServer(uvicorn_config(spec.config, app), link, request_limit)
     sockets = [socket.socket(fileno=fd) for fd in spec.listen_fds]
     try:
         asyncio_run(server.serve(sockets), loop_factory=server.config.get_loop_factory())
@@ -112,6 +122,7 @@ def uvicorn_config(config: WebConfig, app: Any) -> uvicorn.Config:
     drain = max(config.graceful_timeout - LIFESPAN_SHUTDOWN_RESERVE, config.graceful_timeout / 2)
     return uvicorn.Config(
         app,
+        http=DrainingHttpToolsProtocol,
         log_config=None,
         log_level=None,
         access_log=False,
@@ -132,12 +143,46 @@ def uvicorn_config(config: WebConfig, app: Any) -> uvicorn.Config:
     )
 
 
+class DrainingHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, with a drain that cannot race a request on the wire.
+
+    uvicorn closes an idle keep-alive connection the moment it drains; a
+    request the client had just sent on it then fails. Here an idle
+    connection stays open for a short grace: a request that arrives in it is
+    answered with `Connection: close`, and the connection closes after.
+    """
+
+    draining = False
+
+    def shutdown(self) -> None:
+        self.draining = True
+        if self.cycle is None or self.cycle.response_complete:
+            grace = min(IDLE_DRAIN_GRACE, self.timeout_keep_alive)
+            self.loop.call_later(grace, self._close_if_idle)
+        else:
+            self.cycle.keep_alive = False
+
+    def on_headers_complete(self) -> None:
+        super().on_headers_complete()
+        if self.draining and self.cycle is not None:
+            self.cycle.keep_alive = False
+
+    def _close_if_idle(self) -> None:
+        idle = self.cycle is None or self.cycle.response_complete
+        if idle and not self.transport.is_closing():
+            self.transport.close()
+
+
 class WorkerServer(uvicorn.Server):
     """uvicorn's server, which reports to the manager and takes its signals from corral."""
 
-    def __init__(self, config: uvicorn.Config, link: socket.socket) -> None:
+    def __init__(
+        self, config: uvicorn.Config, link: socket.socket, request_limit: int | None
+    ) -> None:
         super().__init__(config)
         self.link = link
+        self.request_limit = request_limit
+        self.recycle_asked_at: float | None = None
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -164,11 +209,25 @@ class WorkerServer(uvicorn.Server):
             loop.add_reader(self.link.fileno(), self._on_manager_message)
             self._send({"t": "ready", "pid": os.getpid()})
             self._heartbeat()
+            if self.request_limit is not None:
+                self._check_request_limit()
 
     def _heartbeat(self) -> None:
         """Sent from inside the event loop, so a blocked loop sends none."""
         self._send({"t": "hb", "requests": self.server_state.total_requests})
         asyncio.get_running_loop().call_later(HEARTBEAT_INTERVAL, self._heartbeat)
+
+    def _check_request_limit(self) -> None:
+        """Past --max-requests, ask the manager for a replacement (it drains us when ready)."""
+        loop = asyncio.get_running_loop()
+        served = self.server_state.total_requests
+        assert self.request_limit is not None
+        if served >= self.request_limit and (
+            self.recycle_asked_at is None or loop.time() - self.recycle_asked_at > RECYCLE_REMINDER
+        ):
+            self.recycle_asked_at = loop.time()
+            self._send({"t": "recycle", "reason": "max-requests", "requests": served})
+        loop.call_later(REQUEST_LIMIT_CHECK, self._check_request_limit)
 
     def _send(self, message: channel.Message) -> None:
         with contextlib.suppress(BlockingIOError, BrokenPipeError, ConnectionResetError):

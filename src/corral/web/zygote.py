@@ -87,11 +87,11 @@ class Zygote:
             return
         for message, message_fds in self.decoder.feed(data, fds):
             if message["t"] == "fork":
-                self._fork(message["name"], *message_fds)
+                self._fork(message["key"], message["name"], *message_fds)
             elif message["t"] == "exit":
                 self.exiting = True
 
-    def _fork(self, name: str, channel_fd: int, log_fd: int) -> None:
+    def _fork(self, key: int, name: str, channel_fd: int, log_fd: int) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -100,7 +100,7 @@ class Zygote:
         os.close(channel_fd)
         os.close(log_fd)
         self.workers.add(pid)
-        channel.send(self.link, {"t": "forked", "name": name, "pid": pid})
+        channel.send(self.link, {"t": "forked", "key": key, "pid": pid})
 
     def _become_worker(self, name: str, channel_fd: int, log_fd: int) -> int:
         """In the child: shed the zygote's descriptors and handlers, then run the worker."""

@@ -1,0 +1,140 @@
+"""The manager's side of one zygote: one generation of the app's code.
+
+A zygote is launched with the settings and the listening sockets, says
+"loaded" (or "failed"), then forks workers on request and reports when they
+were forked and how they exited. A reload launches a new generation; the old
+one retires once its last worker has drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from corral import channel
+from corral.config import WebConfig
+from corral.output import Output
+
+EXIT_TIMEOUT = 5.0
+
+Listener = Callable[["ZygoteHandle", channel.Message], None]
+
+
+class AppFailed(Exception):
+    """The app cannot be loaded or started (import error, lifespan failure)."""
+
+
+class ZygoteHandle:
+    def __init__(self, generation: int, on_message: Listener) -> None:
+        self.generation = generation
+        self.on_message = on_message
+        self.process: asyncio.subprocess.Process | None = None
+        self.link: socket.socket | None = None
+        self.decoder = channel.Decoder()
+        self.loaded: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.started_at = time.monotonic()
+        self.retiring = False  # forks nothing more; exits once its workers are gone
+
+    async def launch(
+        self,
+        config: WebConfig,
+        sockets: list[socket.socket],
+        access_fd: int,
+        identity: dict[str, Any],
+        output: Output,
+    ) -> None:
+        """Start the zygote and wait until it has loaded the app; AppFailed if it cannot."""
+        ours, theirs = socket.socketpair()
+        log_read, log_write = os.pipe()
+        listen_fds = [s.fileno() for s in sockets]
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "corral.web.zygote",
+                str(theirs.fileno()),
+                pass_fds=[theirs.fileno(), access_fd, *listen_fds],
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log_write,
+                stderr=log_write,
+                start_new_session=True,
+                **identity,
+            )
+        except PermissionError as error:
+            ours.close()
+            os.close(log_read)
+            who = " as --user/--group" if identity else ""
+            raise PermissionError(f"cannot run {sys.executable}{who}: {error.strerror}") from None
+        finally:
+            theirs.close()
+            os.close(log_write)
+        output.attach(log_read, "web.zygote")
+        ours.setblocking(False)
+        self.link = ours
+        asyncio.get_running_loop().add_reader(ours.fileno(), self._on_readable)
+        spec = {
+            "name": "web.zygote",
+            "manager_pid": os.getpid(),
+            "config": config.model_dump(mode="json"),
+            "listen_fds": listen_fds,
+            "access_fd": access_fd,
+        }
+        channel.send(ours, spec)
+        exited = asyncio.ensure_future(self.process.wait())
+        await asyncio.wait([self.loaded, exited], return_when=asyncio.FIRST_COMPLETED)
+        if not (self.loaded.done() and self.loaded.result()):
+            await exited
+            self.close()
+            raise AppFailed("the app could not be loaded")
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def fork(self, key: int, name: str, channel_fd: int, log_fd: int) -> None:
+        assert self.link is not None
+        message = {"t": "fork", "key": key, "name": name, "fds": 2}
+        channel.send(self.link, message, [channel_fd, log_fd])
+
+    def _on_readable(self) -> None:
+        assert self.link is not None
+        data = channel.receive(self.link)
+        if data is None:
+            return
+        if not data:
+            asyncio.get_running_loop().remove_reader(self.link.fileno())
+            if not self.loaded.done():
+                self.loaded.set_result(False)
+            return
+        for message, _ in self.decoder.feed(data):
+            if message["t"] in ("loaded", "failed"):
+                if not self.loaded.done():
+                    self.loaded.set_result(message["t"] == "loaded")
+            else:
+                self.on_message(self, message)
+
+    async def exit(self) -> None:
+        """Ask the zygote to exit (its workers must be gone); kill it if it does not."""
+        if self.process is None:
+            return
+        if self.process.returncode is None and self.link is not None:
+            with contextlib.suppress(OSError):
+                channel.send(self.link, {"t": "exit"})
+            try:
+                await asyncio.wait_for(self.process.wait(), EXIT_TIMEOUT)
+            except asyncio.TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        self.close()
+
+    def close(self) -> None:
+        if self.link is not None:
+            asyncio.get_running_loop().remove_reader(self.link.fileno())
+            self.link.close()
+            self.link = None
