@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -231,3 +232,48 @@ def corral(started: Started) -> Callable[..., Corral]:
 def launch(started: Started) -> Callable[..., Corral]:
     """Start a command of the test's own that becomes a corral manager (a wrapper that execs)."""
     return started.command
+
+
+class LoadResult:
+    """What wrk saw: requests completed, and every kind of failure it counts."""
+
+    def __init__(self, report: str) -> None:
+        self.report = report
+        self.requests = int(_find(r"(\d+) requests in", report))
+        errors = re.search(
+            r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", report
+        )
+        self.socket_errors = sum(int(n) for n in errors.groups()) if errors else 0
+        self.non_2xx = int(_find(r"Non-2xx or 3xx responses: (\d+)", report, "0"))
+
+    @property
+    def failures(self) -> int:
+        return self.socket_errors + self.non_2xx
+
+
+def _find(pattern: str, text: str, default: str | None = None) -> str:
+    match = re.search(pattern, text)
+    if match is None:
+        if default is None:
+            raise AssertionError(f"no {pattern!r} in wrk's report:\n{text}")
+        return default
+    return match.group(1)
+
+
+def start_load(url: str, seconds: float, connections: int = 32) -> subprocess.Popen[str]:
+    """Start wrk against `url` (127.0.0.1 only) for `seconds`; finish it with `load_result`."""
+    assert url.startswith(("http://127.0.0.1", "http://[::1]")), url
+    if shutil.which("wrk") is None:
+        pytest.fail("wrk is not installed: .ci/run installs it (apt-get install wrk)")
+    return subprocess.Popen(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", url],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def load_result(load: subprocess.Popen[str], timeout: float = 60) -> LoadResult:
+    report, _ = load.communicate(timeout=timeout)
+    assert load.returncode == 0, report
+    return LoadResult(report)
