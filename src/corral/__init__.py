@@ -17,6 +17,7 @@ def run(app: str, **settings: Any) -> int:
     """
     from corral.config import WebConfig
     from corral.manager.supervisor import Manager
+    from corral.system_config import PrestartConfig, System
 
     config = WebConfig.from_sources({"app": app, **settings}, source="corral.run()")
-    return Manager(config).run()
+    return Manager(System(config, {}, {}, PrestartConfig(), {})).run()

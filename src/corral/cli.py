@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
@@ -13,6 +14,7 @@ from pydantic import BaseModel
 from corral import __version__
 from corral.config import ConfigError, WebConfig, env_name, flagged_settings
 from corral.exit_codes import USAGE
+from corral.system_config import resolve
 
 
 class GroupedOption(click.Option):
@@ -115,29 +117,32 @@ def main() -> None:
         DescribedArgument(
             ["app"], required=False, help="The ASGI app, as MODULE:ATTRIBUTE (main:app)."
         ),
+        GroupedOption(
+            ["-c", "--config", "config_path"],
+            type=click.Path(path_type=Path, dir_okay=False),
+            help="The configuration file [default: corral.toml here, "
+            "else [tool.corral] in pyproject.toml]",
+            help_group="Configuration",
+        ),
         *setting_options(WebConfig),
     ],
 )
 @click.pass_context
-def run(ctx: click.Context, app: str | None, **_: Any) -> None:
-    """Serve APP (MODULE:ATTRIBUTE, e.g. main:app) with supervised workers.
+def run(ctx: click.Context, app: str | None, config_path: Path | None, **_: Any) -> None:
+    """Serve APP (MODULE:ATTRIBUTE, e.g. main:app) with supervised workers, and run
+    everything corral.toml declares.
 
     The current directory is on the import path, as with uvicorn. Every
     option can also be set with the environment variable shown beside it,
-    which takes precedence over the flag.
+    which takes precedence over the flag; flags take precedence over the file.
     """
-    values = given_settings(ctx, WebConfig)
-    if app is not None:
-        values["app"] = app
-    elif "app" not in values:
-        fail(["no app given: expected `corral run MODULE:ATTRIBUTE`, such as main:app"])
     try:
-        config = WebConfig.from_sources(
-            values, source="corral run", describe=spelling_of(WebConfig)
+        system = resolve(
+            app, given_settings(ctx, WebConfig), config_path, Path.cwd(), spelling_of(WebConfig)
         )
     except ConfigError as error:
         fail(error.messages)
         return
     from corral.manager.supervisor import Manager
 
-    sys.exit(Manager(config).run())
+    sys.exit(Manager(system).run())

@@ -235,7 +235,7 @@ class WebConfig(BaseModel):
                     where = describe(name)
                 else:
                     where = f"{source}: {name}" if name else source
-                messages.append(_explain(cls, where, name, problem))
+                messages.append(explain(cls, where, name, problem))
             raise ConfigError(messages) from None
 
 
@@ -269,7 +269,7 @@ def _is_list(info: FieldInfo) -> bool:
     return getattr(info.annotation, "__origin__", None) is list
 
 
-def _explain(model: type[BaseModel], where: str, name: str, problem: Mapping[str, Any]) -> str:
+def explain(model: type[BaseModel], where: str, name: str, problem: Mapping[str, Any]) -> str:
     if problem["type"] == "extra_forbidden":
         close = difflib.get_close_matches(name, list(model.model_fields), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""

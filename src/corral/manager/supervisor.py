@@ -11,50 +11,58 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 from typing import Any
 
 from corral import system
-from corral.config import WebConfig
-from corral.exit_codes import APP_FAILED, OK, USAGE
+from corral.exit_codes import APP_FAILED, OK, PRESTART_FAILED, USAGE
+from corral.manager.prestart import run_prestart
+from corral.manager.process_group import ProcessGroup
 from corral.manager.web_group import AppFailed, WebGroup
 from corral.output import Output
+from corral.system_config import System
 from corral.web import sockets as listeners
 
 
 class Manager:
-    def __init__(self, config: WebConfig) -> None:
-        self.config = config
+    def __init__(self, declared: System) -> None:
+        self.system = declared
         self.output = Output()
         self.web: WebGroup | None = None
+        self.groups: list[ProcessGroup] = []
         self.finished: asyncio.Future[int] | None = None
         self.stopping = False
 
     def run(self) -> int:
-        """Serve until stopped; return the exit code."""
+        """Run everything declared until stopped; return the exit code."""
         system.set_title("corral: manager")
-        config = self.config
+        web = self.system.web
+        addresses: list[listeners.Address] = []
+        sockets: list[socket.socket] = []
+        if web is not None:
+            try:
+                addresses, sockets = listeners.listen(
+                    web.bind, web.uds, web.host, web.port, web.backlog
+                )
+            except listeners.BindError as error:
+                self.output.say(f"error: {error}")
+                return USAGE
+        pidfile = web.pidfile if web is not None else None
         try:
-            addresses, sockets = listeners.listen(
-                config.bind, config.uds, config.host, config.port, config.backlog
-            )
-        except listeners.BindError as error:
-            self.output.say(f"error: {error}")
-            return USAGE
-        try:
-            if config.pidfile is not None:
-                config.pidfile.write_text(f"{os.getpid()}\n")
-            identity = system.identity(config.user, config.group)
+            if pidfile is not None:
+                pidfile.write_text(f"{os.getpid()}\n")
+            identity = system.identity(web.user, web.group) if web is not None else {}
             return asyncio.run(self._serve(sockets, identity))
         except (ValueError, PermissionError) as error:
             self.output.say(f"error: {error}")
             return USAGE
         finally:
             listeners.close(sockets, addresses)
-            if config.pidfile is not None:
+            if pidfile is not None:
                 with contextlib.suppress(OSError):
-                    config.pidfile.unlink()
+                    pidfile.unlink()
 
-    async def _serve(self, sockets: list, identity: dict[str, Any]) -> int:
+    async def _serve(self, sockets: list[socket.socket], identity: dict[str, Any]) -> int:
         loop = asyncio.get_running_loop()
         self.finished = loop.create_future()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
@@ -62,20 +70,39 @@ class Manager:
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         loop.add_signal_handler(signal.SIGTTIN, self._on_scale_signal, +1)
         loop.add_signal_handler(signal.SIGTTOU, self._on_scale_signal, -1)
-        self.web = WebGroup(self.config, sockets, identity, self.output, on_fatal=self._finish)
-        try:
-            await self.web.start()
-        except AppFailed:
-            self.output.say("error: the app cannot start; see web.zygote's output above")
-            await self.web.stop()
-            return APP_FAILED
-        watching = loop.create_task(self._reload_on_change()) if self.config.reload else None
+        if not await run_prestart(self.system.prestart, self.system.env, self.output):
+            return PRESTART_FAILED
+        if self.finished.done():
+            return self.finished.result()
+        web = self.system.web
+        if web is not None:
+            self.web = WebGroup(
+                web, sockets, identity, self.system.env, self.output, on_fatal=self._finish
+            )
+            try:
+                await self.web.start()
+            except AppFailed:
+                self.output.say("error: the app cannot start; see web.zygote's output above")
+                await self.web.stop()
+                return APP_FAILED
+        for name, config in self.system.processes.items():
+            group = ProcessGroup(name, config, self.system.env, self.output)
+            self.groups.append(group)
+            await group.start()
+        reloading = web is not None and web.reload
+        watching = loop.create_task(self._reload_on_change()) if reloading else None
         code = await self.finished
         if watching is not None:
             watching.cancel()
-        await self.web.stop()
+        await self._stop()
         self.output.say("stopped")
         return code
+
+    async def _stop(self) -> None:
+        """Web first (so a load balancer drains), then the processes."""
+        if self.web is not None:
+            await self.web.stop()
+        await asyncio.gather(*(group.stop() for group in self.groups))
 
     async def _reload_on_change(self) -> None:
         """--reload: a rolling reload whenever a .py file under the current directory changes."""
@@ -94,16 +121,15 @@ class Manager:
 
     def _on_stop_signal(self, sig: int) -> None:
         name = signal.Signals(sig).name
-        assert self.web is not None
         immediate = sig == signal.SIGQUIT or (self.stopping and sig == signal.SIGINT)
         if immediate:
             self.output.say(f"{name}: stopping at once")
-            self.web.kill()
+            if self.web is not None:
+                self.web.kill()
         elif not self.stopping:
-            self.output.say(
-                f"{name}: stopping gracefully (up to {self.config.graceful_timeout:g}s; "
-                "Ctrl-C again to stop at once)"
-            )
+            web = self.system.web
+            bound = f"up to {web.graceful_timeout:g}s; " if web is not None else ""
+            self.output.say(f"{name}: stopping gracefully ({bound}Ctrl-C again to stop at once)")
         self.stopping = True
         self._finish(OK)
 

@@ -50,12 +50,14 @@ class WebGroup:
         config: WebConfig,
         sockets: list[socket.socket],
         identity: dict[str, Any],
+        env: dict[str, str],
         output: Output,
         on_fatal: Callable[[int], None],
     ) -> None:
         self.config = config
         self.sockets = sockets
         self.identity = identity  # the user and group the app runs as (Popen arguments)
+        self.env = env  # the system's environment ([env], env_file), over the manager's
         self.output = output
         self.on_fatal = on_fatal
         self.wanted = config.workers
@@ -93,7 +95,9 @@ class WebGroup:
     async def _launch_zygote(self) -> ZygoteHandle:
         self.generation += 1
         zygote = ZygoteHandle(self.generation, self._on_zygote_message)
-        await zygote.launch(self.config, self.sockets, self.access_fd, self.identity, self.output)
+        await zygote.launch(
+            self.config, self.sockets, self.access_fd, self.identity, self.env, self.output
+        )
         assert zygote.process is not None
         self.zygotes[zygote.generation] = zygote
         exited = asyncio.ensure_future(zygote.process.wait())

@@ -47,6 +47,7 @@ class ZygoteHandle:
         sockets: list[socket.socket],
         access_fd: int,
         identity: dict[str, Any],
+        env: dict[str, str],
         output: Output,
     ) -> None:
         """Start the zygote and wait until it has loaded the app; AppFailed if it cannot."""
@@ -64,6 +65,7 @@ class ZygoteHandle:
                 stdout=log_write,
                 stderr=log_write,
                 start_new_session=True,
+                env={**os.environ, **env},
                 **identity,
             )
         except PermissionError as error:

@@ -1,0 +1,33 @@
+"""Prestart: steps that run once, in order, before anything else starts (migrations).
+
+A command step runs through `sh -c` (shell syntax welcome); a call step runs
+the callable in a fresh interpreter. The first failure stops corral, with
+the step's output shown and exit code 4; no web worker ever starts.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from corral.manager.spawn import spawn
+from corral.output import Output
+from corral.system import describe_exit
+from corral.system_config import PrestartCall, PrestartConfig
+
+
+async def run_prestart(config: PrestartConfig, env: dict[str, str], output: Output) -> bool:
+    """Run every step in order; False (and a message) at the first that fails."""
+    for number, step in enumerate(config.steps, start=1):
+        if isinstance(step, PrestartCall):
+            what = f"{{ call = {step.call!r} }}"
+            argv = [sys.executable, "-m", "corral.runner", "prestart", step.call]
+        else:
+            what = repr(step)
+            argv = ["/bin/sh", "-c", step]
+        output.say(f"prestart step {number}: {what}")
+        process = await spawn("prestart", argv, output, env)
+        code = await process.wait()
+        if code != 0:
+            output.say(f"prestart step {number} failed ({describe_exit(code)}): nothing starts")
+            return False
+    return True

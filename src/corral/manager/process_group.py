@@ -1,0 +1,116 @@
+"""A declared process group ([processes.NAME]): N replicas of a callable or a command.
+
+Each replica is NAME.1..NAME.N, sees CORRAL_REPLICA=i, and is restarted by
+its `restart` policy (always, on-failure, never) with the same backoff as web
+workers. Stopping sends `stop_signal`, then SIGKILL after `stop_timeout`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+
+from corral.manager.backoff import Backoff
+from corral.manager.children import Child, State
+from corral.manager.spawn import argv_for, spawn
+from corral.output import Output
+from corral.system import describe_exit
+from corral.system_config import ProcessConfig
+
+
+class ProcessGroup:
+    def __init__(self, name: str, config: ProcessConfig, env: dict[str, str], output: Output):
+        self.name = name
+        self.config = config
+        self.env = env
+        self.output = output
+        self.replicas: dict[int, Child] = {}
+        self.processes: dict[int, asyncio.subprocess.Process] = {}
+        self.backoffs: dict[int, Backoff] = {}
+        self.respawns: dict[int, asyncio.TimerHandle] = {}
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.stopping = False
+
+    async def start(self) -> None:
+        for index in range(1, self.config.replicas + 1):
+            await self._start(index)
+
+    async def _start(self, index: int) -> None:
+        self.respawns.pop(index, None)
+        if self.stopping:
+            return
+        name = f"{self.name}.{index}"
+        env = {**self.env, **self.config.env, "CORRAL_REPLICA": str(index)}
+        try:
+            process = await spawn(
+                name, argv_for(name, self.config), self.output, env, self.config.cwd
+            )
+        except OSError as error:
+            self.output.say(f"{name} cannot start: {error}")
+            self._schedule_restart(index, None, 127)
+            return
+        child = Child(key=process.pid, name=name, pid=process.pid)
+        child.ready()
+        self.replicas[index] = child
+        self.processes[index] = process
+        self.output.say(f"{name} started (pid {process.pid})")
+        task = asyncio.get_running_loop().create_task(self._watch(index, child, process))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _watch(self, index: int, child: Child, process: asyncio.subprocess.Process) -> None:
+        code = await process.wait()
+        served_for = child.uptime()
+        child.stopped()
+        self.replicas.pop(index, None)
+        self.processes.pop(index, None)
+        if self.stopping:
+            self.output.say(f"{child.name} stopped (pid {child.pid}, {describe_exit(code)})")
+            return
+        self.output.say(f"{child.name} exited (pid {child.pid}, {describe_exit(code)})")
+        self._schedule_restart(index, served_for, code)
+
+    def _schedule_restart(self, index: int, served_for: float | None, code: int) -> None:
+        policy = self.config.restart
+        if policy == "never" or (policy == "on-failure" and code == 0):
+            self.output.say(f"{self.name}.{index} is not restarted (restart = {policy!r})")
+            return
+        delay = self.backoffs.setdefault(index, Backoff()).delay_after_death(served_for)
+        if delay:
+            self.output.say(f"{self.name}.{index} restarts in {delay:g}s (it keeps exiting)")
+        loop = asyncio.get_running_loop()
+        self.respawns[index] = loop.call_later(
+            delay, lambda: self._in_background(self._start(index))
+        )
+
+    def _in_background(self, work: object) -> None:
+        task = asyncio.get_running_loop().create_task(work)  # type: ignore[arg-type]
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def running(self) -> list[Child]:
+        return [c for c in self.replicas.values() if c.state is not State.STOPPED]
+
+    async def stop(self) -> None:
+        """Send stop_signal to every replica; SIGKILL those still there after stop_timeout."""
+        self.stopping = True
+        for handle in self.respawns.values():
+            handle.cancel()
+        self.respawns.clear()
+        stop_signal = signal.Signals[self.config.stop_signal]
+        processes = list(self.processes.values())
+        for process in processes:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(stop_signal)
+        waiting = [asyncio.ensure_future(p.wait()) for p in processes]
+        if waiting:
+            _, late = await asyncio.wait(waiting, timeout=self.config.stop_timeout)
+            for process in processes:
+                if process.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        process.kill()
+            if late:
+                await asyncio.wait(late)
+        if self.tasks:
+            await asyncio.wait(list(self.tasks))

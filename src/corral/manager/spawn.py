@@ -1,0 +1,52 @@
+"""Starting a declared child (a process replica, a prestart step): argv, environment, output."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+from corral import system
+from corral.output import Output
+from corral.system_config import Runnable
+
+
+def argv_for(name: str, runnable: Runnable) -> list[str]:
+    """A command is split like a shell would and executed directly (signals reach it)."""
+    if runnable.call is not None:
+        return [sys.executable, "-m", "corral.runner", name, runnable.call]
+    assert runnable.command is not None
+    return shlex.split(runnable.command)
+
+
+async def spawn(
+    name: str,
+    argv: list[str],
+    output: Output,
+    env: dict[str, str],
+    cwd: Path | None = None,
+) -> asyncio.subprocess.Process:
+    """Start `argv` in its own session, its output prefixed with `name`; it dies with us."""
+    log_read, log_write = os.pipe()
+    manager = os.getpid()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=log_write,
+            stderr=log_write,
+            cwd=cwd,
+            env={**os.environ, **env, "CORRAL_MANAGER_PID": str(manager)},
+            start_new_session=True,
+            preexec_fn=lambda: system.die_with_parent(manager, signal.SIGTERM),
+        )
+    except OSError:
+        os.close(log_read)
+        raise
+    finally:
+        os.close(log_write)
+    output.attach(log_read, name)
+    return process

@@ -1,0 +1,74 @@
+"""Run a Python callable as a process: `python -m corral.runner NAME MODULE:FUNCTION`.
+
+For `[processes.NAME] call = ...`, `[jobs.NAME] call = ...` and prestart
+`{ call = ... }`. A coroutine function (or a function returning an
+awaitable) runs in its own event loop. SIGTERM asks it to stop: a sync
+function gets SystemExit (its `finally` blocks run), an async one is
+cancelled. Exit code 0 when it returns, 1 with its traceback when it raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import os
+import signal
+import sys
+from typing import Any
+
+from corral import system
+from corral.exit_codes import FAILURE, OK
+from corral.web.app_loader import AppLoadError, load_app, user_traceback
+
+
+def run_callable(target: Any) -> int:
+    if inspect.iscoroutinefunction(target):
+        return _run_async(target)
+    signal.signal(signal.SIGTERM, _exit_on_term)
+    try:
+        result = target()
+        if inspect.isawaitable(result):
+            return _run_async(lambda: result)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else FAILURE
+    except BaseException as error:
+        print(user_traceback(error), file=sys.stderr, flush=True)
+        return FAILURE
+    return OK
+
+
+def _exit_on_term(sig: int, frame: object) -> None:
+    raise SystemExit(OK)
+
+
+def _run_async(make: Any) -> int:
+    async def main() -> None:
+        task = asyncio.ensure_future(make())
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(main())
+    except BaseException as error:
+        print(user_traceback(error), file=sys.stderr, flush=True)
+        return FAILURE
+    return OK
+
+
+def main() -> int:
+    name, target_name = sys.argv[1], sys.argv[2]
+    system.set_title(f"corral: {name}")
+    if not system.die_with_parent(int(os.environ["CORRAL_MANAGER_PID"])):
+        return OK
+    try:
+        target = load_app(target_name, factory=False)
+    except AppLoadError as error:
+        print(error, file=sys.stderr, flush=True)
+        return FAILURE
+    return run_callable(target)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

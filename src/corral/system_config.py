@@ -1,0 +1,305 @@
+"""The whole system in one file: corral.toml, or [tool.corral] in pyproject.toml.
+
+    [web]              everything `corral run APP` takes (flags override it)
+    [processes.NAME]   a long-running callable or command, N replicas
+    [jobs.NAME]        a scheduled callable or command
+    [prestart]         steps that run once, in order, before anything starts
+    [env], env_file    environment for every process
+
+A bad file gets one message per problem, naming the file, the section, the
+key and what was expected; nothing starts.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from corral.config import ConfigError, WebConfig, explain
+from corral.units import Duration
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+CONFIG_FILE = "corral.toml"
+NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+RESERVED_NAMES = {"web", "corral"}
+
+
+def _target(value: str | None) -> str | None:
+    if value is not None:
+        module, _, attribute = value.partition(":")
+        if not module or not attribute:
+            raise ValueError(f"expected MODULE:ATTRIBUTE such as tasks:main, got {value!r}")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Runnable(_Strict):
+    """What a process or a job runs: a Python callable (sync or async) or a command."""
+
+    call: str | None = None
+    command: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: Path | None = None
+
+    _call_is_a_target = field_validator("call")(_target)
+
+    @model_validator(mode="after")
+    def _one_of_call_or_command(self) -> Runnable:
+        if (self.call is None) == (self.command is None):
+            raise ValueError("give exactly one of `call` or `command`")
+        return self
+
+
+class ProcessConfig(Runnable):
+    replicas: int = Field(1, ge=0)
+    restart: Literal["always", "on-failure", "never"] = "always"
+    stop_signal: str = "SIGTERM"
+    stop_timeout: Duration = 10.0
+
+    @field_validator("stop_signal")
+    @classmethod
+    def _a_signal(cls, value: str) -> str:
+        name = value.upper() if value.upper().startswith("SIG") else "SIG" + value.upper()
+        if not hasattr(signal.Signals, name):
+            raise ValueError(f"expected a signal name such as SIGTERM or INT, got {value!r}")
+        return name
+
+
+class JobConfig(Runnable):
+    every: Duration | None = Field(None, gt=0)
+    schedule: str | None = None
+    timezone: str | None = None
+    overlap: Literal["skip", "allow"] = "skip"
+    timeout: Duration | None = Field(None, gt=0)
+    jitter: Duration = 0.0
+
+    @field_validator("schedule")
+    @classmethod
+    def _a_cron_expression(cls, value: str | None) -> str | None:
+        from croniter import croniter
+
+        if value is not None and not croniter.is_valid(value):
+            raise ValueError(f"expected a cron expression such as '*/5 * * * *', got {value!r}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _a_timezone(cls, value: str | None) -> str | None:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    f"expected a timezone such as Europe/Paris, got {value!r}"
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_of_every_or_schedule(self) -> JobConfig:
+        if (self.every is None) == (self.schedule is None):
+            raise ValueError("give exactly one of `every` (an interval) or `schedule` (cron)")
+        if self.timezone is not None and self.schedule is None:
+            raise ValueError("`timezone` goes with `schedule`")
+        return self
+
+
+class PrestartCall(_Strict):
+    call: str
+
+    _call_is_a_target = field_validator("call")(_target)
+
+
+class PrestartConfig(_Strict):
+    steps: list[str | PrestartCall] = Field(default_factory=list)
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _each_a_command_or_a_call(cls, steps: Any) -> Any:
+        if not isinstance(steps, list):
+            return steps
+        checked: list[str | PrestartCall] = []
+        for number, step in enumerate(steps, start=1):
+            if isinstance(step, str):
+                checked.append(step)
+            elif isinstance(step, dict) and set(step) == {"call"}:
+                try:
+                    checked.append(PrestartCall.model_validate(step))
+                except ValidationError as error:
+                    reason = error.errors()[0]["msg"].removeprefix("Value error, ")
+                    raise ValueError(f"step {number}: {reason}") from None
+            else:
+                raise ValueError(
+                    f'step {number}: expected a command string or {{ call = "module:function" }}, '
+                    f"got {step!r}"
+                )
+        return checked
+
+
+class FileConfig(_Strict):
+    web: dict[str, Any] | None = None  # validated as WebConfig, once merged with the flags
+    processes: dict[str, ProcessConfig] = Field(default_factory=dict)
+    jobs: dict[str, JobConfig] = Field(default_factory=dict)
+    prestart: PrestartConfig = Field(default_factory=PrestartConfig)
+    env: dict[str, str] = Field(default_factory=dict)
+    env_file: Path | None = None
+
+    @field_validator("processes", "jobs")
+    @classmethod
+    def _names(cls, entries: dict[str, Any]) -> dict[str, Any]:
+        for name in entries:
+            if not NAME.match(name) or name in RESERVED_NAMES:
+                raise ValueError(
+                    f"{name!r} cannot name a process or a job: use lowercase letters, digits, "
+                    "'-' and '_', starting with a letter (and not web or corral)"
+                )
+        return entries
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A configuration file found on disk, and where its table sits in it."""
+
+    path: Path
+    table: dict[str, Any]
+    section_prefix: str  # "" for corral.toml, "tool.corral." in pyproject.toml
+
+    def where(self, sections: list[str], key: str | None) -> str:
+        """How a message names a place in the file: corral.toml: [processes.worker] replicas."""
+        head = f"[{self.section_prefix}{'.'.join(sections)}]" if sections else ""
+        return f"{self.path.name}: {' '.join(part for part in (head, key) if part)}"
+
+
+def find(explicit: Path | None, directory: Path) -> ConfigFile | None:
+    """`-c PATH`, else corral.toml here, else [tool.corral] in pyproject.toml here, else None."""
+    if explicit is not None:
+        if not explicit.is_file():
+            raise ConfigError([f"-c {explicit}: no such file"])
+        return _read(explicit)
+    candidate = directory / CONFIG_FILE
+    if candidate.is_file():
+        return _read(candidate)
+    pyproject = directory / "pyproject.toml"
+    if pyproject.is_file():
+        table = _parse(pyproject).get("tool", {}).get("corral")
+        if table is not None:
+            return ConfigFile(pyproject, table, "tool.corral.")
+    return None
+
+
+def _read(path: Path) -> ConfigFile:
+    if path.name == "pyproject.toml":
+        return ConfigFile(path, _parse(path).get("tool", {}).get("corral", {}), "tool.corral.")
+    return ConfigFile(path, _parse(path), "")
+
+
+def _parse(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([f"{path.name}: not valid TOML: {error}"]) from None
+
+
+_MODELS: dict[str, type[BaseModel]] = {"processes": ProcessConfig, "jobs": JobConfig}
+
+
+def validate(file: ConfigFile) -> FileConfig:
+    """The file's content as models, or ConfigError with one message per problem."""
+    try:
+        return FileConfig.model_validate(file.table)
+    except ValidationError as error:
+        messages = []
+        for problem in error.errors():
+            keys = [str(k) for k in problem["loc"] if not isinstance(k, int)]
+            keys = [k for k in keys if k not in ("str", "PrestartCall")]  # union branch names
+            section = keys[0] if keys else ""
+            model: type[BaseModel] = FileConfig
+            if section in _MODELS and len(keys) >= 3:
+                model = _MODELS[section]
+            elif section == "prestart" and len(keys) >= 2:
+                model = PrestartConfig
+            if section in _MODELS and len(keys) == 2:  # about the entry as a whole
+                where = file.where(keys, None)
+            else:
+                where = file.where(keys[:-1], keys[-1] if keys else None)
+            messages.append(explain(model, where, keys[-1] if keys else "", problem))
+        raise ConfigError(sorted(set(messages))) from None
+
+
+@dataclass(frozen=True)
+class System:
+    """Everything one `corral run` supervises, resolved from the file, the flags and the env."""
+
+    web: WebConfig | None
+    processes: dict[str, ProcessConfig]
+    jobs: dict[str, JobConfig]
+    prestart: PrestartConfig
+    env: dict[str, str]  # for every process: env_file's variables, then [env]
+
+
+def resolve(
+    app: str | None,
+    flags: dict[str, Any],
+    explicit: Path | None,
+    directory: Path,
+    describe_flag: Callable[[str], str],
+) -> System:
+    """Merge the file (if any), the flags and the CORRAL_* variables; ConfigError if unsound."""
+    file = find(explicit, directory)
+    declared = validate(file) if file is not None else FileConfig()
+    web_values = {**(declared.web or {}), **flags}
+    if app is not None:
+        web_values["app"] = app
+    web = None
+    if "app" in web_values:
+
+        def describe(name: str) -> str:
+            if name in flags or file is None or (name == "app" and app is not None):
+                return describe_flag(name)
+            return file.where(["web"], name)
+
+        web = WebConfig.from_sources(web_values, source="corral run", describe=describe)
+    elif declared.web is not None and file is not None:
+        raise ConfigError([f"{file.where(['web'], 'app')}: missing (expected MODULE:ATTRIBUTE)"])
+    elif flags:
+        raise ConfigError(
+            ["no app given: expected `corral run MODULE:ATTRIBUTE`, such as main:app"]
+        )
+    if web is None and not declared.processes and not declared.jobs:
+        where = file.path.name if file is not None else f"no {CONFIG_FILE} here"
+        raise ConfigError(
+            [
+                f"no app given and nothing declared ({where}): expected "
+                "`corral run MODULE:ATTRIBUTE` (such as main:app), "
+                "or [web], [processes] or [jobs] in corral.toml"
+            ]
+        )
+    return System(web, declared.processes, declared.jobs, declared.prestart, _environment(declared))
+
+
+def _environment(declared: FileConfig) -> dict[str, str]:
+    env: dict[str, str] = {}
+    if declared.env_file is not None:
+        from dotenv import dotenv_values
+
+        if not declared.env_file.is_file():
+            raise ConfigError([f"env_file: no such file {str(declared.env_file)!r}"])
+        env.update({k: v for k, v in dotenv_values(declared.env_file).items() if v is not None})
+    env.update(declared.env)
+    return env
