@@ -95,8 +95,20 @@ class WebGroup:
     async def _launch_zygote(self) -> ZygoteHandle:
         self.generation += 1
         zygote = ZygoteHandle(self.generation, self._on_zygote_message)
+        listen_fds = [s.fileno() for s in self.sockets]
+        spec = {
+            "config": self.config.model_dump(mode="json"),
+            "listen_fds": listen_fds,
+            "access_fd": self.access_fd,
+        }
         await zygote.launch(
-            self.config, self.sockets, self.access_fd, self.identity, self.env, self.output
+            "web.zygote",
+            "corral.web.zygote",
+            spec,
+            [self.access_fd, *listen_fds],
+            self.identity,
+            self.env,
+            self.output,
         )
         assert zygote.process is not None
         self.zygotes[zygote.generation] = zygote
@@ -140,7 +152,7 @@ class WebGroup:
         ours, theirs = socket.socketpair()
         log_read, log_write = os.pipe()
         try:
-            zygote.fork(child.key, name, theirs.fileno(), log_write)
+            zygote.fork(child.key, name, [theirs.fileno(), log_write])
         finally:
             theirs.close()
             os.close(log_write)

@@ -1,9 +1,9 @@
-"""The manager's side of one zygote: one generation of the app's code.
+"""The manager's side of one fork server (a zygote): one generation of loaded code.
 
-A zygote is launched with the settings and the listening sockets, says
-"loaded" (or "failed"), then forks workers on request and reports when they
-were forked and how they exited. A reload launches a new generation; the old
-one retires once its last worker has drained.
+A zygote is launched with a spec, says "loaded" (or "failed"), then forks
+children on request and reports when they were forked and how they exited.
+The web group launches a new generation on each reload; the old one retires
+once its last worker has drained. The jobs zygote forks one child per run.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 from corral import channel
-from corral.config import WebConfig
 from corral.output import Output
 
 EXIT_TIMEOUT = 5.0
@@ -43,24 +42,24 @@ class ZygoteHandle:
 
     async def launch(
         self,
-        config: WebConfig,
-        sockets: list[socket.socket],
-        access_fd: int,
+        name: str,
+        module: str,
+        spec: dict[str, Any],
+        pass_fds: list[int],
         identity: dict[str, Any],
         env: dict[str, str],
         output: Output,
     ) -> None:
-        """Start the zygote and wait until it has loaded the app; AppFailed if it cannot."""
+        """Start `python -m module` and wait until it has loaded; AppFailed if it cannot."""
         ours, theirs = socket.socketpair()
         log_read, log_write = os.pipe()
-        listen_fds = [s.fileno() for s in sockets]
         try:
             self.process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "corral.web.zygote",
+                module,
                 str(theirs.fileno()),
-                pass_fds=[theirs.fileno(), access_fd, *listen_fds],
+                pass_fds=[theirs.fileno(), *pass_fds],
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=log_write,
                 stderr=log_write,
@@ -76,33 +75,27 @@ class ZygoteHandle:
         finally:
             theirs.close()
             os.close(log_write)
-        output.attach(log_read, "web.zygote")
+        output.attach(log_read, name)
         ours.setblocking(False)
         self.link = ours
         asyncio.get_running_loop().add_reader(ours.fileno(), self._on_readable)
-        spec = {
-            "name": "web.zygote",
-            "manager_pid": os.getpid(),
-            "config": config.model_dump(mode="json"),
-            "listen_fds": listen_fds,
-            "access_fd": access_fd,
-        }
-        channel.send(ours, spec)
+        channel.send(ours, {**spec, "name": name, "manager_pid": os.getpid()})
         exited = asyncio.ensure_future(self.process.wait())
         await asyncio.wait([self.loaded, exited], return_when=asyncio.FIRST_COMPLETED)
         if not (self.loaded.done() and self.loaded.result()):
             await exited
             self.close()
-            raise AppFailed("the app could not be loaded")
+            raise AppFailed(f"{name} could not load its code")
 
     @property
     def pid(self) -> int | None:
         return None if self.process is None else self.process.pid
 
-    def fork(self, key: int, name: str, channel_fd: int, log_fd: int) -> None:
+    def fork(self, key: int, name: str, fds: list[int], **details: Any) -> None:
+        """Ask for a child named `name`, handing it `fds` (closed here by the caller)."""
         assert self.link is not None
-        message = {"t": "fork", "key": key, "name": name, "fds": 2}
-        channel.send(self.link, message, [channel_fd, log_fd])
+        message = {"t": "fork", "key": key, "name": name, "fds": len(fds), **details}
+        channel.send(self.link, message, fds)
 
     def _on_readable(self) -> None:
         assert self.link is not None

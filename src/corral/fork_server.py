@@ -1,0 +1,167 @@
+"""A fork server: a process that has imported code once and forks children on request.
+
+The web zygote (which forks web workers) and the jobs zygote (which forks one
+child per job run) are fork servers. Their life: read the spec from the
+manager -> load what the children will run -> say "loaded" (or "failed") ->
+fork on each request, report each child's exit, until the manager says
+"exit" or goes away (then the children are stopped, gracefully first).
+
+The loop is a plain blocking `select`: no event loop, no threads, so that
+forking from here is safe.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+import traceback
+from typing import Any
+
+from corral import channel, system
+from corral.exit_codes import FAILURE, OK
+
+REAP_POLL = 0.05
+
+
+class ForkServer:
+    def __init__(self, link: socket.socket, decoder: channel.Decoder, stop_timeout: float) -> None:
+        self.link = link
+        self.decoder = decoder
+        self.stop_timeout = stop_timeout
+        self.children: set[int] = set()
+        self.exiting = False
+        self.wake_read, self.wake_write = os.pipe()
+
+    def become(self, message: channel.Message, fds: list[int]) -> int:
+        """In a freshly forked child: run what was asked; return the exit code."""
+        raise NotImplementedError
+
+    def serve(self) -> int:
+        for fd in (self.wake_read, self.wake_write):
+            os.set_blocking(fd, False)
+        signal.set_wakeup_fd(self.wake_write)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, lambda *_: self._stop_children())
+        selector = selectors.DefaultSelector()
+        selector.register(self.link, selectors.EVENT_READ)
+        selector.register(self.wake_read, selectors.EVENT_READ)
+        while not self.exiting:
+            for key, _ in selector.select():
+                if key.fileobj is self.link:
+                    self._read_requests()
+                else:
+                    self._drain_wakeups()
+            self._reap()
+        selector.close()
+        return OK
+
+    def _read_requests(self) -> None:
+        try:
+            data, fds, _, _ = socket.recv_fds(self.link, 65536, channel.MAX_FDS_PER_READ)
+        except (BlockingIOError, InterruptedError):
+            return
+        if not data:
+            # The manager has gone: no process of ours may outlive it.
+            self._stop_children()
+            return
+        for message, message_fds in self.decoder.feed(data, fds):
+            if message["t"] == "fork":
+                self._fork(message, message_fds)
+            elif message["t"] == "exit":
+                self.exiting = True
+
+    def _fork(self, message: channel.Message, fds: list[int]) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(self._in_child(message, fds))
+        for fd in fds:
+            os.close(fd)
+        self.children.add(pid)
+        channel.send(self.link, {"t": "forked", "key": message["key"], "pid": pid})
+
+    def _in_child(self, message: channel.Message, fds: list[int]) -> int:
+        """Shed the server's descriptors and handlers, then become what was asked."""
+        try:
+            signal.set_wakeup_fd(-1)
+            for sig in (signal.SIGCHLD, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_DFL)
+            for fd in (self.wake_read, self.wake_write, self.link.fileno()):
+                os.close(fd)
+            return self.become(message, fds)
+        except BaseException:
+            traceback.print_exc()
+            return FAILURE
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+
+    def _drain_wakeups(self) -> None:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while os.read(self.wake_read, 512):
+                pass
+
+    def _reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.children.clear()
+                return
+            if pid == 0:
+                return
+            self.children.discard(pid)
+            code = os.waitstatus_to_exitcode(status)
+            if not self.exiting:
+                with contextlib.suppress(OSError):
+                    channel.send(self.link, {"t": "exited", "pid": pid, "code": code})
+
+    def _stop_children(self) -> None:
+        """SIGTERM every child, SIGKILL those still there after the stop timeout, then exit."""
+        self.exiting = True
+        for pid in self.children:
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.stop_timeout
+        while self.children and time.monotonic() < deadline:
+            self._reap()
+            time.sleep(REAP_POLL)
+        for pid in self.children:
+            os.kill(pid, signal.SIGKILL)
+        self._reap()
+
+
+def redirect_output(log_fd: int) -> None:
+    """Make a child's stdout and stderr the pipe the manager reads (and prefixes)."""
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+
+
+def start() -> tuple[socket.socket, channel.Decoder, dict[str, Any]] | None:
+    """A fork server's first steps: read its spec, tie its life to the manager's, name itself.
+
+    None if the manager went away before it could start.
+    """
+    link = socket.socket(fileno=int(sys.argv[1]))
+    decoder = channel.Decoder()
+    spec: dict[str, Any] | None = None
+    while spec is None:
+        data = link.recv(1 << 20)
+        if not data:
+            return None
+        messages = decoder.feed(data)
+        if messages:
+            spec = messages[0][0]
+    if not system.die_with_parent(spec["manager_pid"]):
+        return None
+    system.set_title(f"corral: {spec['name']}")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    return link, decoder, spec
