@@ -16,6 +16,7 @@ from typing import Any
 
 from corral import system
 from corral.exit_codes import APP_FAILED, OK, PRESTART_FAILED, USAGE
+from corral.manager.job_scheduler import JobScheduler
 from corral.manager.prestart import run_prestart
 from corral.manager.process_group import ProcessGroup
 from corral.manager.web_group import AppFailed, WebGroup
@@ -30,6 +31,7 @@ class Manager:
         self.output = Output()
         self.web: WebGroup | None = None
         self.groups: list[ProcessGroup] = []
+        self.jobs: JobScheduler | None = None
         self.finished: asyncio.Future[int] | None = None
         self.stopping = False
 
@@ -89,6 +91,9 @@ class Manager:
             group = ProcessGroup(name, config, self.system.env, self.output)
             self.groups.append(group)
             await group.start()
+        if self.system.jobs:
+            self.jobs = JobScheduler(self.system.jobs, self.system.env, self.output)
+            await self.jobs.start()
         reloading = web is not None and web.reload
         watching = loop.create_task(self._reload_on_change()) if reloading else None
         code = await self.finished
@@ -99,10 +104,12 @@ class Manager:
         return code
 
     async def _stop(self) -> None:
-        """Web first (so a load balancer drains), then the processes."""
+        """Web first (so a load balancer drains), then the processes, then running jobs."""
         if self.web is not None:
             await self.web.stop()
         await asyncio.gather(*(group.stop() for group in self.groups))
+        if self.jobs is not None:
+            await self.jobs.stop()
 
     async def _reload_on_change(self) -> None:
         """--reload: a rolling reload whenever a .py file under the current directory changes."""

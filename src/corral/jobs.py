@@ -1,0 +1,38 @@
+"""Schedules: when a job's next tick is, from `every` (an interval) or `schedule` (cron)."""
+
+from __future__ import annotations
+
+import random
+import time
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
+
+from croniter import croniter
+
+from corral.system_config import JobConfig
+
+
+class Schedule:
+    """The ticks of one job, as wall-clock timestamps; jitter delays each run, not the tick."""
+
+    def __init__(self, config: JobConfig, now: float | None = None) -> None:
+        self.config = config
+        self.start = time.time() if now is None else now
+        self.cron = None
+        if config.schedule is not None:
+            zone = ZoneInfo(config.timezone) if config.timezone else timezone.utc
+            self.cron = croniter(config.schedule, datetime.fromtimestamp(self.start, zone))
+
+    def next_tick(self, after: float) -> float:
+        """The first tick strictly after `after` (interval ticks stay on the start's grid)."""
+        if self.cron is not None:
+            tick = self.cron.get_next(float)
+            while tick <= after:
+                tick = self.cron.get_next(float)
+            return tick
+        assert self.config.every is not None
+        elapsed = after - self.start
+        return self.start + (int(elapsed // self.config.every) + 1) * self.config.every
+
+    def jitter(self) -> float:
+        return random.uniform(0, self.config.jitter) if self.config.jitter else 0.0

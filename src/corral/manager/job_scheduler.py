@@ -1,0 +1,156 @@
+"""Scheduled jobs ([jobs.NAME]): exactly one run per tick on this machine.
+
+The manager alone keeps the schedule, so a job runs once per tick however
+many web workers there are. A `call` job's run is forked from the jobs
+zygote (which imported the job once); a `command` job's run is a fresh
+process. `overlap = "skip"` skips a tick while the previous run is still
+going; `timeout` kills a run that takes too long and counts it failed. A run
+that fails is logged with its output (the traceback) and the schedule goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+
+from corral import channel
+from corral.jobs import Schedule
+from corral.manager.spawn import argv_for, spawn
+from corral.manager.zygote_handle import ZygoteHandle
+from corral.output import Output
+from corral.system import describe_exit
+from corral.system_config import JobConfig
+
+DEFAULT_STOP_TIMEOUT = 10.0
+
+
+@dataclass
+class Run:
+    key: int
+    job: str
+    started: float = field(default_factory=time.monotonic)
+    pid: int | None = None
+    timed_out: bool = False
+    process: asyncio.subprocess.Process | None = None  # for a command job
+
+
+class JobScheduler:
+    def __init__(self, jobs: dict[str, JobConfig], env: dict[str, str], output: Output) -> None:
+        self.jobs = jobs
+        self.env = env
+        self.output = output
+        self.schedules = {name: Schedule(config) for name, config in jobs.items()}
+        self.timers: dict[str, asyncio.TimerHandle] = {}
+        self.runs: dict[int, Run] = {}
+        self.keys = itertools.count(1)
+        self.zygote: ZygoteHandle | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.stopping = False
+
+    async def start(self) -> None:
+        targets = {name: c.call for name, c in self.jobs.items() if c.call is not None}
+        if targets:
+            self.zygote = ZygoteHandle(1, self._on_zygote_message)
+            spec = {"targets": targets, "stop_timeout": self._stop_timeout()}
+            await self.zygote.launch(
+                "jobs.zygote", "corral.jobs_zygote", spec, [], {}, self.env, self.output
+            )
+        for name in self.jobs:
+            self._arm(name)
+
+    def _arm(self, name: str) -> None:
+        schedule = self.schedules[name]
+        now = time.time()
+        delay = schedule.next_tick(now) - now + schedule.jitter()
+        self.timers[name] = asyncio.get_running_loop().call_later(delay, self._tick, name)
+
+    def _tick(self, name: str) -> None:
+        self._arm(name)
+        config = self.jobs[name]
+        if config.overlap == "skip" and any(run.job == name for run in self.runs.values()):
+            self.output.say(f"{name}: tick skipped, the previous run is still going")
+            return
+        run = Run(next(self.keys), name)
+        self.runs[run.key] = run
+        if config.call is not None:
+            self._fork_run(run, config)
+        else:
+            self._in_background(self._spawn_run(run, config))
+        if config.timeout is not None:
+            asyncio.get_running_loop().call_later(config.timeout, self._time_out, run)
+
+    def _fork_run(self, run: Run, config: JobConfig) -> None:
+        assert self.zygote is not None
+        log_read, log_write = os.pipe()
+        try:
+            details = {"job": run.job, "env": config.env, "cwd": str(config.cwd or "")}
+            self.zygote.fork(run.key, run.job, [log_write], **details)
+        finally:
+            os.close(log_write)
+        self.output.attach(log_read, run.job)
+
+    async def _spawn_run(self, run: Run, config: JobConfig) -> None:
+        env = {**self.env, **config.env}
+        try:
+            run.process = await spawn(
+                run.job, argv_for(run.job, config), self.output, env, config.cwd
+            )
+        except OSError as error:
+            self.output.say(f"{run.job}: cannot start: {error}")
+            self.runs.pop(run.key, None)
+            return
+        run.pid = run.process.pid
+        self._finish(run, await run.process.wait())
+
+    def _on_zygote_message(self, zygote: ZygoteHandle, message: channel.Message) -> None:
+        if message["t"] == "forked" and message["key"] in self.runs:
+            self.runs[message["key"]].pid = message["pid"]
+        elif message["t"] == "exited":
+            run = next((r for r in self.runs.values() if r.pid == message["pid"]), None)
+            if run is not None:
+                self._finish(run, message["code"])
+
+    def _finish(self, run: Run, code: int) -> None:
+        self.runs.pop(run.key, None)
+        took = time.monotonic() - run.started
+        if run.timed_out:
+            self.output.say(f"{run.job} run failed: killed at its timeout ({took:.2f}s)")
+        elif code != 0:
+            self.output.say(f"{run.job} run failed ({describe_exit(code)}, {took:.2f}s)")
+
+    def _time_out(self, run: Run) -> None:
+        if run.key in self.runs and run.pid is not None:
+            run.timed_out = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(run.pid, signal.SIGKILL)
+
+    def _in_background(self, work: object) -> None:
+        task = asyncio.get_running_loop().create_task(work)  # type: ignore[arg-type]
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def _stop_timeout(self) -> float:
+        timeouts = [c.timeout for c in self.jobs.values() if c.timeout is not None]
+        return max(timeouts, default=DEFAULT_STOP_TIMEOUT)
+
+    async def stop(self) -> None:
+        """No new runs; running ones finish (up to their timeout, or 10 s), then are killed."""
+        self.stopping = True
+        for timer in self.timers.values():
+            timer.cancel()
+        deadline = time.monotonic() + self._stop_timeout()
+        while self.runs and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for run in list(self.runs.values()):
+            if run.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(run.pid, signal.SIGKILL)
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=5)
+        if self.zygote is not None:
+            await self.zygote.exit()
