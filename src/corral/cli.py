@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from corral import __version__
 from corral.config import ConfigError, WebConfig, env_name, flagged_settings
-from corral.exit_codes import USAGE
+from corral.exit_codes import FAILURE, USAGE
 from corral.system_config import resolve
 
 
@@ -146,3 +146,33 @@ def run(ctx: click.Context, app: str | None, config_path: Path | None, **_: Any)
     from corral.manager.supervisor import Manager
 
     sys.exit(Manager(system).run())
+
+
+@main.command(cls=GroupedCommand)
+@click.argument("app", required=False)
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="The configuration file [default: corral.toml here, else pyproject.toml's].",
+)
+def check(app: str | None, config_path: Path | None) -> None:
+    """Validate the configuration and import every app and `call` target; start nothing.
+
+    Exits 0 when all is well, 1 with one message per problem otherwise.
+    """
+    from corral.checks import problems_with
+
+    try:
+        system = resolve(app, {}, config_path, Path.cwd(), spelling_of(WebConfig))
+    except ConfigError as error:
+        for message in error.messages:
+            click.echo(f"corral: error: {message}", err=True)
+        sys.exit(FAILURE)
+    problems = problems_with(system)
+    for problem in problems:
+        click.echo(f"corral: error: {problem}", err=True)
+    if problems:
+        sys.exit(FAILURE)
+    click.echo("corral: configuration valid; every target imports")

@@ -29,7 +29,7 @@ def load_app(spec: str, factory: bool) -> Any:
     except ModuleNotFoundError as error:
         if error.name and module_name.startswith(error.name):
             raise AppLoadError(
-                f"cannot import {module_name!r} for app {spec!r}: no module named {error.name!r} "
+                f"cannot import {module_name!r} (for {spec!r}): no module named {error.name!r} "
                 f"(the import path starts with the current directory, {os.getcwd()})"
             ) from None
         raise AppLoadError(user_traceback(error)) from None
