@@ -19,6 +19,7 @@ import httpx
 import psutil
 import pytest
 import trustme
+
 from conftest import APPS, load_result, start_load
 
 CLOSE = {"connection": "close"}
@@ -30,7 +31,7 @@ ZYGOTE = "corral: web.zygote"
 
 # -- the app that changes between reloads -------------------------------------------------
 
-APP_BODY = '''
+APP_BODY = """
 
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
@@ -53,7 +54,7 @@ async def app(scope, receive, send):
     start = {"type": "http.response.start", "status": 200, "headers": []}
     await send(start)
     await send({"type": "http.response.body", "body": body})
-'''
+"""
 
 
 def _write_app(
@@ -138,7 +139,8 @@ def _sample(
 
 def _served_only(seen: set[tuple[str, str, int]], version: str, pids: dict[str, int]) -> None:
     """Every response came from one of the workers `pids`, running `version`."""
-    assert {v for v, _, _ in seen} == {version}, seen
+    expected = f"only {version}, from {sorted(pids.items())}"
+    assert {v for v, _, _ in seen} == {version}, f"answered {sorted(seen)}; expected {expected}"
     assert {(name, pid) for _, name, pid in seen} == set(pids.items()), (seen, pids)
 
 
@@ -289,15 +291,19 @@ def test_reload_serves_the_new_code_from_every_worker(corral, tmp_path: Path, pr
     old = server.wait_workers(2)
     _served_only(_sample(url, {"web.1", "web.2"}), "v1", old)
 
-    _write_app(tmp_path, "v2")
-    mark = _reload(server, r"reload complete: 2 workers run the new code")
-
-    # From the moment the reload is said to be complete, fresh connections get the new code
-    # only: a deploy script that waits for this line, then checks the site, sees the new version.
-    served = _sample(url, {"web.1", "web.2"}, seconds=0.5)
-    new = _retired(server, old, mark)
+    # From the moment a reload is said to be complete, fresh connections get the new code only:
+    # a deploy script that waits for this line, then checks the site, sees the new version.
+    # Three reloads, each checked for half a second at once, so that a race is seen.
+    served = []
+    for version in ("v2", "v3", "v4"):
+        _write_app(tmp_path, version)
+        mark = _reload(server, r"reload complete: 2 workers run the new code")
+        seen = _sample(url, {"web.1", "web.2"}, seconds=0.5)
+        old = _retired(server, old, mark)
+        served.append((seen, version, old))
     assert server.stop() == 0
-    _served_only(served, "v2", new)
+    for seen, version, pids in served:
+        _served_only(seen, version, pids)
 
 
 # -- 3. a broken deploy never takes the site down ----------------------------------------------
@@ -347,7 +353,9 @@ def test_reload_to_code_whose_lifespan_startup_fails_keeps_the_old_workers_servi
     corral, tmp_path: Path
 ):
     _write_app(tmp_path, "v1")
-    server = corral("run", "deployed:app", "--workers", "2", "--port", "0", cwd=tmp_path, env=NO_PYC)
+    server = corral(
+        "run", "deployed:app", "--workers", "2", "--port", "0", cwd=tmp_path, env=NO_PYC
+    )
     url = server.url()
     old = server.wait_workers(2)
     zygote = _one_zygote(server)
@@ -450,19 +458,24 @@ def test_dev_reload_follows_python_file_changes_and_ignores_other_files(corral, 
     _served_only(_sample(url, {"web.1", "web.2"}), "v1", old)
 
     mark = server.mark()
-    (tmp_path / "notes.txt").write_text("not code\n")
-    (tmp_path / "settings.toml").write_text("debug = true\n")
-    time.sleep(2)  # longer than the watcher takes to see the .py change below
-    assert _count_after(server, r"changed:|reloading", mark) == 0, server.output
-    assert server.worker_pids() == old
-
-    mark = server.mark()
+    written = time.monotonic()
     _write_app(tmp_path, "v2")
     changed = server.wait_for(r"changed: (.*)$", after=mark, timeout=10).group(1)
+    noticed_after = time.monotonic() - written
     assert changed.split(", ") == ["deployed.py"], changed
     server.wait_for(r"reload complete: 2 workers run the new code", after=mark)
     new = _retired(server, old, mark)
     _served_only(_sample(url, {"web.1", "web.2"}), "v2", new)
+    assert _count_after(server, r"changed:", mark) == 1, "one write, one reload"
+    assert _count_after(server, r"reloading: loading", mark) == 1, server.output
+
+    # The watcher is running (it just saw the .py change): other files do not reload.
+    mark = server.mark()
+    (tmp_path / "notes.txt").write_text("not code\n")
+    (tmp_path / "settings.toml").write_text("debug = true\n")
+    time.sleep(min(max(2.0, 3 * noticed_after), 6))  # well past how long the .py change took
+    assert _count_after(server, r"changed:|reloading", mark) == 0, server.output
+    assert server.worker_pids() == new
     assert server.stop() == 0
 
 
@@ -471,7 +484,9 @@ def test_dev_reload_follows_python_file_changes_and_ignores_other_files(corral, 
 
 def test_sighup_during_a_reload_is_refused_and_the_first_reload_completes(corral, tmp_path: Path):
     _write_app(tmp_path, "v1")
-    server = corral("run", "deployed:app", "--workers", "2", "--port", "0", cwd=tmp_path, env=NO_PYC)
+    server = corral(
+        "run", "deployed:app", "--workers", "2", "--port", "0", cwd=tmp_path, env=NO_PYC
+    )
     url = server.url()
     old = server.wait_workers(2)
 
@@ -504,7 +519,9 @@ def test_sighup_during_a_reload_is_refused_and_the_first_reload_completes(corral
 
 def test_slow_requests_in_flight_on_old_workers_complete_through_a_reload(corral, tmp_path: Path):
     _write_app(tmp_path, "v1")
-    server = corral("run", "deployed:app", "--workers", "2", "--port", "0", cwd=tmp_path, env=NO_PYC)
+    server = corral(
+        "run", "deployed:app", "--workers", "2", "--port", "0", cwd=tmp_path, env=NO_PYC
+    )
     url = server.url()
     old = server.wait_workers(2)
 
@@ -517,7 +534,7 @@ def test_slow_requests_in_flight_on_old_workers_complete_through_a_reload(corral
         _wait_accepted(server, _port(url), 4)
         mark = _reload(server, r"reload complete: 2 workers run the new code")
         assert not any(f.done() for f in slow), "the reload should end while they are in flight"
-        for name, pid in old.items():  # each old worker was told to drain
+        for name, pid in old.items():  # each old worker was replaced, requests in flight
             server.wait_for(rf"{name} \(pid {pid}\) runs the old code: replacing it", after=mark)
         responses = [f.result(timeout=15) for f in slow]
 

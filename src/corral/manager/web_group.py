@@ -65,6 +65,7 @@ class WebGroup:
         self.links: dict[int, socket.socket] = {}
         self.decoders: dict[int, channel.Decoder] = {}
         self.ready_waiters: dict[int, asyncio.Future[bool]] = {}
+        self.accepting_waiters: dict[int, asyncio.Future[None]] = {}  # set once it stops accepting
         self.backoffs: dict[str, Backoff] = {}
         self.respawns: dict[str, asyncio.TimerHandle] = {}
         self.keys = itertools.count(1)
@@ -137,6 +138,8 @@ class WebGroup:
                 return
             if message["t"] == "ready":
                 self._on_ready(child)
+            elif message["t"] == "draining":
+                self._stopped_accepting(key)
             elif message["t"] == "hb":
                 child.heartbeat(message["requests"])
             elif message["t"] == "recycle":
@@ -163,7 +166,9 @@ class WebGroup:
         self.workers[child.key] = child
         self.links[child.key] = ours
         self.decoders[child.key] = channel.Decoder()
-        self.ready_waiters[child.key] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.ready_waiters[child.key] = loop.create_future()
+        self.accepting_waiters[child.key] = loop.create_future()
         self.output.attach(log_read, name)
         asyncio.get_running_loop().add_reader(ours.fileno(), self._on_worker_readable, child.key)
         return child
@@ -188,6 +193,11 @@ class WebGroup:
             self._announce()
             for index in range(2, self.wanted + 1):
                 self._spawn(f"web.{index}")
+
+    def _stopped_accepting(self, key: int) -> None:
+        waiter = self.accepting_waiters.pop(key, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _settle(self, key: int, ready: bool) -> None:
         waiter = self.ready_waiters.pop(key, None)
@@ -248,6 +258,7 @@ class WebGroup:
         del self.workers[child.key]
         self._close_link(child.key)
         self._settle(child.key, False)
+        self._stopped_accepting(child.key)
 
     def _respawn(self, name: str) -> None:
         self.respawns.pop(name, None)
@@ -360,7 +371,18 @@ class WebGroup:
             rolled += 1
         if old is not None:
             self._retire_if_idle(old)
+        await self._until_old_workers_stop_accepting(new)
         self.output.say(f"reload complete: {rolled} workers run the new code")
+
+    async def _until_old_workers_stop_accepting(self, new: ZygoteHandle) -> None:
+        """After this, every new connection is accepted by a worker running the new code."""
+        waiters = [
+            self.accepting_waiters[c.key]
+            for c in self._older_than(new)
+            if c.key in self.accepting_waiters
+        ]
+        if waiters:
+            await asyncio.wait(waiters, timeout=self.config.graceful_timeout)
 
     def _older_than(self, zygote: ZygoteHandle) -> list[Child]:
         return [c for c in self.workers.values() if c.generation < zygote.generation]

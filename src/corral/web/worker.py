@@ -181,6 +181,7 @@ class WorkerServer(uvicorn.Server):
     ) -> None:
         super().__init__(config)
         self.link = link
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.request_limit = request_limit
         self.recycle_asked_at: float | None = None
 
@@ -201,11 +202,23 @@ class WorkerServer(uvicorn.Server):
         self.should_exit = True
         if sig == signal.SIGQUIT:
             self.force_exit = True
+        if self.started and self.loop is not None:
+            self.loop.call_soon_threadsafe(self._stop_accepting)
+
+    def _stop_accepting(self) -> None:
+        """Leave the shared queue to the other workers now, not at uvicorn's next tick.
+
+        The manager waits for "draining" before it says a reload is complete,
+        so no connection accepted after that meets the old code.
+        """
+        for server in self.servers:
+            server.close()
+        self._send({"t": "draining"})
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         if self.started and not self.should_exit:
-            loop = asyncio.get_running_loop()
+            loop = self.loop = asyncio.get_running_loop()
             loop.add_reader(self.link.fileno(), self._on_manager_message)
             self._send({"t": "ready", "pid": os.getpid()})
             self._heartbeat()
