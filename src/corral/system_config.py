@@ -134,6 +134,7 @@ class PrestartConfig(_Strict):
         if not isinstance(steps, list):
             return steps
         checked: list[str | PrestartCall] = []
+        problems = []
         for number, step in enumerate(steps, start=1):
             if isinstance(step, str):
                 checked.append(step)
@@ -142,12 +143,14 @@ class PrestartConfig(_Strict):
                     checked.append(PrestartCall.model_validate(step))
                 except ValidationError as error:
                     reason = error.errors()[0]["msg"].removeprefix("Value error, ")
-                    raise ValueError(f"step {number}: {reason}") from None
+                    problems.append(f"step {number}: {reason}")
             else:
-                raise ValueError(
+                problems.append(
                     f'step {number}: expected a command string or {{ call = "module:function" }}, '
                     f"got {step!r}"
                 )
+        if problems:
+            raise ValueError("; ".join(problems))
         return checked
 
 
@@ -158,17 +161,6 @@ class FileConfig(_Strict):
     prestart: PrestartConfig = Field(default_factory=PrestartConfig)
     env: dict[str, str] = Field(default_factory=dict)
     env_file: Path | None = None
-
-    @field_validator("processes", "jobs")
-    @classmethod
-    def _names(cls, entries: dict[str, Any]) -> dict[str, Any]:
-        for name in entries:
-            if not NAME.match(name) or name in RESERVED_NAMES:
-                raise ValueError(
-                    f"{name!r} cannot name a process or a job: use lowercase letters, digits, "
-                    "'-' and '_', starting with a letter (and not web or corral)"
-                )
-        return entries
 
 
 @dataclass(frozen=True)
@@ -221,10 +213,10 @@ _MODELS: dict[str, type[BaseModel]] = {"processes": ProcessConfig, "jobs": JobCo
 
 def validate(file: ConfigFile) -> FileConfig:
     """The file's content as models, or ConfigError with one message per problem."""
+    messages = _name_problems(file)
     try:
-        return FileConfig.model_validate(file.table)
+        declared = FileConfig.model_validate(file.table)
     except ValidationError as error:
-        messages = []
         for problem in error.errors():
             keys = [str(k) for k in problem["loc"] if not isinstance(k, int)]
             keys = [k for k in keys if k not in ("str", "PrestartCall")]  # union branch names
@@ -239,7 +231,25 @@ def validate(file: ConfigFile) -> FileConfig:
             else:
                 where = file.where(keys[:-1], keys[-1] if keys else None)
             messages.append(explain(model, where, keys[-1] if keys else "", problem))
-        raise ConfigError(sorted(set(messages))) from None
+    if messages:
+        raise ConfigError(sorted(set(messages)))
+    return declared
+
+
+def _name_problems(file: ConfigFile) -> list[str]:
+    """Process and job names become process names (worker.1): keep them plain."""
+    problems = []
+    for section in ("processes", "jobs"):
+        entries = file.table.get(section)
+        for name in entries if isinstance(entries, dict) else ():
+            if not NAME.match(name) or name in RESERVED_NAMES:
+                where = file.where([section, name], None)
+                problems.append(
+                    f"{where}: {name!r} cannot name a process or a job: "
+                    "use lowercase letters, digits, '-' and '_', starting with a letter "
+                    "(and not web or corral)"
+                )
+    return problems
 
 
 @dataclass(frozen=True)
@@ -262,8 +272,15 @@ def resolve(
 ) -> System:
     """Merge the file (if any), the flags and the CORRAL_* variables; ConfigError if unsound."""
     file = find(explicit, directory)
-    declared = validate(file) if file is not None else FileConfig()
-    web_values = {**(declared.web or {}), **flags}
+    problems: list[str] = []
+    declared = FileConfig()
+    if file is not None:
+        try:
+            declared = validate(file)
+        except ConfigError as error:
+            problems += error.messages
+    raw_web = file.table.get("web") if file is not None else None
+    web_values = {**(raw_web if isinstance(raw_web, dict) else {}), **flags}
     if app is not None:
         web_values["app"] = app
     web = None
@@ -274,13 +291,16 @@ def resolve(
                 return describe_flag(name)
             return file.where(["web"], name)
 
-        web = WebConfig.from_sources(web_values, source="corral run", describe=describe)
-    elif declared.web is not None and file is not None:
-        raise ConfigError([f"{file.where(['web'], 'app')}: missing (expected MODULE:ATTRIBUTE)"])
+        try:
+            web = WebConfig.from_sources(web_values, source="corral run", describe=describe)
+        except ConfigError as error:
+            problems += error.messages
+    elif raw_web is not None and file is not None:
+        problems.append(f"{file.where(['web'], 'app')}: missing (expected MODULE:ATTRIBUTE)")
     elif flags:
-        raise ConfigError(
-            ["no app given: expected `corral run MODULE:ATTRIBUTE`, such as main:app"]
-        )
+        problems.append("no app given: expected `corral run MODULE:ATTRIBUTE`, such as main:app")
+    if problems:
+        raise ConfigError(problems)
     if web is None and not declared.processes and not declared.jobs:
         where = file.path.name if file is not None else f"no {CONFIG_FILE} here"
         raise ConfigError(
@@ -290,16 +310,18 @@ def resolve(
                 "or [web], [processes] or [jobs] in corral.toml"
             ]
         )
-    return System(web, declared.processes, declared.jobs, declared.prestart, _environment(declared))
+    env = _environment(declared, file)
+    return System(web, declared.processes, declared.jobs, declared.prestart, env)
 
 
-def _environment(declared: FileConfig) -> dict[str, str]:
+def _environment(declared: FileConfig, file: ConfigFile | None) -> dict[str, str]:
     env: dict[str, str] = {}
     if declared.env_file is not None:
         from dotenv import dotenv_values
 
         if not declared.env_file.is_file():
-            raise ConfigError([f"env_file: no such file {str(declared.env_file)!r}"])
+            where = file.where([], "env_file") if file is not None else "env_file"
+            raise ConfigError([f"{where}: no such file {str(declared.env_file)!r}"])
         env.update({k: v for k, v in dotenv_values(declared.env_file).items() if v is not None})
     env.update(declared.env)
     return env

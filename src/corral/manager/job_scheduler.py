@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from corral import channel
 from corral.jobs import Schedule
-from corral.manager.spawn import argv_for, spawn
+from corral.manager.spawn import argv_for, signal_group, spawn
 from corral.manager.zygote_handle import ZygoteHandle
 from corral.output import Output
 from corral.system import describe_exit
@@ -126,6 +126,13 @@ class JobScheduler:
     def _time_out(self, run: Run) -> None:
         if run.key in self.runs and run.pid is not None:
             run.timed_out = True
+            self._kill(run)
+
+    def _kill(self, run: Run) -> None:
+        """A command run leads its own process group; a forked run is one process."""
+        if run.process is not None:
+            signal_group(run.process, signal.SIGKILL)
+        elif run.pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(run.pid, signal.SIGKILL)
 
@@ -147,9 +154,7 @@ class JobScheduler:
         while self.runs and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for run in list(self.runs.values()):
-            if run.pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(run.pid, signal.SIGKILL)
+            self._kill(run)
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=5)
         if self.zygote is not None:

@@ -8,12 +8,11 @@ workers. Stopping sends `stop_signal`, then SIGKILL after `stop_timeout`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 
 from corral.manager.backoff import Backoff
 from corral.manager.children import Child, State
-from corral.manager.spawn import argv_for, spawn
+from corral.manager.spawn import argv_for, signal_group, spawn
 from corral.output import Output
 from corral.system import describe_exit
 from corral.system_config import ProcessConfig
@@ -101,15 +100,13 @@ class ProcessGroup:
         stop_signal = signal.Signals[self.config.stop_signal]
         processes = list(self.processes.values())
         for process in processes:
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(stop_signal)
+            signal_group(process, stop_signal)
         waiting = [asyncio.ensure_future(p.wait()) for p in processes]
         if waiting:
             _, late = await asyncio.wait(waiting, timeout=self.config.stop_timeout)
             for process in processes:
                 if process.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        process.kill()
+                    signal_group(process, signal.SIGKILL)
             if late:
                 await asyncio.wait(late)
         if self.tasks:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
 import signal
@@ -50,3 +51,13 @@ async def spawn(
         os.close(log_write)
     output.attach(log_read, name)
     return process
+
+
+def signal_group(process: asyncio.subprocess.Process, sig: int) -> None:
+    """Signal the process and everything it started (it leads its own process group).
+
+    A `sh -c '...'` command's children get the signal too, rather than
+    outliving their shell.
+    """
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, sig)
