@@ -64,6 +64,35 @@ def _worker_count(server: Corral) -> int:
 # -- finding the file -------------------------------------------------------------------
 
 
+def test_web_env_is_for_the_web_processes_and_overrides_the_files_env(corral, tmp_path):
+    _with_plain_app(tmp_path)
+    _write(
+        tmp_path,
+        {
+            "corral.toml": """
+                [env]
+                FROM_ENV_FILE = "from-env-table"
+
+                [web]
+                app = "plain:app"
+                port = 0
+                env = { FROM_ENV_FILE = "from-web-env" }
+
+                [processes.side]
+                command = "sh -c 'echo side sees $FROM_ENV_FILE; exec sleep 60'"
+            """,
+        },
+    )
+
+    server = corral("run", cwd=tmp_path)
+
+    url = server.url()
+    server.wait_for(r"^side\.1\s+\| side sees from-env-table$")
+    fields = httpx.get(url, timeout=10).text.split()
+    assert fields[5] == "from-web-env", fields
+    assert server.stop() == 0
+
+
 def test_corral_toml_in_the_current_directory_is_run_without_an_app(corral, tmp_path):
     _write(
         tmp_path,

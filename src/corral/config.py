@@ -191,6 +191,9 @@ class WebConfig(BaseModel):
     env_file: Annotated[Path | None, flag("--env-file", group=PROCESS, metavar="PATH")] = Field(
         None, description="Load environment variables for the app from this .env file."
     )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Environment variables for the web processes (file only)."
+    )
 
     @field_validator("app")
     @classmethod

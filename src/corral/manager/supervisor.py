@@ -78,9 +78,8 @@ class Manager:
             return self.finished.result()
         web = self.system.web
         if web is not None:
-            self.web = WebGroup(
-                web, sockets, identity, self.system.env, self.output, on_fatal=self._finish
-            )
+            env = {**self.system.env, **web.env}
+            self.web = WebGroup(web, sockets, identity, env, self.output, on_fatal=self._finish)
             try:
                 await self.web.start()
             except AppFailed:
