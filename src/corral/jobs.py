@@ -31,8 +31,11 @@ class Schedule:
                 tick = self.cron.get_next(float)
             return tick
         assert self.config.every is not None
-        elapsed = after - self.start
-        return self.start + (int(elapsed // self.config.every) + 1) * self.config.every
+        every = self.config.every
+        count = int((after - self.start) // every) + 1
+        while self.start + count * every <= after:  # floating point can land on `after`
+            count += 1
+        return self.start + count * every
 
     def jitter(self) -> float:
         return random.uniform(0, self.config.jitter) if self.config.jitter else 0.0

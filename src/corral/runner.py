@@ -10,7 +10,6 @@ cancelled. Exit code 0 when it returns, 1 with its traceback when it raises.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import os
 import signal
@@ -43,18 +42,20 @@ def _exit_on_term(sig: int, frame: object) -> None:
 
 
 def _run_async(make: Any) -> int:
-    async def main() -> None:
+    async def main() -> int:
         task = asyncio.ensure_future(make())
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
+        try:
             await task
+        except asyncio.CancelledError:
+            return OK
+        except Exception as error:
+            # Caught here, the traceback starts at the user's code, not in asyncio.run.
+            print(user_traceback(error), file=sys.stderr, flush=True)
+            return FAILURE
+        return OK
 
-    try:
-        asyncio.run(main())
-    except BaseException as error:
-        print(user_traceback(error), file=sys.stderr, flush=True)
-        return FAILURE
-    return OK
+    return asyncio.run(main())
 
 
 def main() -> int:

@@ -70,6 +70,8 @@ class JobScheduler:
         self.timers[name] = asyncio.get_running_loop().call_later(delay, self._tick, name)
 
     def _tick(self, name: str) -> None:
+        if self.stopping:
+            return
         self._arm(name)
         config = self.jobs[name]
         if config.overlap == "skip" and any(run.job == name for run in self.runs.values()):
@@ -145,11 +147,15 @@ class JobScheduler:
         timeouts = [c.timeout for c in self.jobs.values() if c.timeout is not None]
         return max(timeouts, default=DEFAULT_STOP_TIMEOUT)
 
-    async def stop(self) -> None:
-        """No new runs; running ones finish (up to their timeout, or 10 s), then are killed."""
+    def stop_ticking(self) -> None:
+        """No new run from now on (the first thing a stop does; running ones go on)."""
         self.stopping = True
         for timer in self.timers.values():
             timer.cancel()
+
+    async def stop(self) -> None:
+        """No new runs; running ones finish (up to their timeout, or 10 s), then are killed."""
+        self.stop_ticking()
         deadline = time.monotonic() + self._stop_timeout()
         while self.runs and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

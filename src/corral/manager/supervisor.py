@@ -103,7 +103,12 @@ class Manager:
         return code
 
     async def _stop(self) -> None:
-        """Web first (so a load balancer drains), then the processes, then running jobs."""
+        """Web first (so a load balancer drains), then the processes, then running jobs.
+
+        No job run starts once the stop has begun.
+        """
+        if self.jobs is not None:
+            self.jobs.stop_ticking()
         if self.web is not None:
             await self.web.stop()
         await asyncio.gather(*(group.stop() for group in self.groups))
