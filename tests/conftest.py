@@ -113,6 +113,38 @@ class Corral:
         with self._changed:
             return len(self.lines)
 
+    def line_index(self, pattern: str, after: int = 0, timeout: float = 15) -> int:
+        """Wait for a line matching `pattern` from index `after` on; return its index."""
+        self.wait_for(pattern, timeout, after)
+        regex = re.compile(pattern)
+        with self._changed:
+            for index in range(after, len(self.lines)):
+                if regex.search(self.lines[index]):
+                    return index
+        raise AssertionError(f"{pattern!r} matched, then vanished?\n{self.output}")
+
+    def wait_accepted(self, port: int, count: int, timeout: float = 5) -> None:
+        """Wait until the workers between them hold `count` accepted connections on `port`."""
+        deadline = time.monotonic() + timeout
+        held = 0
+        while time.monotonic() < deadline:
+            held = 0
+            for pid in self.worker_pids().values():
+                try:
+                    connections = psutil.Process(pid).net_connections(kind="tcp")
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                held += sum(
+                    1
+                    for c in connections
+                    if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
+                )
+            if held >= count:
+                time.sleep(0.3)  # accepted; give the event loop a moment to dispatch the request
+                return
+            time.sleep(0.02)
+        raise AssertionError(f"the workers hold {held} of {count} connections on port {port}")
+
     def url(self, timeout: float = 20) -> str:
         return self.wait_for(r"listening on (https?://\S+)", timeout).group(1)
 

@@ -16,7 +16,6 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-import psutil
 import pytest
 
 CLOSE = {"connection": "close"}
@@ -29,16 +28,6 @@ def _port(url: str) -> int:
     port = urlsplit(url).port
     assert port is not None
     return port
-
-
-def _line_index(server, pattern: str, after: int = 0, timeout: float = 15) -> int:
-    """Wait for a line matching `pattern` from index `after` on; return its index."""
-    server.wait_for(pattern, timeout, after)
-    regex = re.compile(pattern)
-    for index in range(after, len(server.lines)):
-        if regex.search(server.lines[index]):
-            return index
-    raise AssertionError(f"{pattern!r} matched, then vanished?\n{server.output}")
 
 
 def _served_by(response: httpx.Response) -> tuple[str, int]:
@@ -69,30 +58,6 @@ def _client_on(url: str, name: str, pid: int, tries: int = 100) -> httpx.Client:
             return client
         client.close()
     raise AssertionError(f"no connection reached {name} (pid {pid}) in {tries} tries")
-
-
-def _wait_accepted(server, port: int, count: int, timeout: float = 5) -> None:
-    """Wait until the workers between them hold `count` accepted connections on `port`."""
-    deadline = time.monotonic() + timeout
-    held = 0
-    while time.monotonic() < deadline:
-        held = 0
-        for pid in server.worker_pids().values():
-            try:
-                connections = psutil.Process(pid).net_connections(kind="tcp")
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-            held += sum(
-                1
-                for c in connections
-                if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
-            )
-        if held >= count:
-            # Accepted; give the event loop a moment to read and dispatch the request too.
-            time.sleep(0.3)
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"workers hold {held} connections, expected {count}\n{server.output}")
 
 
 def _keep_alive_connection(url: str, worker: str | None = None, tries: int = 100):
@@ -257,19 +222,17 @@ def test_worker_stuck_in_a_blocking_call_is_aborted_with_its_stack_logged_then_r
     with ThreadPoolExecutor(1) as pool:
         sent = time.monotonic()
         blocked = pool.submit(httpx.get, f"{url}/block?seconds=60", timeout=15)
-        notice = _line_index(
-            server,
+        notice = server.line_index(
             rf"web\.1 \(pid {old_pid}\) has not answered for 2s: "
             r"sending SIGABRT to log its stack, then SIGKILL",
             after=mark,
             timeout=10,
         )
         noticed_after = time.monotonic() - sent
-        stack = _line_index(
-            server, r"^web\.1\s*\|.*plain\.py.* in stuck_in_a_blocking_call$", after=notice
+        stack = server.line_index(
+            r"^web\.1\s*\|.*plain\.py.* in stuck_in_a_blocking_call$", after=notice
         )
-        exited = _line_index(
-            server,
+        exited = server.line_index(
             rf"web\.1 exited \(pid {old_pid}, killed by SIG(ABRT|KILL) \(timeout",
             after=stack,
         )
@@ -313,7 +276,7 @@ def test_graceful_stop_finishes_in_flight_requests_closes_idle_ones_and_runs_shu
 
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(httpx.get, f"{url}/slow?seconds=3", timeout=15)
-        _wait_accepted(server, port, 2)  # the idle connection and the slow request
+        server.wait_accepted(port, 2)  # the idle connection and the slow request
         server.send(sig)
         server.wait_for(rf"{sig.name}: stopping gracefully")
 
@@ -347,7 +310,7 @@ def test_immediate_stop_does_not_wait_for_in_flight_requests(corral, how: str):
 
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(httpx.get, f"{url}/slow?seconds=30", timeout=20)
-        _wait_accepted(server, _port(url), 1)
+        server.wait_accepted(_port(url), 1)
         if how == "second_SIGINT":
             server.send(signal.SIGINT)
             server.wait_for(r"SIGINT: stopping gracefully")
@@ -393,7 +356,7 @@ def test_ttin_adds_a_worker_and_ttou_drains_the_highest_one_finishing_its_reques
             pool.submit(httpx.get, f"{url}/slow?seconds=2", headers=CLOSE, timeout=20)
             for _ in range(6)
         ]
-        _wait_accepted(server, _port(url), 7)
+        server.wait_accepted(_port(url), 7)
         mark = server.mark()
         server.send(signal.SIGTTOU)
         server.wait_for(r"scaling web to 1 workers", after=mark)
@@ -420,7 +383,7 @@ def test_ttou_closes_idle_keep_alive_on_the_drained_worker_cleanly_and_others_se
     pinned = _client_on(url, "web.2", pids["web.2"])
     with closing(pinned), ThreadPoolExecutor(1) as pool:
         slow = pool.submit(pinned.get, f"{url}/slow?seconds=3")
-        _wait_accepted(server, _port(url), 2)
+        server.wait_accepted(_port(url), 2)
         mark = server.mark()
         server.send(signal.SIGTTOU)
         server.wait_for(r"scaling web to 1 workers", after=mark)
@@ -454,7 +417,7 @@ def test_manager_killed_with_sigkill_takes_zygote_and_workers_down_and_frees_the
 
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(httpx.get, f"{url}/slow?seconds=1", timeout=10)
-        _wait_accepted(server, port, 1)
+        server.wait_accepted(port, 1)
         # stop() waits for the manager, then checks every process of its tree is gone within 5 s.
         assert server.stop(signal.SIGKILL) == -signal.SIGKILL
         response = slow.result(timeout=10)

@@ -22,16 +22,6 @@ MIB = 1 << 20
 # -- helpers -------------------------------------------------------------------
 
 
-def _line_index(server, pattern: str, after: int = 0, timeout: float = 15) -> int:
-    """Wait for a line matching `pattern` from index `after` on; return its index."""
-    server.wait_for(pattern, timeout, after)
-    regex = re.compile(pattern)
-    for index in range(after, len(server.lines)):
-        if regex.search(server.lines[index]):
-            return index
-    raise AssertionError(f"{pattern!r} matched, then vanished?\n{server.output}")
-
-
 def _recycles(server, reason: str) -> list[tuple[int, str, int, float]]:
     """(line index, name, old pid, detail number) of each "replacing it (reason)" line."""
     regex = re.compile(
@@ -52,10 +42,10 @@ def _check_replaced_before_stopped(server, reason: str) -> int:
     recycles = _recycles(server, reason)
     for index, name, old_pid, _ in recycles:
         escaped = re.escape(name)
-        started = _line_index(server, rf"{escaped} started \(pid (\d+)\)", after=index + 1)
+        started = server.line_index(rf"{escaped} started \(pid (\d+)\)", after=index + 1)
         new_pid = int(re.search(r"started \(pid (\d+)\)", server.lines[started]).group(1))
-        stopped = _line_index(
-            server, rf"{escaped} stopped \(pid {old_pid}, exit code 0\): {reason}$", after=index
+        stopped = server.line_index(
+            rf"{escaped} stopped \(pid {old_pid}, exit code 0\): {reason}$", after=index
         )
         assert new_pid != old_pid
         assert started < stopped, (
@@ -241,16 +231,15 @@ def test_worker_over_max_memory_is_replaced_and_its_replacement_serves(corral):
     assert response.status_code == 200
     assert _served_by(response) == ("web.1", old_pid, leak)
 
-    replacing = _line_index(
-        server,
+    replacing = server.line_index(
         rf"web\.1 \(pid {old_pid}\) uses [\d.]+MiB, over --max-memory 120\.0MiB: "
         r"replacing it \(max-memory\)",
         after=mark,
     )
-    started = _line_index(server, r"web\.1 started \(pid (\d+)\)", after=replacing)
+    started = server.line_index(r"web\.1 started \(pid (\d+)\)", after=replacing)
     new_pid = int(re.search(r"pid (\d+)", server.lines[started]).group(1))
-    stopped = _line_index(
-        server, rf"web\.1 stopped \(pid {old_pid}, exit code 0\): max-memory$", after=replacing
+    stopped = server.line_index(
+        rf"web\.1 stopped \(pid {old_pid}, exit code 0\): max-memory$", after=replacing
     )
     assert started < stopped
     assert new_pid != old_pid

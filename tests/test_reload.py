@@ -87,16 +87,6 @@ def _port(url: str) -> int:
     return port
 
 
-def _line_index(server, pattern: str, after: int = 0, timeout: float = 15) -> int:
-    """Wait for a line matching `pattern` from index `after` on; return its index."""
-    server.wait_for(pattern, timeout, after)
-    regex = re.compile(pattern)
-    for index in range(after, len(server.lines)):
-        if regex.search(server.lines[index]):
-            return index
-    raise AssertionError(f"{pattern!r} matched, then vanished?\n{server.output}")
-
-
 def _count_after(server, pattern: str, after: int) -> int:
     regex = re.compile(pattern)
     return sum(1 for line in server.lines[after:] if regex.search(line))
@@ -191,29 +181,6 @@ def _gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-def _wait_accepted(server, port: int, count: int, timeout: float = 5) -> None:
-    """Wait until the workers between them hold `count` accepted connections on `port`."""
-    deadline = time.monotonic() + timeout
-    held = 0
-    while time.monotonic() < deadline:
-        held = 0
-        for pid in server.worker_pids().values():
-            try:
-                connections = psutil.Process(pid).net_connections(kind="tcp")
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-            held += sum(
-                1
-                for c in connections
-                if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
-            )
-        if held >= count:
-            time.sleep(0.3)  # accepted; give the event loop a moment to dispatch the request too
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"workers hold {held} connections, expected {count}\n{server.output}")
 
 
 def _retired(server, old: dict[str, int], after: int, timeout: float = 15) -> dict[str, int]:
@@ -495,11 +462,11 @@ def test_sighup_during_a_reload_is_refused_and_the_first_reload_completes(corral
     server.send(signal.SIGHUP)
     server.wait_for(r"reloading: loading the current code in a new zygote", after=mark)
     server.send(signal.SIGHUP)
-    refused = _line_index(
-        server, r"a reload is already under way; this one is ignored", after=mark, timeout=5
+    refused = server.line_index(
+        r"a reload is already under way; this one is ignored", after=mark, timeout=5
     )
-    complete = _line_index(
-        server, r"reload complete: 2 workers run the new code", after=mark, timeout=15
+    complete = server.line_index(
+        r"reload complete: 2 workers run the new code", after=mark, timeout=15
     )
 
     assert refused < complete, "the second SIGHUP came while the first reload was under way"
@@ -531,7 +498,7 @@ def test_slow_requests_in_flight_on_old_workers_complete_through_a_reload(corral
             pool.submit(httpx.get, f"{url}/slow?seconds=4", headers=CLOSE, timeout=20)
             for _ in range(4)
         ]
-        _wait_accepted(server, _port(url), 4)
+        server.wait_accepted(_port(url), 4)
         mark = _reload(server, r"reload complete: 2 workers run the new code")
         assert not any(f.done() for f in slow), "the reload should end while they are in flight"
         for name, pid in old.items():  # each old worker was replaced, requests in flight
