@@ -264,6 +264,27 @@ def test_a_job_that_raises_is_logged_with_its_traceback_and_the_schedule_goes_on
     assert server.stop() == 0
 
 
+def test_a_jobs_zygote_that_dies_is_replaced_and_the_schedule_goes_on(corral, tmp_path):
+    _system(
+        tmp_path,
+        """
+        [jobs.tick]
+        call = "tasks:tick"
+        every = "0.5s"
+        """,
+    )
+    server = corral("run", cwd=tmp_path)
+    first = _wait_records(tmp_path / "tick.txt", 2, server=server)
+    (zygote,) = _title_pids(server, "corral: jobs.zygote")
+    psutil.Process(zygote).kill()
+    server.wait_for(r"jobs\.zygote exited unexpectedly \(killed by SIGKILL\): starting a new one")
+    later = _wait_records(tmp_path / "tick.txt", len(first) + 4, server=server)[len(first) + 2 :]
+    (replacement,) = _title_pids(server, "corral: jobs.zygote")
+    assert replacement != zygote
+    assert {int(record[2]) for record in later} == {replacement}, later  # forked by the new one
+    assert server.stop() == 0
+
+
 def test_an_async_job_that_raises_is_logged_from_the_users_frame(corral, tmp_path):
     _system(
         tmp_path,

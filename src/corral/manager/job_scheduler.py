@@ -19,7 +19,9 @@ import time
 from dataclasses import dataclass, field
 
 from corral import channel
+from corral.exit_codes import FAILURE
 from corral.jobs import Schedule
+from corral.manager.backoff import Backoff
 from corral.manager.spawn import argv_for, signal_group, spawn
 from corral.manager.zygote_handle import ZygoteHandle
 from corral.output import Output
@@ -49,19 +51,44 @@ class JobScheduler:
         self.runs: dict[int, Run] = {}
         self.keys = itertools.count(1)
         self.zygote: ZygoteHandle | None = None
+        self.zygote_backoff = Backoff()
         self.tasks: set[asyncio.Task[None]] = set()
         self.stopping = False
 
     async def start(self) -> None:
-        targets = {name: c.call for name, c in self.jobs.items() if c.call is not None}
-        if targets:
-            self.zygote = ZygoteHandle(1, self._on_zygote_message)
-            spec = {"targets": targets, "stop_timeout": self._stop_timeout()}
-            await self.zygote.launch(
-                "jobs.zygote", "corral.jobs_zygote", spec, [], {}, self.env, self.output
-            )
+        if any(c.call is not None for c in self.jobs.values()):
+            await self._launch_zygote()
         for name in self.jobs:
             self._arm(name)
+
+    async def _launch_zygote(self) -> None:
+        targets = {name: c.call for name, c in self.jobs.items() if c.call is not None}
+        zygote = ZygoteHandle(1, self._on_zygote_message)
+        spec = {"targets": targets, "stop_timeout": self._stop_timeout()}
+        await zygote.launch(
+            "jobs.zygote", "corral.jobs_zygote", spec, [], {}, self.env, self.output
+        )
+        assert zygote.process is not None
+        self.zygote = zygote
+        exited = asyncio.ensure_future(zygote.process.wait())
+        exited.add_done_callback(lambda _: self._on_zygote_exit(zygote))
+
+    def _on_zygote_exit(self, zygote: ZygoteHandle) -> None:
+        """Replace a jobs zygote that died; its runs in flight died with it (counted failed)."""
+        zygote.close()
+        if self.stopping or zygote is not self.zygote:
+            return
+        assert zygote.process is not None
+        self.output.say(
+            f"jobs.zygote exited unexpectedly ({describe_exit(zygote.process.returncode or 0)}): "
+            "starting a new one"
+        )
+        self.zygote = None
+        for run in [r for r in self.runs.values() if r.process is None]:
+            self._finish(run, FAILURE)
+        delay = self.zygote_backoff.delay_after_death(time.monotonic() - zygote.started_at)
+        loop = asyncio.get_running_loop()
+        loop.call_later(delay, lambda: self._in_background(self._launch_zygote()))
 
     def _arm(self, name: str) -> None:
         schedule = self.schedules[name]
@@ -87,7 +114,10 @@ class JobScheduler:
             asyncio.get_running_loop().call_later(config.timeout, self._time_out, run)
 
     def _fork_run(self, run: Run, config: JobConfig) -> None:
-        assert self.zygote is not None
+        if self.zygote is None or self.zygote.link is None:
+            self.runs.pop(run.key, None)
+            self.output.say(f"{run.job}: tick missed, the jobs zygote is being replaced")
+            return
         log_read, log_write = os.pipe()
         try:
             details = {"job": run.job, "env": config.env, "cwd": str(config.cwd or "")}
