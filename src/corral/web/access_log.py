@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import os
 import select
-import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from time import perf_counter
 from typing import Any
 
 Scope = MutableMapping[str, Any]
@@ -22,53 +22,58 @@ ASGIApp = Callable[
     [Scope, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]], Awaitable[None]
 ]
 
-FLUSH_INTERVAL = 0.1
-FLUSH_SIZE = 64 * 1024
+FLUSH_INTERVAL = 0.1  # at most this long between a request and its line
 
 
 class BlockWriter:
-    """Buffers lines and writes them to `fd` in writes no larger than PIPE_BUF.
+    """Buffers lines and writes them to `fd` in blocks no larger than PIPE_BUF.
 
     Writes of at most PIPE_BUF bytes to a pipe are atomic, so lines from
-    several workers sharing one output never interleave mid-line.
+    several workers sharing one output never interleave mid-line. A request
+    costs one list append; prefixes and newlines are joined per block.
     """
 
     def __init__(self, fd: int, prefix: str) -> None:
         self._fd = fd
         self._prefix = prefix
+        self._separator = "\n" + prefix
         self._lines: list[str] = []
-        self._size = 0
         self._timer: asyncio.TimerHandle | None = None
 
     def add(self, line: str) -> None:
-        self._lines.append(self._prefix + line + "\n")
-        self._size += len(line)
-        if self._size >= FLUSH_SIZE:
-            self.flush()
-        elif self._timer is None:
+        self._lines.append(line)
+        if self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(FLUSH_INTERVAL, self.flush)
 
     def flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        lines, self._lines, self._size = self._lines, [], 0
-        block: list[str] = []
-        length = 0
-        for line in lines:
-            if block and length + len(line) > select.PIPE_BUF:
-                self._write("".join(block))
-                block, length = [], 0
-            block.append(line)
-            length += len(line)
-        if block:
-            self._write("".join(block))
+        self._timer = None
+        lines, self._lines = self._lines, []
+        if not lines:
+            return
+        text = (self._prefix + self._separator.join(lines) + "\n").encode("utf-8", "replace")
+        while text:
+            if len(text) <= select.PIPE_BUF:
+                block, text = text, b""
+            else:
+                cut = text.rfind(b"\n", 0, select.PIPE_BUF) + 1 or select.PIPE_BUF
+                block, text = text[:cut], text[cut:]
+            while block:
+                block = block[os.write(self._fd, block) :]
 
-    def _write(self, text: str) -> None:
-        data = text.encode("utf-8", "replace")
-        while data:
-            written = os.write(self._fd, data)
-            data = data[written:]
+
+class _NotingStatus:
+    """Wraps `send` to note the response status; returns send's own awaitable (no extra frame)."""
+
+    __slots__ = ("send", "status")
+
+    def __init__(self, send: Callable[[Message], Awaitable[None]]) -> None:
+        self.send = send
+        self.status = 0
+
+    def __call__(self, message: Message) -> Awaitable[None]:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        return self.send(message)
 
 
 class AccessLog:
@@ -82,28 +87,17 @@ class AccessLog:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
-        status = 0
-
-        async def send_noting_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        started = perf_counter()
+        noting = _NotingStatus(send)
         try:
-            await self.app(scope, receive, send_noting_status)
+            await self.app(scope, receive, noting)
         finally:
-            self.writer.add(_line(scope, status, time.perf_counter() - started))
-
-
-def _line(scope: Scope, status: int, seconds: float) -> str:
-    client = scope.get("client")
-    who = f"{client[0]}:{client[1]}" if client else "-"
-    path = scope["path"]  # uvicorn's path already starts with the root_path
-    if scope.get("query_string"):
-        path += "?" + scope["query_string"].decode("latin-1")
-    return (
-        f'{who} - "{scope["method"]} {path} HTTP/{scope["http_version"]}" '
-        f"{status or '-'} {seconds * 1000:.1f}ms"
-    )
+            client = scope.get("client")
+            who = f"{client[0]}:{client[1]}" if client else "-"
+            query = scope["query_string"]
+            path = f"{scope['path']}?{query.decode('latin-1')}" if query else scope["path"]
+            took = (perf_counter() - started) * 1000
+            self.writer.add(
+                f'{who} - "{scope["method"]} {path} HTTP/{scope["http_version"]}" '
+                f"{noting.status or '-'} {took:.1f}ms"
+            )
