@@ -201,7 +201,9 @@ def test_reload_does_not_run_prestart_again(corral, tmp_path):
     server.send(signal.SIGHUP)
 
     server.wait_for(r"reload complete", after=mark, timeout=20)
+    # The reload restarts the replica (it runs the current code), not the prestart steps.
+    server.wait_for(r"^worker\.1\s+\| worker running$", after=mark, timeout=20)
     assert server.count(r"^prestart\s+\| prestart ran$") == 1, server.output
     assert server.count(r"prestart step") == 1, server.output
     assert server.stop() == 0
-    assert _recorded(tmp_path) == ["prestart", "worker"]
+    assert _recorded(tmp_path) == ["prestart", "worker", "worker"]

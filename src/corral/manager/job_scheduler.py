@@ -39,6 +39,7 @@ class Run:
     pid: int | None = None
     timed_out: bool = False
     process: asyncio.subprocess.Process | None = None  # for a command job
+    zygote: ZygoteHandle | None = None  # for a call job: the zygote that forked it
 
 
 class JobScheduler:
@@ -125,6 +126,7 @@ class JobScheduler:
         finally:
             os.close(log_write)
         self.output.attach(log_read, run.job)
+        run.zygote = self.zygote
 
     async def _spawn_run(self, run: Run, config: JobConfig) -> None:
         env = {**self.env, **config.env}
@@ -149,11 +151,27 @@ class JobScheduler:
 
     def _finish(self, run: Run, code: int) -> None:
         self.runs.pop(run.key, None)
+        if run.zygote is not None and run.zygote.retiring:
+            self._retire_if_idle(run.zygote)
         took = time.monotonic() - run.started
         if run.timed_out:
             self.output.say(f"{run.job} run failed: killed at its timeout ({took:.2f}s)")
         elif code != 0:
             self.output.say(f"{run.job} run failed ({describe_exit(code)}, {took:.2f}s)")
+
+    async def reload(self) -> None:
+        """Load the current code of the call jobs in a new zygote; the old one retires."""
+        old = self.zygote
+        if old is None or self.stopping:
+            return
+        await self._launch_zygote()
+        old.retiring = True
+        self._retire_if_idle(old)
+        self.output.say("jobs reloaded: the next runs use the current code")
+
+    def _retire_if_idle(self, zygote: ZygoteHandle) -> None:
+        if not any(run.zygote is zygote for run in self.runs.values()):
+            self._in_background(zygote.exit())
 
     def _time_out(self, run: Run) -> None:
         if run.key in self.runs and run.pid is not None:

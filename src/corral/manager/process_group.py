@@ -62,10 +62,12 @@ class ProcessGroup:
         code = await process.wait()
         served_for = child.uptime()
         child.stopped()
-        self.replicas.pop(index, None)
-        self.processes.pop(index, None)
-        if self.stopping:
-            self.output.say(f"{child.name} stopped (pid {child.pid}, {describe_exit(code)})")
+        if self.replicas.get(index) is child:  # a reload may have started its successor
+            del self.replicas[index]
+            del self.processes[index]
+        if self.stopping or child.stop_reason == "reload":
+            why = ": reload" if child.stop_reason == "reload" else ""
+            self.output.say(f"{child.name} stopped (pid {child.pid}, {describe_exit(code)}){why}")
             return
         self.output.say(f"{child.name} exited (pid {child.pid}, {describe_exit(code)})")
         self._schedule_restart(index, served_for, code)
@@ -91,14 +93,28 @@ class ProcessGroup:
     def running(self) -> list[Child]:
         return [c for c in self.replicas.values() if c.state is not State.STOPPED]
 
+    async def reload(self) -> None:
+        """Restart the replicas one at a time, so that they run the current code."""
+        for index in sorted(self.processes):
+            process, child = self.processes.get(index), self.replicas.get(index)
+            if self.stopping or process is None or child is None:
+                continue
+            child.stop_reason = "reload"
+            await self._stop_processes([process])
+            await self._start(index)
+
     async def stop(self) -> None:
         """Send stop_signal to every replica; SIGKILL those still there after stop_timeout."""
         self.stopping = True
         for handle in self.respawns.values():
             handle.cancel()
         self.respawns.clear()
+        await self._stop_processes(list(self.processes.values()))
+        if self.tasks:
+            await asyncio.wait(list(self.tasks))
+
+    async def _stop_processes(self, processes: list[asyncio.subprocess.Process]) -> None:
         stop_signal = signal.Signals[self.config.stop_signal]
-        processes = list(self.processes.values())
         for process in processes:
             signal_group(process, stop_signal)
         waiting = [asyncio.ensure_future(p.wait()) for p in processes]
@@ -109,5 +125,3 @@ class ProcessGroup:
                     signal_group(process, signal.SIGKILL)
             if late:
                 await asyncio.wait(late)
-        if self.tasks:
-            await asyncio.wait(list(self.tasks))

@@ -32,6 +32,7 @@ class Manager:
         self.web: WebGroup | None = None
         self.groups: list[ProcessGroup] = []
         self.jobs: JobScheduler | None = None
+        self.reloads: set[asyncio.Task[None]] = set()
         self.finished: asyncio.Future[int] | None = None
         self.stopping = False
 
@@ -121,10 +122,9 @@ class Manager:
 
         self.output.say(f"watching {os.getcwd()} for changes to .py files (--reload)")
         async for changes in awatch(os.getcwd(), watch_filter=PythonFilter()):
-            assert self.web is not None
             changed = sorted({os.path.relpath(path) for _, path in changes})
             self.output.say(f"changed: {', '.join(changed)}")
-            self.web.reload()
+            self._reload()
 
     def _finish(self, code: int) -> None:
         if self.finished is not None and not self.finished.done():
@@ -145,9 +145,21 @@ class Manager:
         self._finish(OK)
 
     def _on_reload_signal(self) -> None:
-        if self.web is not None and not self.stopping:
+        if not self.stopping:
             self.output.say("SIGHUP: reloading")
+            self._reload()
+
+    def _reload(self) -> None:
+        """Web workers roll over to a new zygote; replicas restart one at a time; jobs reload."""
+        if self.web is not None:
             self.web.reload()
+        loop = asyncio.get_running_loop()
+        for work in [group.reload() for group in self.groups] + (
+            [self.jobs.reload()] if self.jobs is not None else []
+        ):
+            task = loop.create_task(work)
+            self.reloads.add(task)
+            task.add_done_callback(self.reloads.discard)
 
     def _on_scale_signal(self, change: int) -> None:
         if self.web is not None and not self.stopping:
