@@ -428,3 +428,24 @@ def test_manager_killed_with_sigkill_takes_zygote_and_workers_down_and_frees_the
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", port))  # raises EADDRINUSE if anything still listens there
         probe.listen()
+
+
+def test_full_stop_answers_the_connections_waiting_in_the_backlog(corral):
+    """Nobody else will accept them: a stopping worker takes the queue before it drains."""
+    server = corral("run", "plain:app", "--port", "0", "--workers", "1")
+    url = server.url()
+    server.wait_workers(1)
+    with ThreadPoolExecutor(6) as pool:
+        blocking = pool.submit(httpx.get, f"{url}/block?seconds=1.5", timeout=10)
+        time.sleep(0.3)  # the only worker's loop is blocked: new connections wait in the backlog
+        queued = [
+            pool.submit(httpx.get, f"{url}/", headers={"connection": "close"}, timeout=10)
+            for _ in range(5)
+        ]
+        time.sleep(0.3)
+        server.send(signal.SIGTERM)
+        statuses = [future.result(15).status_code for future in queued]
+        assert blocking.result(15).status_code == 200
+    assert statuses == [200] * 5
+    assert server.wait(20) == 0
+    assert not server.wait_until_gone(5)

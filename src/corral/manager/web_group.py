@@ -275,7 +275,18 @@ class WebGroup:
         return self._spawn(old.name, replaces=old)
 
     def _drain(self, child: Child, reason: str) -> None:
+        """Stop `child` gracefully: SIGTERM, so it leaves the accept queue to the others.
+
+        On a full stop there are no others: it is asked instead, over its
+        channel, to answer what waits in the queue before it drains.
+        """
+        serving = child.state is State.READY
         child.drain(reason, time.monotonic() + self.config.graceful_timeout)
+        link = self.links.get(child.key)
+        if reason == "stop" and serving and link is not None:
+            with contextlib.suppress(OSError):
+                link.send(channel.encode({"t": "stop"}))
+                return
         self._signal(child, signal.SIGTERM)
 
     def _signal(self, child: Child, sig: int) -> None:

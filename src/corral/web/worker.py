@@ -33,10 +33,13 @@ from corral.config import WebConfig
 from corral.exit_codes import APP_FAILED, OK
 from corral.web.access_log import AccessLog, BlockWriter
 from corral.web.app_loader import AppLoadError, load_app
+from corral.web.sockets import waiting_connections
 
 HEARTBEAT_INTERVAL = 1.0
 LIFESPAN_SHUTDOWN_RESERVE = 1.0
 REQUEST_LIMIT_CHECK = 0.1
+BACKLOG_LIMIT = 1.0  # a full stop accepts what waits in the queue for at most this long
+BACKLOG_POLL = 0.01
 IDLE_DRAIN_GRACE = 1.0  # how long a draining worker keeps an idle keep-alive connection
 RECYCLE_REMINDER = 5.0  # ask again if the manager could not replace us yet
 
@@ -182,6 +185,8 @@ class WorkerServer(uvicorn.Server):
         super().__init__(config)
         self.link = link
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.listeners: list[socket.socket] = []
+        self.decoder = channel.Decoder()
         self.request_limit = request_limit
         self.recycle_asked_at: float | None = None
 
@@ -205,6 +210,25 @@ class WorkerServer(uvicorn.Server):
         if self.started and self.loop is not None:
             self.loop.call_soon_threadsafe(self._stop_accepting)
 
+    def _take_the_backlog_then_stop(self) -> None:
+        """A full stop: nobody else will accept what already waits in the queue, so we do.
+
+        Accepting goes on until the queue is empty (or BACKLOG_LIMIT has
+        passed: clients may keep connecting), then the usual drain.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BACKLOG_LIMIT
+
+        def check() -> None:
+            waiting = any(waiting_connections(sock) for sock in self.listeners)
+            if waiting and loop.time() < deadline:
+                loop.call_later(BACKLOG_POLL, check)
+            else:
+                self.should_exit = True
+                self._stop_accepting()
+
+        check()
+
     def _stop_accepting(self) -> None:
         """Leave the shared queue to the other workers now, not at uvicorn's next tick.
 
@@ -216,6 +240,7 @@ class WorkerServer(uvicorn.Server):
         self._send({"t": "draining"})
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self.listeners = sockets or []
         await super().startup(sockets)
         if self.started and not self.should_exit:
             loop = self.loop = asyncio.get_running_loop()
@@ -248,6 +273,10 @@ class WorkerServer(uvicorn.Server):
 
     def _on_manager_message(self) -> None:
         data = channel.receive(self.link)
+        if data:
+            for message, _ in self.decoder.feed(data):
+                if message["t"] == "stop":
+                    self._take_the_backlog_then_stop()
         if data == b"":
             # The manager is gone: drain, so no process outlives it.
             asyncio.get_running_loop().remove_reader(self.link.fileno())
