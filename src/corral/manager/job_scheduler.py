@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from corral import channel
 from corral.exit_codes import FAILURE
 from corral.jobs import Schedule
+from corral.manager.background import Background
 from corral.manager.backoff import Backoff
 from corral.manager.spawn import argv_for, signal_group, spawn
 from corral.manager.zygote_handle import ZygoteHandle
@@ -53,7 +54,7 @@ class JobScheduler:
         self.keys = itertools.count(1)
         self.zygote: ZygoteHandle | None = None
         self.zygote_backoff = Backoff()
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.background = Background()
         self.stopping = False
 
     async def start(self) -> None:
@@ -64,32 +65,27 @@ class JobScheduler:
 
     async def _launch_zygote(self) -> None:
         targets = {name: c.call for name, c in self.jobs.items() if c.call is not None}
-        zygote = ZygoteHandle(1, self._on_zygote_message)
+        zygote = ZygoteHandle(1, self._on_zygote_message, self._on_zygote_exit)
         spec = {"targets": targets, "stop_timeout": self._stop_timeout()}
         await zygote.launch(
             "jobs.zygote", "corral.jobs_zygote", spec, [], {}, self.env, self.output
         )
-        assert zygote.process is not None
         self.zygote = zygote
-        exited = asyncio.ensure_future(zygote.process.wait())
-        exited.add_done_callback(lambda _: self._on_zygote_exit(zygote))
 
     def _on_zygote_exit(self, zygote: ZygoteHandle) -> None:
         """Replace a jobs zygote that died; its runs in flight died with it (counted failed)."""
         zygote.close()
         if self.stopping or zygote is not self.zygote:
             return
-        assert zygote.process is not None
         self.output.say(
-            f"jobs.zygote exited unexpectedly ({describe_exit(zygote.process.returncode or 0)}): "
-            "starting a new one"
+            f"jobs.zygote exited unexpectedly ({zygote.exit_cause()}): starting a new one"
         )
         self.zygote = None
         for run in [r for r in self.runs.values() if r.process is None]:
             self._finish(run, FAILURE)
         delay = self.zygote_backoff.delay_after_death(time.monotonic() - zygote.started_at)
         loop = asyncio.get_running_loop()
-        loop.call_later(delay, lambda: self._in_background(self._launch_zygote()))
+        loop.call_later(delay, lambda: self.background.start(self._launch_zygote()))
 
     def _arm(self, name: str) -> None:
         schedule = self.schedules[name]
@@ -110,7 +106,7 @@ class JobScheduler:
         if config.call is not None:
             self._fork_run(run, config)
         else:
-            self._in_background(self._spawn_run(run, config))
+            self.background.start(self._spawn_run(run, config))
         if config.timeout is not None:
             asyncio.get_running_loop().call_later(config.timeout, self._time_out, run)
 
@@ -171,7 +167,7 @@ class JobScheduler:
 
     def _retire_if_idle(self, zygote: ZygoteHandle) -> None:
         if not any(run.zygote is zygote for run in self.runs.values()):
-            self._in_background(zygote.exit())
+            self.background.start(zygote.exit())
 
     def _time_out(self, run: Run) -> None:
         if run.key in self.runs and run.pid is not None:
@@ -185,11 +181,6 @@ class JobScheduler:
         elif run.pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(run.pid, signal.SIGKILL)
-
-    def _in_background(self, work: object) -> None:
-        task = asyncio.get_running_loop().create_task(work)  # type: ignore[arg-type]
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
 
     def _stop_timeout(self) -> float:
         timeouts = [c.timeout for c in self.jobs.values() if c.timeout is not None]
@@ -209,7 +200,6 @@ class JobScheduler:
             await asyncio.sleep(0.05)
         for run in list(self.runs.values()):
             self._kill(run)
-        if self.tasks:
-            await asyncio.wait(list(self.tasks), timeout=5)
+        await self.background.wait(timeout=5)
         if self.zygote is not None:
             await self.zygote.exit()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
+from corral.manager.background import Background
 from corral.manager.backoff import Backoff
 from corral.manager.children import Child, State
 from corral.manager.spawn import argv_for, signal_group, spawn
@@ -28,7 +29,7 @@ class ProcessGroup:
         self.processes: dict[int, asyncio.subprocess.Process] = {}
         self.backoffs: dict[int, Backoff] = {}
         self.respawns: dict[int, asyncio.TimerHandle] = {}
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.background = Background()
         self.stopping = False
 
     async def start(self) -> None:
@@ -54,9 +55,7 @@ class ProcessGroup:
         self.replicas[index] = child
         self.processes[index] = process
         self.output.say(f"{name} started (pid {process.pid})")
-        task = asyncio.get_running_loop().create_task(self._watch(index, child, process))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.background.start(self._watch(index, child, process))
 
     async def _watch(self, index: int, child: Child, process: asyncio.subprocess.Process) -> None:
         code = await process.wait()
@@ -82,13 +81,8 @@ class ProcessGroup:
             self.output.say(f"{self.name}.{index} restarts in {delay:g}s (it keeps exiting)")
         loop = asyncio.get_running_loop()
         self.respawns[index] = loop.call_later(
-            delay, lambda: self._in_background(self._start(index))
+            delay, lambda: self.background.start(self._start(index))
         )
-
-    def _in_background(self, work: object) -> None:
-        task = asyncio.get_running_loop().create_task(work)  # type: ignore[arg-type]
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
 
     def running(self) -> list[Child]:
         return [c for c in self.replicas.values() if c.state is not State.STOPPED]
@@ -110,8 +104,7 @@ class ProcessGroup:
             handle.cancel()
         self.respawns.clear()
         await self._stop_processes(list(self.processes.values()))
-        if self.tasks:
-            await asyncio.wait(list(self.tasks))
+        await self.background.wait()
 
     async def _stop_processes(self, processes: list[asyncio.subprocess.Process]) -> None:
         stop_signal = signal.Signals[self.config.stop_signal]

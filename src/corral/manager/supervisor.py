@@ -16,6 +16,7 @@ from typing import Any
 
 from corral import system
 from corral.exit_codes import APP_FAILED, OK, PRESTART_FAILED, USAGE
+from corral.manager.background import Background
 from corral.manager.job_scheduler import JobScheduler
 from corral.manager.prestart import run_prestart
 from corral.manager.process_group import ProcessGroup
@@ -32,7 +33,7 @@ class Manager:
         self.web: WebGroup | None = None
         self.groups: list[ProcessGroup] = []
         self.jobs: JobScheduler | None = None
-        self.reloads: set[asyncio.Task[None]] = set()
+        self.reloads = Background()
         self.finished: asyncio.Future[int] | None = None
         self.stopping = False
 
@@ -153,13 +154,10 @@ class Manager:
         """Web workers roll over to a new zygote; replicas restart one at a time; jobs reload."""
         if self.web is not None:
             self.web.reload()
-        loop = asyncio.get_running_loop()
-        for work in [group.reload() for group in self.groups] + (
-            [self.jobs.reload()] if self.jobs is not None else []
-        ):
-            task = loop.create_task(work)
-            self.reloads.add(task)
-            task.add_done_callback(self.reloads.discard)
+        for group in self.groups:
+            self.reloads.start(group.reload())
+        if self.jobs is not None:
+            self.reloads.start(self.jobs.reload())
 
     def _on_scale_signal(self, change: int) -> None:
         if self.web is not None and not self.stopping:

@@ -30,6 +30,7 @@ import psutil
 from corral import channel
 from corral.config import WebConfig
 from corral.exit_codes import APP_FAILED, FAILURE
+from corral.manager.background import Background
 from corral.manager.backoff import Backoff
 from corral.manager.children import Child, State
 from corral.manager.zygote_handle import AppFailed, ZygoteHandle
@@ -77,7 +78,7 @@ class WebGroup:
         self.stopping = False
         self.all_stopped = asyncio.Event()
         self.reloading: asyncio.Task[None] | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
+        self.background = Background()
         self.access_fd = os.dup(output.fd)
         self.watcher: asyncio.Task[None] | None = None
 
@@ -95,7 +96,7 @@ class WebGroup:
 
     async def _launch_zygote(self) -> ZygoteHandle:
         self.generation += 1
-        zygote = ZygoteHandle(self.generation, self._on_zygote_message)
+        zygote = ZygoteHandle(self.generation, self._on_zygote_message, self._on_zygote_exit)
         listen_fds = [s.fileno() for s in self.sockets]
         spec = {
             "config": self.config.model_dump(mode="json"),
@@ -111,10 +112,7 @@ class WebGroup:
             self.env,
             self.output,
         )
-        assert zygote.process is not None
         self.zygotes[zygote.generation] = zygote
-        exited = asyncio.ensure_future(zygote.process.wait())
-        exited.add_done_callback(lambda _: self._on_zygote_exit(zygote))
         return zygote
 
     # -- messages --------------------------------------------------------------
@@ -305,7 +303,7 @@ class WebGroup:
 
     def _retire_if_idle(self, zygote: ZygoteHandle) -> None:
         if not any(c.generation == zygote.generation for c in self.workers.values()):
-            self._in_background(zygote.exit())
+            self.background.start(zygote.exit())
 
     def _on_zygote_exit(self, zygote: ZygoteHandle) -> None:
         """Forget a zygote that exited; replace the current one if it died on its own."""
@@ -313,9 +311,8 @@ class WebGroup:
         zygote.close()
         if self.stopping or zygote is not self.zygote:
             return
-        assert zygote.process is not None
         self.output.say(
-            f"web.zygote exited unexpectedly ({describe_exit(zygote.process.returncode or 0)}): "
+            f"web.zygote exited unexpectedly ({zygote.exit_cause()}): "
             "its workers drain, a new zygote and workers replace them"
         )
         self.zygote = None
@@ -326,7 +323,7 @@ class WebGroup:
         self.respawns.clear()
         delay = self.zygote_backoff.delay_after_death(time.monotonic() - zygote.started_at)
         loop = asyncio.get_running_loop()
-        loop.call_later(delay, lambda: self._in_background(self._replace_zygote()))
+        loop.call_later(delay, lambda: self.background.start(self._replace_zygote()))
 
     async def _replace_zygote(self) -> None:
         if self.stopping:
@@ -338,11 +335,6 @@ class WebGroup:
             return
         for index in range(1, self.wanted + 1):
             self._spawn(f"web.{index}")
-
-    def _in_background(self, work: Any) -> None:
-        task = asyncio.get_running_loop().create_task(work)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
 
     # -- reload --------------------------------------------------------------------
 

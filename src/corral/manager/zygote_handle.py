@@ -19,10 +19,12 @@ from typing import Any
 
 from corral import channel
 from corral.output import Output
+from corral.system import describe_exit
 
 EXIT_TIMEOUT = 5.0
 
 Listener = Callable[["ZygoteHandle", channel.Message], None]
+ExitListener = Callable[["ZygoteHandle"], None]
 
 
 class AppFailed(Exception):
@@ -30,9 +32,11 @@ class AppFailed(Exception):
 
 
 class ZygoteHandle:
-    def __init__(self, generation: int, on_message: Listener) -> None:
+    def __init__(self, generation: int, on_message: Listener, on_exit: ExitListener) -> None:
         self.generation = generation
         self.on_message = on_message
+        self.on_exit = on_exit
+        self.exit_watch: asyncio.Future[int] | None = None  # referenced, so it is not collected
         self.process: asyncio.subprocess.Process | None = None
         self.link: socket.socket | None = None
         self.decoder = channel.Decoder()
@@ -86,6 +90,13 @@ class ZygoteHandle:
             await exited
             self.close()
             raise AppFailed(f"{name} could not load its code")
+        self.exit_watch = exited
+        exited.add_done_callback(lambda _: self.on_exit(self))
+
+    def exit_cause(self) -> str:
+        """How it exited, in words: "killed by SIGKILL", "exit code 1"."""
+        code = self.process.returncode if self.process is not None else None
+        return describe_exit(code or 0)
 
     @property
     def pid(self) -> int | None:
