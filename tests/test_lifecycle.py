@@ -410,10 +410,16 @@ def test_manager_killed_with_sigkill_takes_zygote_and_workers_down_and_frees_the
     server.wait_workers(2)
     assert httpx.get(url, timeout=5).status_code == 200
     deadline = time.monotonic() + 5
-    while len(server.alive()) < 4 and time.monotonic() < deadline:
+    while len(server.alive()) < 5 and time.monotonic() < deadline:
         time.sleep(0.05)
     titles = sorted(" ".join(p.cmdline()).strip() for p in server.alive())
-    assert titles == ["corral: manager", "corral: web.1", "corral: web.2", "corral: web.zygote"]
+    assert titles == [
+        "corral: launcher",
+        "corral: manager",
+        "corral: web.1",
+        "corral: web.2",
+        "corral: web.zygote",
+    ]
 
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(httpx.get, f"{url}/slow?seconds=1", timeout=10)

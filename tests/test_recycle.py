@@ -314,7 +314,7 @@ def _table_tree_pss(corral, ready_dir: Path, *flags: str) -> int:
         time.sleep(0.1)
     time.sleep(0.5)  # from lifespan startup to serving
     assert httpx.get(f"{url}/rows/1234", timeout=5).json()["name"] == "customer-0001234"
-    assert len(server.alive()) == 6  # manager, zygote, 4 workers
+    assert len(server.alive()) == 7  # manager, launcher, zygote, 4 workers
     pss = tree_pss(server.pid)
     assert server.stop() == 0
     return pss

@@ -160,7 +160,8 @@ def _one_zygote(server, timeout: float = 10) -> int:
 
 def _expected_tree(workers: int) -> list[str]:
     """Manager, one zygote, web.1..web.N: the titles of a settled tree, sorted."""
-    return sorted(["corral: manager", ZYGOTE, *(f"corral: web.{i}" for i in range(1, workers + 1))])
+    titles = ["corral: launcher", "corral: manager", ZYGOTE]
+    return sorted([*titles, *(f"corral: web.{i}" for i in range(1, workers + 1))])
 
 
 def _tree(server, workers: int, timeout: float = 10) -> list[str]:

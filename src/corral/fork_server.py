@@ -143,25 +143,27 @@ def redirect_output(log_fd: int) -> None:
     os.close(log_fd)
 
 
-def start() -> tuple[socket.socket, channel.Decoder, dict[str, Any]] | None:
-    """A fork server's first steps: read its spec, tie its life to the manager's, name itself.
+def start(link_fd: int) -> tuple[socket.socket, channel.Decoder, dict[str, Any], list[int]] | None:
+    """A fork server's first steps: read its spec, name itself.
 
-    None if the manager went away before it could start.
+    The spec arrives from the manager on the channel `link_fd`, with the
+    descriptors it announces (listening sockets, output pipes). Returns the
+    channel, its decoder, the spec and those descriptors; None if the
+    manager went away before sending it.
     """
-    link = socket.socket(fileno=int(sys.argv[1]))
+    link = socket.socket(fileno=link_fd)
     decoder = channel.Decoder()
-    spec: dict[str, Any] | None = None
-    while spec is None:
-        data = link.recv(1 << 20)
+    started: tuple[channel.Message, list[int]] | None = None
+    while started is None:
+        data, fds, _, _ = socket.recv_fds(link, 1 << 20, channel.MAX_FDS_PER_READ)
         if not data:
             return None
-        messages = decoder.feed(data)
+        messages = decoder.feed(data, fds)
         if messages:
-            spec = messages[0][0]
-    if not system.die_with_parent(spec["manager_pid"]):
-        return None
+            started = messages[0]
+    spec, spec_fds = started
     system.set_title(f"corral: {spec['name']}")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]
-    return link, decoder, spec
+    return link, decoder, spec, spec_fds

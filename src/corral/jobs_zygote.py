@@ -1,6 +1,6 @@
 """The jobs zygote: imports every `call` job once, then forks one child per run.
 
-Run as `python -m corral.jobs_zygote CHANNEL_FD` by the manager. A run costs
+Forked by the launcher (`corral.launcher`), which calls `main(CHANNEL_FD)`. A run costs
 a fork, not an interpreter start and an import, so a job every second is
 cheap. A job whose target cannot be imported is reported at load; its runs
 then fail with that error, and the other jobs run on.
@@ -51,16 +51,12 @@ class JobsZygote(ForkServer):
         return run_callable(self.loaded[job])
 
 
-def main() -> int:
-    started = start()
+def main(link_fd: int) -> int:
+    started = start(link_fd)
     if started is None:
         return OK
-    link, decoder, spec = started
+    link, decoder, spec, _ = started
     zygote = JobsZygote(link, decoder, spec)
     zygote.load()
     channel.send(link, {"t": "loaded"})
     return zygote.serve()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -34,7 +34,7 @@ def die_with_parent(expected_parent: int, sig: int = signal.SIGTERM) -> bool:
 
 
 def identity(user: str | None, group: str | None) -> dict[str, Any]:
-    """Popen's `user`, `group` and `extra_groups` for running a child as `user`/`group`.
+    """The `user`, `group` and `extra_groups` ids for running a child as `user`/`group`.
 
     The manager keeps its own identity (so it can remove its pidfile and
     socket files, and bind again on reload); the children that run the
@@ -52,6 +52,16 @@ def identity(user: str | None, group: str | None) -> dict[str, Any]:
         chosen["user"] = entry.pw_uid
         chosen["extra_groups"] = os.getgrouplist(entry.pw_name, gid)
     return chosen
+
+
+def assume_identity(chosen: dict[str, Any]) -> None:
+    """Become what `identity()` chose, as Popen would: supplementary groups, group, then user."""
+    if "extra_groups" in chosen:
+        os.setgroups(chosen["extra_groups"])
+    if "group" in chosen:
+        os.setgid(chosen["group"])
+    if "user" in chosen:
+        os.setuid(chosen["user"])
 
 
 def _passwd(user: str) -> pwd.struct_passwd:

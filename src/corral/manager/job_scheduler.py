@@ -23,6 +23,7 @@ from corral.exit_codes import FAILURE
 from corral.jobs import Schedule
 from corral.manager.background import Background
 from corral.manager.backoff import Backoff
+from corral.manager.launcher_handle import LauncherHandle
 from corral.manager.spawn import argv_for, signal_group, spawn
 from corral.manager.zygote_handle import ZygoteHandle
 from corral.output import Output
@@ -44,8 +45,15 @@ class Run:
 
 
 class JobScheduler:
-    def __init__(self, jobs: dict[str, JobConfig], env: dict[str, str], output: Output) -> None:
+    def __init__(
+        self,
+        jobs: dict[str, JobConfig],
+        launcher: LauncherHandle | None,  # None when no job is a `call`
+        env: dict[str, str],
+        output: Output,
+    ) -> None:
         self.jobs = jobs
+        self.launcher = launcher
         self.env = env
         self.output = output
         self.schedules = {name: Schedule(config) for name, config in jobs.items()}
@@ -67,8 +75,9 @@ class JobScheduler:
         targets = {name: c.call for name, c in self.jobs.items() if c.call is not None}
         zygote = ZygoteHandle(1, self._on_zygote_message, self._on_zygote_exit)
         spec = {"targets": targets, "stop_timeout": self._stop_timeout()}
+        assert self.launcher is not None
         await zygote.launch(
-            "jobs.zygote", "corral.jobs_zygote", spec, [], {}, self.env, self.output
+            self.launcher, "jobs.zygote", "corral.jobs_zygote", spec, [], self.env, {}, self.output
         )
         self.zygote = zygote
 

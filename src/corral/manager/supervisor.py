@@ -1,6 +1,7 @@
 """The manager: binds the sockets, supervises the groups, answers signals. Never imports the app.
 
-Its life: bind (exit 2 if an address is taken) -> write the pidfile -> start
+Its life: fork the launcher (`corral.launcher`) -> bind (exit 2 if an
+address is taken) -> write the pidfile -> run prestart -> start
 the web group, whose processes run as --user/--group (exit 3 if the app cannot
 start) -> wait for a signal -> stop: web first, gracefully unless told otherwise -> clean up.
 """
@@ -15,9 +16,11 @@ import socket
 from typing import Any
 
 from corral import system
-from corral.exit_codes import APP_FAILED, OK, PRESTART_FAILED, USAGE
+from corral.exit_codes import APP_FAILED, FAILURE, OK, PRESTART_FAILED, USAGE
+from corral.launcher import fork_launcher
 from corral.manager.background import Background
 from corral.manager.job_scheduler import JobScheduler
+from corral.manager.launcher_handle import LauncherHandle
 from corral.manager.prestart import run_prestart
 from corral.manager.process_group import ProcessGroup
 from corral.manager.web_group import AppFailed, WebGroup
@@ -40,6 +43,10 @@ class Manager:
     def run(self) -> int:
         """Run everything declared until stopped; return the exit code."""
         system.set_title("corral: manager")
+        needs_zygotes = self.system.web is not None or any(
+            job.call is not None for job in self.system.jobs.values()
+        )
+        launcher = fork_launcher() if needs_zygotes else None
         web = self.system.web
         addresses: list[listeners.Address] = []
         sockets: list[socket.socket] = []
@@ -56,7 +63,7 @@ class Manager:
             if pidfile is not None:
                 pidfile.write_text(f"{os.getpid()}\n")
             identity = system.identity(web.user, web.group) if web is not None else {}
-            return asyncio.run(self._serve(sockets, identity))
+            return asyncio.run(self._serve(launcher, sockets, identity))
         except (ValueError, PermissionError) as error:
             self.output.say(f"error: {error}")
             return USAGE
@@ -66,9 +73,29 @@ class Manager:
                 with contextlib.suppress(OSError):
                     pidfile.unlink()
 
-    async def _serve(self, sockets: list[socket.socket], identity: dict[str, Any]) -> int:
+    async def _serve(
+        self,
+        forked: tuple[int, socket.socket] | None,
+        sockets: list[socket.socket],
+        identity: dict[str, Any],
+    ) -> int:
         loop = asyncio.get_running_loop()
         self.finished = loop.create_future()
+        launcher = None if forked is None else LauncherHandle(*forked, self._on_launcher_lost)
+        try:
+            return await self._supervise(launcher, sockets, identity)
+        finally:
+            if launcher is not None:
+                launcher.close()
+
+    async def _supervise(
+        self,
+        launcher: LauncherHandle | None,
+        sockets: list[socket.socket],
+        identity: dict[str, Any],
+    ) -> int:
+        assert self.finished is not None
+        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
@@ -80,8 +107,11 @@ class Manager:
             return self.finished.result()
         web = self.system.web
         if web is not None:
+            assert launcher is not None
             env = {**self.system.env, **web.env}
-            self.web = WebGroup(web, sockets, identity, env, self.output, on_fatal=self._finish)
+            self.web = WebGroup(
+                web, sockets, launcher, identity, env, self.output, on_fatal=self._finish
+            )
             try:
                 await self.web.start()
             except AppFailed:
@@ -93,7 +123,7 @@ class Manager:
             self.groups.append(group)
             await group.start()
         if self.system.jobs:
-            self.jobs = JobScheduler(self.system.jobs, self.system.env, self.output)
+            self.jobs = JobScheduler(self.system.jobs, launcher, self.system.env, self.output)
             await self.jobs.start()
         reloading = web is not None and web.reload
         watching = loop.create_task(self._reload_on_change()) if reloading else None
@@ -130,6 +160,11 @@ class Manager:
     def _finish(self, code: int) -> None:
         if self.finished is not None and not self.finished.done():
             self.finished.set_result(code)
+
+    def _on_launcher_lost(self, cause: str) -> None:
+        self.output.say(f"error: the launcher exited ({cause}); stopping")
+        self.stopping = True
+        self._finish(FAILURE)
 
     def _on_stop_signal(self, sig: int) -> None:
         name = signal.Signals(sig).name

@@ -33,6 +33,7 @@ from corral.exit_codes import APP_FAILED, FAILURE
 from corral.manager.background import Background
 from corral.manager.backoff import Backoff
 from corral.manager.children import Child, State
+from corral.manager.launcher_handle import LauncherHandle
 from corral.manager.zygote_handle import AppFailed, ZygoteHandle
 from corral.output import Output
 from corral.system import describe_exit
@@ -50,6 +51,7 @@ class WebGroup:
         self,
         config: WebConfig,
         sockets: list[socket.socket],
+        launcher: LauncherHandle,
         identity: dict[str, Any],
         env: dict[str, str],
         output: Output,
@@ -57,7 +59,8 @@ class WebGroup:
     ) -> None:
         self.config = config
         self.sockets = sockets
-        self.identity = identity  # the user and group the app runs as (Popen arguments)
+        self.launcher = launcher
+        self.identity = identity  # the user and group the app runs as (see system.identity)
         self.env = env  # the system's environment ([env], env_file), over the manager's
         self.output = output
         self.on_fatal = on_fatal
@@ -97,19 +100,18 @@ class WebGroup:
     async def _launch_zygote(self) -> ZygoteHandle:
         self.generation += 1
         zygote = ZygoteHandle(self.generation, self._on_zygote_message, self._on_zygote_exit)
-        listen_fds = [s.fileno() for s in self.sockets]
         spec = {
             "config": self.config.model_dump(mode="json"),
-            "listen_fds": listen_fds,
-            "access_fd": self.access_fd,
+            "stop_timeout": self.config.graceful_timeout + 1,
         }
         await zygote.launch(
+            self.launcher,
             "web.zygote",
             "corral.web.zygote",
             spec,
-            [self.access_fd, *listen_fds],
-            self.identity,
+            [self.access_fd, *(s.fileno() for s in self.sockets)],
             self.env,
+            self.identity,
             self.output,
         )
         self.zygotes[zygote.generation] = zygote

@@ -1,6 +1,7 @@
 """The manager's side of one fork server (a zygote): one generation of loaded code.
 
-A zygote is launched with a spec, says "loaded" (or "failed"), then forks
+A zygote is forked by the launcher, gets its spec (and the descriptors the
+spec announces) from the manager, says "loaded" (or "failed"), then forks
 children on request and reports when they were forked and how they exited.
 The web group launches a new generation on each reload; the old one retires
 once its last worker has drained. The jobs zygote forks one child per run.
@@ -12,12 +13,12 @@ import asyncio
 import contextlib
 import os
 import socket
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from corral import channel
+from corral.manager.launcher_handle import Forked, LauncherHandle
 from corral.output import Output
 from corral.system import describe_exit
 
@@ -37,7 +38,7 @@ class ZygoteHandle:
         self.on_message = on_message
         self.on_exit = on_exit
         self.exit_watch: asyncio.Future[int] | None = None  # referenced, so it is not collected
-        self.process: asyncio.subprocess.Process | None = None
+        self.process: Forked | None = None
         self.link: socket.socket | None = None
         self.decoder = channel.Decoder()
         self.loaded: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
@@ -46,36 +47,35 @@ class ZygoteHandle:
 
     async def launch(
         self,
+        launcher: LauncherHandle,
         name: str,
         module: str,
         spec: dict[str, Any],
-        pass_fds: list[int],
-        identity: dict[str, Any],
+        spec_fds: list[int],
         env: dict[str, str],
+        identity: dict[str, Any],
         output: Output,
     ) -> None:
-        """Start `python -m module` and wait until it has loaded; AppFailed if it cannot."""
+        """Have the launcher fork a zygote running `module`, and wait until it has loaded.
+
+        AppFailed if it cannot load. `spec` and `spec_fds` are the zygote's
+        to read first; `stop_timeout` in the spec bounds its graceful stop.
+        """
         ours, theirs = socket.socketpair()
         log_read, log_write = os.pipe()
         try:
-            self.process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
+            self.process = await launcher.fork(
+                name,
                 module,
-                str(theirs.fileno()),
-                pass_fds=[theirs.fileno(), *pass_fds],
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_write,
-                stderr=log_write,
-                start_new_session=True,
-                env={**os.environ, **env},
-                **identity,
+                [theirs.fileno(), log_write],
+                env,
+                identity,
+                stop_timeout=spec["stop_timeout"],
             )
-        except PermissionError as error:
+        except ConnectionError:
             ours.close()
             os.close(log_read)
-            who = " as --user/--group" if identity else ""
-            raise PermissionError(f"cannot run {sys.executable}{who}: {error.strerror}") from None
+            raise AppFailed(f"{name} could not start: the launcher has gone") from None
         finally:
             theirs.close()
             os.close(log_write)
@@ -83,7 +83,7 @@ class ZygoteHandle:
         ours.setblocking(False)
         self.link = ours
         asyncio.get_running_loop().add_reader(ours.fileno(), self._on_readable)
-        channel.send(ours, {**spec, "name": name, "manager_pid": os.getpid()})
+        channel.send(ours, {**spec, "name": name, "fds": len(spec_fds)}, spec_fds)
         exited = asyncio.ensure_future(self.process.wait())
         await asyncio.wait([self.loaded, exited], return_when=asyncio.FIRST_COMPLETED)
         if not (self.loaded.done() and self.loaded.result()):

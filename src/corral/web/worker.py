@@ -121,6 +121,21 @@ def configure_logging(level: str) -> None:
     logging.getLogger("uvicorn.error").setLevel(quiet)
 
 
+def import_server_modules() -> None:
+    """Import what uvicorn imports when a server starts (event loop, websockets, lifespan).
+
+    Done once before the zygotes are forked, so that workers share these
+    modules' pages instead of each importing its own copy.
+    """
+
+    async def placeholder(scope: Any, receive: Any, send: Any) -> None:
+        """An app for uvicorn to check; it never serves."""
+
+    config = uvicorn.Config(placeholder, http=DrainingHttpToolsProtocol, log_config=None)
+    config.load()
+    config.get_loop_factory()
+
+
 def uvicorn_config(config: WebConfig, app: Any) -> uvicorn.Config:
     drain = max(config.graceful_timeout - LIFESPAN_SHUTDOWN_RESERVE, config.graceful_timeout / 2)
     return uvicorn.Config(

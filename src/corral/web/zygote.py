@@ -1,7 +1,7 @@
 """The web zygote: imports the app once, then forks web workers when the manager asks.
 
-Run as `python -m corral.web.zygote CHANNEL_FD` by the manager (see
-`corral.fork_server` for its life). With preload it imports the app and
+Forked by the launcher (`corral.launcher`), which calls `main(CHANNEL_FD)`;
+see `corral.fork_server` for its life. With preload it imports the app and
 freezes the heap before any fork, so that workers share it copy-on-write;
 without, each worker imports the app itself.
 """
@@ -23,11 +23,16 @@ from corral.web.worker import WorkerSpec, run_worker
 
 
 class WebZygote(ForkServer):
-    def __init__(self, link: socket.socket, decoder: channel.Decoder, spec: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        link: socket.socket,
+        decoder: channel.Decoder,
+        spec: dict[str, Any],
+        fds: list[int],
+    ) -> None:
         self.config = WebConfig.model_validate(spec["config"])
-        super().__init__(link, decoder, stop_timeout=self.config.graceful_timeout + 1)
-        self.listen_fds: list[int] = spec["listen_fds"]
-        self.access_fd: int = spec["access_fd"]
+        super().__init__(link, decoder, stop_timeout=spec["stop_timeout"])
+        self.access_fd, *self.listen_fds = fds  # the spec's descriptors, in this order
         self.app: Any | None = None
 
     def load(self) -> None:
@@ -60,12 +65,12 @@ class WebZygote(ForkServer):
         return run_worker(spec)
 
 
-def main() -> int:
-    started = start()
+def main(link_fd: int) -> int:
+    started = start(link_fd)
     if started is None:
         return OK
-    link, decoder, spec = started
-    zygote = WebZygote(link, decoder, spec)
+    link, decoder, spec, fds = started
+    zygote = WebZygote(link, decoder, spec, fds)
     try:
         zygote.load()
     except AppLoadError as error:
@@ -74,7 +79,3 @@ def main() -> int:
         return APP_FAILED
     channel.send(link, {"t": "loaded"})
     return zygote.serve()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

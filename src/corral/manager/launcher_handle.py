@@ -1,0 +1,147 @@
+"""The manager's side of the launcher (`corral.launcher`): ask it for zygotes, learn their exits.
+
+The launcher is the zygotes' parent, so it reaps them and reports each exit
+with its status. Should the launcher itself die, its zygotes get the
+parent-death signal and stop their workers; the manager then watches each
+one's pidfd to know when it is gone, and stops everything (the launcher
+cannot be forked again from a process that runs an event loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import signal
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from corral import channel
+from corral.system import describe_exit
+
+
+class Forked:
+    """A zygote the launcher forked: its pid, and its exit status once it has exited."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+    @property
+    def returncode(self) -> int | None:
+        return self.exited.result() if self.exited.done() else None
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self.exited)
+
+    def kill(self) -> None:
+        if not self.exited.done():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def ended(self, code: int) -> None:
+        if not self.exited.done():
+            self.exited.set_result(code)
+
+
+class LauncherHandle:
+    def __init__(self, pid: int, link: socket.socket, on_lost: Callable[[str], None]) -> None:
+        self.pid = pid
+        self.link = link
+        self.on_lost = on_lost  # called once, with the cause, if the launcher dies
+        self.decoder = channel.Decoder()
+        self.keys = itertools.count(1)
+        self.pending: dict[int, asyncio.Future[Forked]] = {}
+        self.forked: dict[int, Forked] = {}
+        self.lost = False
+        link.setblocking(False)
+        asyncio.get_running_loop().add_reader(link.fileno(), self._on_readable)
+
+    async def fork(
+        self,
+        name: str,
+        module: str,
+        fds: list[int],
+        env: dict[str, str],
+        identity: dict[str, Any],
+        stop_timeout: float,
+    ) -> Forked:
+        """A new zygote running `module.main(fds[0])` with its output to `fds[1]`."""
+        if self.lost:
+            raise ConnectionError("the launcher has gone")
+        key = next(self.keys)
+        answer = self.pending[key] = asyncio.get_running_loop().create_future()
+        message = {
+            "t": "fork",
+            "key": key,
+            "name": name,
+            "module": module,
+            "env": env,
+            "identity": identity,
+            "stop_timeout": stop_timeout,
+            "fds": len(fds),
+        }
+        channel.send(self.link, message, fds)
+        return await answer
+
+    def _on_readable(self) -> None:
+        data = channel.receive(self.link)
+        if data is None:
+            return
+        if not data:
+            self._lost()
+            return
+        for message, _ in self.decoder.feed(data):
+            if message["t"] == "forked":
+                child = self.forked[message["pid"]] = Forked(message["pid"])
+                self.pending.pop(message["key"]).set_result(child)
+            elif message["t"] == "exited":
+                child = self.forked.pop(message["pid"], None)
+                if child is not None:
+                    child.ended(message["code"])
+
+    def _lost(self) -> None:
+        """The launcher died: its zygotes are stopping; note each one's end by its pidfd."""
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self.link.fileno())
+        self.lost = True
+        for answer in self.pending.values():
+            answer.set_exception(ConnectionError("the launcher has gone"))
+        self.pending.clear()
+        for child in self.forked.values():
+            _watch_end(child)
+        self.forked.clear()
+        self.on_lost(describe_exit(self._reap()))
+
+    def _reap(self) -> int:
+        with contextlib.suppress(ChildProcessError):
+            _, status = os.waitpid(self.pid, 0)
+            return os.waitstatus_to_exitcode(status)
+        return 0
+
+    def close(self) -> None:
+        """Let the launcher go (it exits once the channel closes)."""
+        if not self.lost:
+            asyncio.get_running_loop().remove_reader(self.link.fileno())
+            self.link.close()
+            self.lost = True
+            self._reap()
+
+
+def _watch_end(child: Forked) -> None:
+    """Resolve `child`'s exit when its pidfd says it has gone (its status is the launcher's)."""
+    try:
+        pidfd = os.pidfd_open(child.pid)
+    except ProcessLookupError:
+        child.ended(0)
+        return
+    loop = asyncio.get_running_loop()
+
+    def gone() -> None:
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        child.ended(0)
+
+    loop.add_reader(pidfd, gone)
