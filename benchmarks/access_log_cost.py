@@ -37,8 +37,11 @@ def worker_of(manager: subprocess.Popen[bytes], timeout: float = 20) -> psutil.P
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for child in psutil.Process(manager.pid).children(recursive=True):
-            if child.cmdline()[:1] == ["corral: web.1"]:
-                return child
+            try:
+                if child.cmdline()[:1] == ["corral: web.1"]:
+                    return child
+            except psutil.NoSuchProcess:  # a short-lived child (a fork on its way to exec)
+                continue
         time.sleep(0.05)
     raise RuntimeError("no web.1 worker appeared")
 
@@ -67,7 +70,12 @@ def cpu_per_request(mode: str, app: str, seconds: int) -> float:
         return (sum(worker.cpu_times()[:2]) - before) / served * 1e6
     finally:
         manager.send_signal(signal.SIGTERM)
-        manager.wait(30)
+        try:
+            manager.wait(30)
+        except subprocess.TimeoutExpired:
+            manager.kill()  # leave no server behind; its zygote and workers die with it
+            manager.wait()
+            raise
 
 
 def main() -> None:

@@ -12,7 +12,8 @@ from click.core import ParameterSource
 from pydantic import BaseModel
 
 from corral import __version__
-from corral.config import ConfigError, WebConfig, env_name, flagged_settings
+from corral.config import ConfigError, ManagerConfig, WebConfig, env_name, flagged_settings
+from corral.control.commands import COMMANDS
 from corral.exit_codes import FAILURE, USAGE
 from corral.system_config import resolve
 
@@ -85,17 +86,26 @@ def _metavar(annotation: Any) -> str:
     return "N" if annotation in (int, int | None) else "TEXT"
 
 
-def given_settings(ctx: click.Context, model: type[BaseModel]) -> dict[str, Any]:
+SETTINGS = (WebConfig, ManagerConfig)
+
+
+def given_settings(ctx: click.Context) -> dict[str, Any]:
     """The settings the user typed on the command line (not click's defaults)."""
     return {
         name: ctx.params[name]
+        for model in SETTINGS
         for name, _, _ in flagged_settings(model)
         if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
     }
 
 
-def spelling_of(model: type[BaseModel]) -> Callable[[str], str]:
-    decls = {name: spelling.decls[0].split("/")[0] for name, _, spelling in flagged_settings(model)}
+def spelling_of_settings() -> Callable[[str], str]:
+    """How the command line spells each setting: log_format -> --log-format."""
+    decls = {
+        name: spelling.decls[0].split("/")[0]
+        for model in SETTINGS
+        for name, _, spelling in flagged_settings(model)
+    }
     return lambda name: decls.get(name, name.upper())
 
 
@@ -125,6 +135,7 @@ def main() -> None:
             help_group="Configuration",
         ),
         *setting_options(WebConfig),
+        *setting_options(ManagerConfig),
     ],
 )
 @click.pass_context
@@ -137,15 +148,17 @@ def run(ctx: click.Context, app: str | None, config_path: Path | None, **_: Any)
     which takes precedence over the flag; flags take precedence over the file.
     """
     try:
-        system = resolve(
-            app, given_settings(ctx, WebConfig), config_path, Path.cwd(), spelling_of(WebConfig)
-        )
+        system = resolve(app, given_settings(ctx), config_path, Path.cwd(), spelling_of_settings())
     except ConfigError as error:
         fail(error.messages)
         return
     from corral.manager.supervisor import Manager
 
     sys.exit(Manager(system).run())
+
+
+for command in COMMANDS:
+    main.add_command(command)
 
 
 @main.command(cls=GroupedCommand)
@@ -165,7 +178,7 @@ def check(app: str | None, config_path: Path | None) -> None:
     from corral.checks import problems_with
 
     try:
-        system = resolve(app, {}, config_path, Path.cwd(), spelling_of(WebConfig))
+        system = resolve(app, {}, config_path, Path.cwd(), spelling_of_settings())
     except ConfigError as error:
         for message in error.messages:
             click.echo(f"corral: error: {message}", err=True)

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -62,15 +62,68 @@ HTTP = "HTTP"
 TLS = "HTTPS"
 LOGGING = "Logging"
 PROCESS = "Process"
+CONTROL = "Control"
 DEVELOPMENT = "Development"
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
 
-class WebConfig(BaseModel):
-    """Everything `corral run APP` takes."""
+class Settings(BaseModel):
+    """Settings with flags and CORRAL_* variables, validated with messages that name them."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def from_sources(
+        cls: type[_S],
+        values: Mapping[str, Any],
+        *,
+        source: str,
+        describe: Callable[[str], str] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> _S:
+        """Validate `values`, overridden by `CORRAL_*` variables, or raise ConfigError.
+
+        `describe(name)` says how the user spelled a setting (its flag, say),
+        so that a message points at what the user typed.
+        """
+        environ = os.environ if environ is None else environ
+        from_env = env_values(cls, environ)
+        merged = {**values, **from_env}
+        try:
+            return cls.model_validate(merged)
+        except ValidationError as error:
+            messages = []
+            for problem in error.errors():
+                name = str(problem["loc"][0]) if problem["loc"] else ""
+                if name in from_env:
+                    where = env_name(name)
+                elif describe is not None and name:
+                    where = describe(name)
+                else:
+                    where = f"{source}: {name}" if name else source
+                messages.append(explain(cls, where, name, problem))
+            raise ConfigError(messages) from None
+
+
+_S = TypeVar("_S", bound=Settings)
+
+
+class ManagerConfig(Settings):
+    """The manager's own settings, with or without a web app: [corral] in corral.toml."""
+
+    control: Annotated[str | None, flag("--control", group=CONTROL, metavar="ADDRESS")] = Field(
+        None,
+        description="Serve the control API on HOST:PORT too (changes need the token), "
+        "or put its Unix socket at PATH instead of the default.",
+    )
+    log_format: Annotated[Literal["text", "json"], flag("--log-format", group=LOGGING)] = Field(
+        "text", description="text (NAME | line) or json (one object per line)."
+    )
+
+
+class WebConfig(Settings):
+    """Everything `corral run APP` takes."""
 
     app: str = Field(description="The ASGI app, as MODULE:ATTRIBUTE.")
     bind: Annotated[list[str], flag("--bind", "-b", group=BINDING, metavar="ADDRESS")] = Field(
@@ -208,38 +261,6 @@ class WebConfig(BaseModel):
         if self.keyfile and not self.certfile:
             raise ValueError("--keyfile needs --certfile")
         return self
-
-    @classmethod
-    def from_sources(
-        cls,
-        values: Mapping[str, Any],
-        *,
-        source: str,
-        describe: Callable[[str], str] | None = None,
-        environ: Mapping[str, str] | None = None,
-    ) -> WebConfig:
-        """Validate `values`, overridden by `CORRAL_*` variables, or raise ConfigError.
-
-        `describe(name)` says how the user spelled a setting (its flag, say),
-        so that a message points at what the user typed.
-        """
-        environ = os.environ if environ is None else environ
-        from_env = env_values(cls, environ)
-        merged = {**values, **from_env}
-        try:
-            return cls.model_validate(merged)
-        except ValidationError as error:
-            messages = []
-            for problem in error.errors():
-                name = str(problem["loc"][0]) if problem["loc"] else ""
-                if name in from_env:
-                    where = env_name(name)
-                elif describe is not None and name:
-                    where = describe(name)
-                else:
-                    where = f"{source}: {name}" if name else source
-                messages.append(explain(cls, where, name, problem))
-            raise ConfigError(messages) from None
 
 
 def flagged_settings(model: type[BaseModel]) -> Iterator[tuple[str, FieldInfo, Flag]]:

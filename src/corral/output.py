@@ -1,19 +1,28 @@
 """corral's output: every process's lines on the manager's stdout, prefixed with its name.
 
-`web.2 | message`, colored by process on a terminal, plain otherwise. The
-manager's own lines carry `corral |`.
+`web.2 | message`, colored by process on a terminal, plain otherwise; with
+`--log-format json`, one JSON object per line instead (time, process, pid,
+level, message). The manager's own lines carry `corral`. Every line also
+goes to the log buffer that `corral logs` reads.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import re
 import sys
+import time
 import zlib
+from datetime import datetime, timezone
+
+from corral.control.logbuffer import LogBuffer
 
 _COLORS = (36, 33, 32, 35, 34, 96, 93, 92, 95, 94)
 _NAME_WIDTH = 10
 _READ_SIZE = 65536
+_LEVEL = re.compile(r"^(CRITICAL|ERROR|WARNING|INFO|DEBUG|TRACE): ")
 
 
 def prefix_for(name: str, color: bool) -> str:
@@ -24,17 +33,37 @@ def prefix_for(name: str, color: bool) -> str:
     return f"\x1b[{code}m{text}\x1b[0m "
 
 
+def iso_time(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def json_line(process: str, pid: int | None, line: str, level: str = "info") -> str:
+    """One line as a JSON object; a leading `LEVEL: ` (Python logging's) becomes its level."""
+    found = _LEVEL.match(line)
+    if found:
+        level, line = found.group(1).lower(), line[found.end() :]
+    record = {"time": iso_time(time.time()), "process": process, "pid": pid, "level": level}
+    record["message"] = line
+    return json.dumps(record, ensure_ascii=False)
+
+
 class Output:
     """Writes the manager's lines and pumps each child's pipe to the manager's stdout."""
 
-    def __init__(self, stream: int | None = None) -> None:
+    def __init__(self, stream: int | None = None, json_format: bool = False) -> None:
         self.fd = sys.stdout.fileno() if stream is None else stream
-        self.color = os.isatty(self.fd)
-        self._pumps: dict[int, _Pump] = {}
+        self.json = json_format
+        self.color = os.isatty(self.fd) and not json_format
+        self.logs = LogBuffer()
+        self._pumps: dict[int, Pump] = {}
 
     def say(self, message: str, name: str = "corral") -> None:
         """One of the manager's own lines."""
-        self.write(prefix_for(name, self.color).encode() + message.encode() + b"\n")
+        self.logs.append(name, message)
+        if self.json:
+            self.write(json_line(name, os.getpid(), message).encode() + b"\n")
+        else:
+            self.write(prefix_for(name, self.color).encode() + message.encode() + b"\n")
 
     def write(self, data: bytes) -> None:
         while data:
@@ -44,12 +73,16 @@ class Output:
                 continue
             data = data[written:]
 
-    def attach(self, fd: int, name: str) -> None:
-        """Copy everything written to pipe `fd` to the output, each line prefixed with `name`."""
+    def attach(self, fd: int, name: str) -> Pump:
+        """Copy everything written to pipe `fd` to the output, each line marked as `name`'s.
+
+        The caller sets the returned pump's `pid` once it knows it.
+        """
         os.set_blocking(fd, False)
-        pump = _Pump(self, fd, prefix_for(name, self.color).encode())
+        pump = Pump(self, fd, name)
         self._pumps[fd] = pump
         asyncio.get_running_loop().add_reader(fd, pump.read)
+        return pump
 
     def detach(self, fd: int) -> None:
         pump = self._pumps.pop(fd, None)
@@ -61,11 +94,15 @@ class Output:
             self.detach(fd)
 
 
-class _Pump:
-    def __init__(self, output: Output, fd: int, prefix: bytes) -> None:
+class Pump:
+    """One child's pipe: complete lines go out at once, a partial line waits for its end."""
+
+    def __init__(self, output: Output, fd: int, name: str) -> None:
         self.output = output
         self.fd = fd
-        self.prefix = prefix
+        self.name = name
+        self.pid: int | None = None
+        self.prefix = prefix_for(name, output.color).encode()
         self.partial = b""
 
     def read(self) -> None:
@@ -81,15 +118,22 @@ class _Pump:
         lines = self.partial + data
         complete, newline, self.partial = lines.rpartition(b"\n")
         if newline:
-            self.output.write(self._prefixed(complete))
+            self._emit(complete)
 
-    def _prefixed(self, lines: bytes) -> bytes:
-        return self.prefix + lines.replace(b"\n", b"\n" + self.prefix) + b"\n"
+    def _emit(self, lines: bytes) -> None:
+        text = lines.decode("utf-8", "replace").split("\n")
+        for line in text:
+            self.output.logs.append(self.name, line)
+        if self.output.json:
+            records = (json_line(self.name, self.pid, line) for line in text)
+            self.output.write("\n".join(records).encode() + b"\n")
+        else:
+            self.output.write(self.prefix + lines.replace(b"\n", b"\n" + self.prefix) + b"\n")
 
     def close(self) -> None:
         """Flush a last unterminated line, stop watching, close the pipe."""
         asyncio.get_running_loop().remove_reader(self.fd)
         if self.partial:
-            self.output.write(self._prefixed(self.partial))
+            self._emit(self.partial)
             self.partial = b""
         os.close(self.fd)

@@ -16,13 +16,13 @@ import re
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from corral.config import ConfigError, WebConfig, explain
+from corral.config import ConfigError, ManagerConfig, WebConfig, explain
 from corral.units import Duration
 
 if sys.version_info >= (3, 11):
@@ -155,6 +155,7 @@ class PrestartConfig(_Strict):
 
 
 class FileConfig(_Strict):
+    corral: dict[str, Any] | None = None  # validated as ManagerConfig, merged with the flags
     web: dict[str, Any] | None = None  # validated as WebConfig, once merged with the flags
     processes: dict[str, ProcessConfig] = Field(default_factory=dict)
     jobs: dict[str, JobConfig] = Field(default_factory=dict)
@@ -261,6 +262,7 @@ class System:
     jobs: dict[str, JobConfig]
     prestart: PrestartConfig
     env: dict[str, str]  # for every process: env_file's variables, then [env]
+    manager: ManagerConfig = field(default_factory=ManagerConfig)  # [corral]: control, logs
 
 
 def resolve(
@@ -279,6 +281,23 @@ def resolve(
             declared = validate(file)
         except ConfigError as error:
             problems += error.messages
+    manager_flags = {k: v for k, v in flags.items() if k in ManagerConfig.model_fields}
+    flags = {k: v for k, v in flags.items() if k not in manager_flags}
+    raw_manager = file.table.get("corral") if file is not None else None
+    manager_values = {**(raw_manager if isinstance(raw_manager, dict) else {}), **manager_flags}
+    manager = ManagerConfig()
+    try:
+        manager = ManagerConfig.from_sources(
+            manager_values,
+            source="corral run",
+            describe=lambda name: (
+                describe_flag(name)
+                if name in manager_flags or file is None
+                else file.where(["corral"], name)
+            ),
+        )
+    except ConfigError as error:
+        problems += error.messages
     raw_web = file.table.get("web") if file is not None else None
     web_values = {**(raw_web if isinstance(raw_web, dict) else {}), **flags}
     if app is not None:
@@ -311,7 +330,7 @@ def resolve(
             ]
         )
     env = _environment(declared, file)
-    return System(web, declared.processes, declared.jobs, declared.prestart, env)
+    return System(web, declared.processes, declared.jobs, declared.prestart, env, manager)
 
 
 def _environment(declared: FileConfig, file: ConfigFile | None) -> dict[str, str]:

@@ -57,3 +57,16 @@ class Child:
 
     def uptime(self) -> float:
         return time.monotonic() - (self.ready_at or self.started_at)
+
+    def started_epoch(self) -> float:
+        """When it started, as a Unix time (the record keeps monotonic times)."""
+        return time.time() - (time.monotonic() - self.started_at)
+
+
+@dataclass
+class History:
+    """What outlives each process of one name (web.2, worker.1): its restarts and last exit."""
+
+    starts: int = 0
+    restarts: int = 0
+    last_exit: str | None = None

@@ -17,6 +17,7 @@ import os
 import signal
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from corral import channel
 from corral.exit_codes import FAILURE
@@ -24,6 +25,7 @@ from corral.jobs import Schedule
 from corral.manager.background import Background
 from corral.manager.backoff import Backoff
 from corral.manager.launcher_handle import LauncherHandle
+from corral.manager.metrics import Metrics
 from corral.manager.spawn import argv_for, signal_group, spawn
 from corral.manager.zygote_handle import ZygoteHandle
 from corral.output import Output
@@ -42,6 +44,19 @@ class Run:
     timed_out: bool = False
     process: asyncio.subprocess.Process | None = None  # for a command job
     zygote: ZygoteHandle | None = None  # for a call job: the zygote that forked it
+    started_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class JobRecord:
+    """What `corral status` shows of a job: its last run, its next, and its counts."""
+
+    last_started: float | None = None
+    last_duration: float | None = None
+    last_result: str | None = None  # ok | failed: exit code 1 | timeout | skipped: overlap
+    next_run: float | None = None
+    runs: int = 0
+    failures: int = 0
 
 
 class JobScheduler:
@@ -51,9 +66,12 @@ class JobScheduler:
         launcher: LauncherHandle | None,  # None when no job is a `call`
         env: dict[str, str],
         output: Output,
+        metrics: Metrics,
     ) -> None:
         self.jobs = jobs
         self.launcher = launcher
+        self.metrics = metrics
+        self.records = {name: JobRecord() for name in jobs}
         self.env = env
         self.output = output
         self.schedules = {name: Schedule(config) for name, config in jobs.items()}
@@ -100,16 +118,32 @@ class JobScheduler:
         schedule = self.schedules[name]
         now = time.time()
         delay = schedule.next_tick(now) - now + schedule.jitter()
+        self.records[name].next_run = now + delay
         self.timers[name] = asyncio.get_running_loop().call_later(delay, self._tick, name)
 
     def _tick(self, name: str) -> None:
         if self.stopping:
             return
         self._arm(name)
+        self._start_run(name, "tick")
+
+    def run_now(self, name: str) -> str:
+        """Run `name` now, outside its schedule (still respecting its overlap policy)."""
+        if self.stopping:
+            return f"{name}: not started, corral is stopping"
+        if self._start_run(name, "run asked for"):
+            return f"{name}: run started"
+        return f"{name}: run skipped, the previous run is still going (overlap = 'skip')"
+
+    def _start_run(self, name: str, what: str) -> bool:
         config = self.jobs[name]
         if config.overlap == "skip" and any(run.job == name for run in self.runs.values()):
-            self.output.say(f"{name}: tick skipped, the previous run is still going")
-            return
+            self.output.say(f"{name}: {what} skipped, the previous run is still going")
+            record = self.records[name]
+            record.last_started, record.last_duration = time.time(), 0.0
+            record.last_result = "skipped: overlap"
+            self.metrics.job_run(name, "skipped", 0.0, time.time())
+            return False
         run = Run(next(self.keys), name)
         self.runs[run.key] = run
         if config.call is not None:
@@ -118,6 +152,7 @@ class JobScheduler:
             self.background.start(self._spawn_run(run, config))
         if config.timeout is not None:
             asyncio.get_running_loop().call_later(config.timeout, self._time_out, run)
+        return True
 
     def _fork_run(self, run: Run, config: JobConfig) -> None:
         if self.zygote is None or self.zygote.link is None:
@@ -161,8 +196,43 @@ class JobScheduler:
         took = time.monotonic() - run.started
         if run.timed_out:
             self.output.say(f"{run.job} run failed: killed at its timeout ({took:.2f}s)")
+            result = "timeout"
         elif code != 0:
             self.output.say(f"{run.job} run failed ({describe_exit(code)}, {took:.2f}s)")
+            result = f"failed: {describe_exit(code)}"
+        else:
+            result = "ok"
+        record = self.records[run.job]
+        record.last_started, record.last_duration, record.last_result = run.started_at, took, result
+        record.runs += 1
+        record.failures += result != "ok"
+        self.metrics.job_run(run.job, result.partition(":")[0], took, time.time())
+
+    def status(self) -> list[dict[str, Any]]:
+        """Each job as `corral status` shows it."""
+        rows = []
+        for name, config in self.jobs.items():
+            record = self.records[name]
+            last = None
+            if record.last_result is not None:
+                last = {
+                    "started": record.last_started,
+                    "duration": record.last_duration,
+                    "result": record.last_result,
+                }
+            every = f"every {config.every:g}s" if config.every is not None else None
+            rows.append(
+                {
+                    "name": name,
+                    "schedule": config.schedule or every,
+                    "running": any(run.job == name for run in self.runs.values()),
+                    "last_run": last,
+                    "next_run": None if self.stopping else record.next_run,
+                    "runs": record.runs,
+                    "failures": record.failures,
+                }
+            )
+        return rows
 
     async def reload(self) -> None:
         """Load the current code of the call jobs in a new zygote; the old one retires."""

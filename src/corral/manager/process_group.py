@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from typing import Any
 
 from corral.manager.background import Background
 from corral.manager.backoff import Backoff
-from corral.manager.children import Child, State
+from corral.manager.children import Child, History, State
+from corral.manager.metrics import Metrics
 from corral.manager.spawn import argv_for, signal_group, spawn
 from corral.output import Output
 from corral.system import describe_exit
@@ -20,9 +22,19 @@ from corral.system_config import ProcessConfig
 
 
 class ProcessGroup:
-    def __init__(self, name: str, config: ProcessConfig, env: dict[str, str], output: Output):
+    def __init__(
+        self,
+        name: str,
+        config: ProcessConfig,
+        env: dict[str, str],
+        output: Output,
+        metrics: Metrics,
+    ) -> None:
         self.name = name
         self.config = config
+        self.wanted = config.replicas
+        self.metrics = metrics
+        self.history: dict[int, History] = {}
         self.env = env
         self.output = output
         self.replicas: dict[int, Child] = {}
@@ -33,13 +45,17 @@ class ProcessGroup:
         self.stopping = False
 
     async def start(self) -> None:
-        for index in range(1, self.config.replicas + 1):
+        for index in range(1, self.wanted + 1):
             await self._start(index)
 
     async def _start(self, index: int) -> None:
         self.respawns.pop(index, None)
-        if self.stopping:
+        if self.stopping or index > self.wanted:
             return
+        history = self.history.setdefault(index, History())
+        if history.starts:
+            history.restarts += 1
+        history.starts += 1
         name = f"{self.name}.{index}"
         env = {**self.env, **self.config.env, "CORRAL_REPLICA": str(index)}
         try:
@@ -61,14 +77,16 @@ class ProcessGroup:
         code = await process.wait()
         served_for = child.uptime()
         child.stopped()
+        self.history[index].last_exit = describe_exit(code)
         if self.replicas.get(index) is child:  # a reload may have started its successor
             del self.replicas[index]
             del self.processes[index]
-        if self.stopping or child.stop_reason == "reload":
-            why = ": reload" if child.stop_reason == "reload" else ""
+        if self.stopping or child.stop_reason is not None:
+            why = f": {child.stop_reason}" if child.stop_reason is not None else ""
             self.output.say(f"{child.name} stopped (pid {child.pid}, {describe_exit(code)}){why}")
             return
         self.output.say(f"{child.name} exited (pid {child.pid}, {describe_exit(code)})")
+        self.metrics.restart(self.name, "crash")
         self._schedule_restart(index, served_for, code)
 
     def _schedule_restart(self, index: int, served_for: float | None, code: int) -> None:
@@ -87,15 +105,58 @@ class ProcessGroup:
     def running(self) -> list[Child]:
         return [c for c in self.replicas.values() if c.state is not State.STOPPED]
 
-    async def reload(self) -> None:
+    async def reload(self, reason: str = "reload") -> None:
         """Restart the replicas one at a time, so that they run the current code."""
         for index in sorted(self.processes):
-            process, child = self.processes.get(index), self.replicas.get(index)
-            if self.stopping or process is None or child is None:
+            await self.restart(index, reason)
+
+    async def restart(self, index: int, reason: str = "restart") -> None:
+        """Stop replica `index` (gracefully, as on stop) and start it again."""
+        process, child = self.processes.get(index), self.replicas.get(index)
+        if self.stopping or process is None or child is None:
+            return
+        child.stop_reason = reason
+        self.metrics.restart(self.name, reason)
+        await self._stop_processes([process])
+        await self._start(index)
+
+    async def scale(self, wanted: int) -> None:
+        """Run `wanted` replicas: start the missing ones, stop the highest-numbered extras."""
+        self.wanted = wanted
+        self.output.say(f"scaling {self.name} to {wanted} replicas")
+        extra = [index for index in self.processes if index > wanted]
+        for index in extra:
+            child = self.replicas.get(index)
+            if child is not None:
+                child.stop_reason = "scale"
+            self.metrics.restart(self.name, "scale")
+        for index in range(1, wanted + 1):
+            if index not in self.processes and index not in self.respawns:
+                await self._start(index)
+        await self._stop_processes([self.processes[index] for index in extra])
+
+    def status(self) -> list[dict[str, Any]]:
+        """Each replica as `corral status` shows it (pid, state, uptime, restarts, last exit)."""
+        rows = []
+        for index in sorted(set(self.history) | set(self.replicas)):
+            if index > self.wanted and index not in self.replicas:
                 continue
-            child.stop_reason = "reload"
-            await self._stop_processes([process])
-            await self._start(index)
+            child = self.replicas.get(index)
+            history = self.history.get(index, History())
+            rows.append(
+                {
+                    "name": f"{self.name}.{index}",
+                    "group": self.name,
+                    "kind": "replica",
+                    "pid": child.pid if child is not None else None,
+                    "state": "running" if child is not None else "stopped",
+                    "started": child.started_epoch() if child is not None else None,
+                    "restarts": history.restarts,
+                    "last_exit": history.last_exit,
+                    "requests": None,
+                }
+            )
+        return rows
 
     async def stop(self) -> None:
         """Send stop_signal to every replica; SIGKILL those still there after stop_timeout."""

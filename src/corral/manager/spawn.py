@@ -49,7 +49,7 @@ async def spawn(
         raise
     finally:
         os.close(log_write)
-    output.attach(log_read, name)
+    output.attach(log_read, name).pid = process.pid
     return process
 
 

@@ -16,11 +16,14 @@ import socket
 from typing import Any
 
 from corral import system
+from corral.control.server import AlreadyRunning
 from corral.exit_codes import APP_FAILED, FAILURE, OK, PRESTART_FAILED, USAGE
 from corral.launcher import fork_launcher
 from corral.manager.background import Background
+from corral.manager.control import ControlPlan, ManagerControl
 from corral.manager.job_scheduler import JobScheduler
 from corral.manager.launcher_handle import LauncherHandle
+from corral.manager.metrics import Metrics, prepare_multiprocess_dir, remove_multiprocess_dir
 from corral.manager.prestart import run_prestart
 from corral.manager.process_group import ProcessGroup
 from corral.manager.web_group import AppFailed, WebGroup
@@ -32,17 +35,37 @@ from corral.web import sockets as listeners
 class Manager:
     def __init__(self, declared: System) -> None:
         self.system = declared
-        self.output = Output()
+        self.output = Output(json_format=declared.manager.log_format == "json")
         self.web: WebGroup | None = None
         self.groups: list[ProcessGroup] = []
         self.jobs: JobScheduler | None = None
         self.reloads = Background()
+        self.reload_count = 0
+        self.metrics = Metrics(None)
         self.finished: asyncio.Future[int] | None = None
         self.stopping = False
 
     def run(self) -> int:
         """Run everything declared until stopped; return the exit code."""
         system.set_title("corral: manager")
+        web = self.system.web
+        try:
+            identity = system.identity(web.user, web.group) if web is not None else {}
+            control = ControlPlan(self.system.manager.control)
+        except ValueError as error:
+            self.output.say(f"error: {error}")
+            return USAGE
+        owner = (identity.get("user", -1), identity.get("group", -1)) if identity else None
+        metrics_dir, owned = prepare_multiprocess_dir(os.environ, owner)
+        # Before anything imports prometheus_client, so the app's metrics are per-process files.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        self.metrics = Metrics(metrics_dir)
+        try:
+            return self._run(identity, control)
+        finally:
+            remove_multiprocess_dir(metrics_dir, owned)
+
+    def _run(self, identity: dict[str, Any], control: ControlPlan) -> int:
         needs_zygotes = self.system.web is not None or any(
             job.call is not None for job in self.system.jobs.values()
         )
@@ -62,8 +85,7 @@ class Manager:
         try:
             if pidfile is not None:
                 pidfile.write_text(f"{os.getpid()}\n")
-            identity = system.identity(web.user, web.group) if web is not None else {}
-            return asyncio.run(self._serve(launcher, sockets, identity))
+            return asyncio.run(self._serve(launcher, control, sockets, identity))
         except (ValueError, PermissionError) as error:
             self.output.say(f"error: {error}")
             return USAGE
@@ -76,6 +98,7 @@ class Manager:
     async def _serve(
         self,
         forked: tuple[int, socket.socket] | None,
+        control: ControlPlan,
         sockets: list[socket.socket],
         identity: dict[str, Any],
     ) -> int:
@@ -83,8 +106,17 @@ class Manager:
         self.finished = loop.create_future()
         launcher = None if forked is None else LauncherHandle(*forked, self._on_launcher_lost)
         try:
+            servers = await control.open(ManagerControl(self, self.output.logs), self.output)
+        except (AlreadyRunning, listeners.BindError) as error:
+            self.output.say(f"error: {error}")
+            if launcher is not None:
+                launcher.close()
+            return USAGE
+        try:
             return await self._supervise(launcher, sockets, identity)
         finally:
+            await servers.close()
+            control.close()
             if launcher is not None:
                 launcher.close()
 
@@ -110,7 +142,14 @@ class Manager:
             assert launcher is not None
             env = {**self.system.env, **web.env}
             self.web = WebGroup(
-                web, sockets, launcher, identity, env, self.output, on_fatal=self._finish
+                web,
+                sockets,
+                launcher,
+                identity,
+                env,
+                self.output,
+                self.metrics,
+                on_fatal=self._finish,
             )
             try:
                 await self.web.start()
@@ -119,11 +158,13 @@ class Manager:
                 await self.web.stop()
                 return APP_FAILED
         for name, config in self.system.processes.items():
-            group = ProcessGroup(name, config, self.system.env, self.output)
+            group = ProcessGroup(name, config, self.system.env, self.output, self.metrics)
             self.groups.append(group)
             await group.start()
         if self.system.jobs:
-            self.jobs = JobScheduler(self.system.jobs, launcher, self.system.env, self.output)
+            self.jobs = JobScheduler(
+                self.system.jobs, launcher, self.system.env, self.output, self.metrics
+            )
             await self.jobs.start()
         reloading = web is not None and web.reload
         watching = loop.create_task(self._reload_on_change()) if reloading else None
@@ -155,7 +196,7 @@ class Manager:
         async for changes in awatch(os.getcwd(), watch_filter=PythonFilter()):
             changed = sorted({os.path.relpath(path) for _, path in changes})
             self.output.say(f"changed: {', '.join(changed)}")
-            self._reload()
+            self.reload()
 
     def _finish(self, code: int) -> None:
         if self.finished is not None and not self.finished.done():
@@ -183,10 +224,20 @@ class Manager:
     def _on_reload_signal(self) -> None:
         if not self.stopping:
             self.output.say("SIGHUP: reloading")
-            self._reload()
+            self.reload()
 
-    def _reload(self) -> None:
+    def request_stop(self, why: str) -> None:
+        """A graceful stop, as on SIGTERM (`corral stop`)."""
+        if not self.stopping:
+            self.output.say(f"{why}: stopping gracefully")
+        self.stopping = True
+        self._finish(OK)
+
+    def reload(self) -> None:
         """Web workers roll over to a new zygote; replicas restart one at a time; jobs reload."""
+        if self.stopping:
+            return
+        self.reload_count += 1
         if self.web is not None:
             self.web.reload()
         for group in self.groups:

@@ -32,10 +32,11 @@ from corral.config import WebConfig
 from corral.exit_codes import APP_FAILED, FAILURE
 from corral.manager.background import Background
 from corral.manager.backoff import Backoff
-from corral.manager.children import Child, State
+from corral.manager.children import Child, History, State
 from corral.manager.launcher_handle import LauncherHandle
+from corral.manager.metrics import Metrics
 from corral.manager.zygote_handle import AppFailed, ZygoteHandle
-from corral.output import Output
+from corral.output import Output, Pump
 from corral.system import describe_exit
 from corral.units import format_size
 
@@ -55,9 +56,12 @@ class WebGroup:
         identity: dict[str, Any],
         env: dict[str, str],
         output: Output,
+        metrics: Metrics,
         on_fatal: Callable[[int], None],
     ) -> None:
         self.config = config
+        self.metrics = metrics
+        self.history: dict[str, History] = {}
         self.sockets = sockets
         self.launcher = launcher
         self.identity = identity  # the user and group the app runs as (see system.identity)
@@ -67,6 +71,7 @@ class WebGroup:
         self.wanted = config.workers
         self.workers: dict[int, Child] = {}
         self.links: dict[int, socket.socket] = {}
+        self.pumps: dict[int, Pump] = {}  # each worker's output, to tell its pid once known
         self.decoders: dict[int, channel.Decoder] = {}
         self.ready_waiters: dict[int, asyncio.Future[bool]] = {}
         self.accepting_waiters: dict[int, asyncio.Future[None]] = {}  # set once it stops accepting
@@ -103,6 +108,7 @@ class WebGroup:
         spec = {
             "config": self.config.model_dump(mode="json"),
             "stop_timeout": self.config.graceful_timeout + 1,
+            "log_format": "json" if self.output.json else "text",
         }
         await zygote.launch(
             self.launcher,
@@ -132,6 +138,9 @@ class WebGroup:
         if not data:
             self._close_link(key)
             return
+        self._on_worker_data(key, data)
+
+    def _on_worker_data(self, key: int, data: bytes) -> None:
         for message, _ in self.decoders[key].feed(data):
             child = self.workers.get(key)
             if child is None:
@@ -142,6 +151,8 @@ class WebGroup:
                 self._stopped_accepting(key)
             elif message["t"] == "hb":
                 child.heartbeat(message["requests"])
+                if child.pid is not None and "stats" in message:
+                    self.metrics.worker_stats(child.name, child.pid, message["stats"])
             elif message["t"] == "recycle":
                 self._replace(child, message["reason"], f"served {message['requests']} requests")
 
@@ -152,6 +163,9 @@ class WebGroup:
         if zygote is None or zygote.link is None:
             return None  # the zygote is being replaced; its replacement starts every worker
         child = Child(next(self.keys), name, zygote.generation)
+        history = self.history.setdefault(name, History())
+        history.restarts += history.starts > 0
+        history.starts += 1
         ours, theirs = socket.socketpair()
         log_read, log_write = os.pipe()
         try:
@@ -169,7 +183,7 @@ class WebGroup:
         loop = asyncio.get_running_loop()
         self.ready_waiters[child.key] = loop.create_future()
         self.accepting_waiters[child.key] = loop.create_future()
-        self.output.attach(log_read, name)
+        self.pumps[child.key] = self.output.attach(log_read, name)
         asyncio.get_running_loop().add_reader(ours.fileno(), self._on_worker_readable, child.key)
         return child
 
@@ -178,6 +192,7 @@ class WebGroup:
         if child is None:
             return
         child.pid = pid
+        self.pumps[key].pid = pid
         self.output.say(f"{child.name} started (pid {pid})")
         if self.stopping:
             self._drain(child, "stop")
@@ -219,6 +234,9 @@ class WebGroup:
         served_for = child.uptime() if child.state is not State.STARTING else None
         was_draining = child.state is State.DRAINING
         cause = describe_exit(code)
+        self.history[child.name].last_exit = cause
+        self._read_last_messages(child.key)  # its last heartbeat carries its final counts
+        self.metrics.worker_exited(pid)
         if child.stop_reason in ("timeout", "boot-timeout"):
             cause += f" ({child.stop_reason}: its stack is above)"
         self._forget(child)
@@ -246,6 +264,8 @@ class WebGroup:
             self.output.say(f"the app cannot start: see {child.name}'s output above")
             self.on_fatal(APP_FAILED)
             return
+        stuck = child.stop_reason in ("timeout", "boot-timeout")
+        self.metrics.restart("web", "timeout" if stuck else "crash")
         delay = self.backoffs.setdefault(child.name, Backoff()).delay_after_death(served_for)
         if delay:
             self.output.say(f"{child.name} restarts in {delay:g}s (it keeps dying)")
@@ -253,9 +273,19 @@ class WebGroup:
             delay, self._respawn, child.name
         )
 
+    def _read_last_messages(self, key: int) -> None:
+        """Handle what an exited worker sent and the manager has not read yet."""
+        link = self.links.get(key)
+        while link is not None and self.links.get(key) is link:
+            data = channel.receive(link)
+            if not data:
+                return
+            self._on_worker_data(key, data)
+
     def _forget(self, child: Child) -> None:
         child.stopped()
         del self.workers[child.key]
+        self.pumps.pop(child.key, None)
         self._close_link(child.key)
         self._settle(child.key, False)
         self._stopped_accepting(child.key)
@@ -271,6 +301,7 @@ class WebGroup:
         if old.state is not State.READY or old.replaced_by is not None or self.stopping:
             return None
         old.replace_reason = reason
+        self.metrics.restart("web", reason)
         self.output.say(f"{old.name} (pid {old.pid}) {detail}: replacing it ({reason})")
         return self._spawn(old.name, replaces=old)
 
@@ -358,6 +389,7 @@ class WebGroup:
                 "reload failed: the new code cannot be loaded (see web.zygote's output above); "
                 "the running workers keep serving the old code"
             )
+            self.metrics.reload("failed")
             return
         old = self.zygote
         self.zygote = new
@@ -378,6 +410,7 @@ class WebGroup:
             self._retire_if_idle(old)
         await self._until_old_workers_stop_accepting(new)
         self.output.say(f"reload complete: {rolled} workers run the new code")
+        self.metrics.reload("ok")
 
     async def _until_old_workers_stop_accepting(self, new: ZygoteHandle) -> None:
         """After this, every new connection is accepted by a worker running the new code."""
@@ -393,6 +426,7 @@ class WebGroup:
         return [c for c in self.workers.values() if c.generation < zygote.generation]
 
     def _abandon_reload(self, new: ZygoteHandle, old: ZygoteHandle | None, rolled: int) -> None:
+        self.metrics.reload("failed")
         if rolled == 0 and old is not None:
             self.zygote, old.retiring, new.retiring = old, False, True
             self._retire_if_idle(new)
@@ -465,7 +499,61 @@ class WebGroup:
                 self._spawn(name)
         for child in list(self.workers.values()):
             if _index(child.name) > self.wanted and child.serving():
+                self.metrics.restart("web", "scale")
                 self._drain(child, "scale")
+
+    def restart(self, name: str) -> str:
+        """Replace worker `name` (the replacement starts first, as on a reload)."""
+        child = next((c for c in self.workers.values() if c.name == name), None)
+        if child is None or child.state is not State.READY:
+            return f"{name} is not running; nothing to restart"
+        if self._replace(child, "restart", "was asked to restart") is None:
+            return f"{name} is already being replaced"
+        return f"restarting {name}"
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready when every wanted worker is ready (and corral is not stopping)."""
+        if self.stopping:
+            return False, "stopping"
+        ready = {c.name for c in self.workers.values() if c.state is State.READY}
+        wanted = {f"web.{index}" for index in range(1, self.wanted + 1)}
+        if wanted <= ready:
+            return True, ""
+        return False, f"web: {len(wanted & ready)} of {self.wanted} workers ready"
+
+    def status(self) -> list[dict[str, Any]]:
+        """The zygotes and the workers as `corral status` shows them."""
+        rows = []
+        for zygote in self.zygotes.values():
+            rows.append(
+                {
+                    "name": "web.zygote",
+                    "group": "web",
+                    "kind": "zygote",
+                    "pid": zygote.pid,
+                    "state": "retiring" if zygote.retiring else "running",
+                    "started": time.time() - (time.monotonic() - zygote.started_at),
+                    "restarts": 0,
+                    "last_exit": None,
+                    "requests": None,
+                }
+            )
+        for child in sorted(self.workers.values(), key=lambda c: (_index(c.name), c.key)):
+            history = self.history.get(child.name, History())
+            rows.append(
+                {
+                    "name": child.name,
+                    "group": "web",
+                    "kind": "worker",
+                    "pid": child.pid,
+                    "state": child.state.value,
+                    "started": child.started_epoch(),
+                    "restarts": history.restarts,
+                    "last_exit": history.last_exit,
+                    "requests": child.requests,
+                }
+            )
+        return rows
 
     async def stop(self) -> None:
         """Drain every worker (killed at --graceful-timeout), then let the zygotes go."""

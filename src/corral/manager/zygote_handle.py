@@ -79,7 +79,7 @@ class ZygoteHandle:
         finally:
             theirs.close()
             os.close(log_write)
-        output.attach(log_read, name)
+        output.attach(log_read, name).pid = self.process.pid
         ours.setblocking(False)
         self.link = ours
         asyncio.get_running_loop().add_reader(ours.fileno(), self._on_readable)

@@ -117,7 +117,7 @@ def _bind_tcp(address: Address) -> socket.socket:
 
 
 def _bind_unix(path: str) -> socket.socket:
-    _remove_stale_unix_socket(path)
+    remove_stale_unix_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
@@ -127,7 +127,7 @@ def _bind_unix(path: str) -> socket.socket:
     return sock
 
 
-def _remove_stale_unix_socket(path: str) -> None:
+def remove_stale_unix_socket(path: str) -> None:
     """Unlink a socket file nobody answers on (left by a killed server); refuse a live one."""
     try:
         if not stat.S_ISSOCK(os.stat(path).st_mode):

@@ -31,8 +31,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from corral import channel, system
 from corral.config import WebConfig
 from corral.exit_codes import APP_FAILED, OK
-from corral.web.access_log import AccessLog, BlockWriter
 from corral.web.app_loader import AppLoadError, load_app
+from corral.web.request_log import BlockWriter, RecordRequests, RequestLog
+from corral.web.request_stats import RequestStats
 from corral.web.sockets import waiting_connections
 
 HEARTBEAT_INTERVAL = 1.0
@@ -55,6 +56,7 @@ class WorkerSpec:
     channel_fd: int
     access_fd: int
     zygote_pid: int
+    log_format: str  # text or json, for the access lines
 
 
 def run_worker(spec: WorkerSpec) -> int:
@@ -76,23 +78,25 @@ def run_worker(spec: WorkerSpec) -> int:
 
     writer = None
     if spec.config.access_log:
-        writer = BlockWriter(spec.access_fd, prefix=output_prefix(spec.name, spec.access_fd))
-        app = AccessLog(app, writer)
+        json_for = (spec.name, os.getpid()) if spec.log_format == "json" else None
+        prefix = output_prefix(spec.name, spec.access_fd)
+        writer = BlockWriter(spec.access_fd, prefix, json_for)
+    requests = RequestLog(RequestStats(), writer)
+    app = RecordRequests(app, requests)
     link = channel_socket(spec.channel_fd)
     request_limit = None
     if spec.config.max_requests is not None:
         request_limit = spec.config.max_requests + random.randint(
             0, spec.config.max_requests_jitter
         )
-    server = WorkerServer(uvicorn_config(spec.config, app), link, request_limit)
+    server = WorkerServer(uvicorn_config(spec.config, app), link, request_limit, requests)
     sockets = [socket.socket(fileno=fd) for fd in spec.listen_fds]
     try:
         asyncio_run(server.serve(sockets), loop_factory=server.config.get_loop_factory())
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else APP_FAILED
     finally:
-        if writer is not None:
-            writer.flush()
+        server.send_heartbeat()  # the last counts, so the manager's totals miss no request
     return OK if server.started else APP_FAILED
 
 
@@ -195,10 +199,15 @@ class WorkerServer(uvicorn.Server):
     """uvicorn's server, which reports to the manager and takes its signals from corral."""
 
     def __init__(
-        self, config: uvicorn.Config, link: socket.socket, request_limit: int | None
+        self,
+        config: uvicorn.Config,
+        link: socket.socket,
+        request_limit: int | None,
+        requests: RequestLog,
     ) -> None:
         super().__init__(config)
         self.link = link
+        self.requests = requests
         self.loop: asyncio.AbstractEventLoop | None = None
         self.listeners: list[socket.socket] = []
         self.decoder = channel.Decoder()
@@ -267,8 +276,16 @@ class WorkerServer(uvicorn.Server):
 
     def _heartbeat(self) -> None:
         """Sent from inside the event loop, so a blocked loop sends none."""
-        self._send({"t": "hb", "requests": self.server_state.total_requests})
+        self.send_heartbeat()
         asyncio.get_running_loop().call_later(HEARTBEAT_INTERVAL, self._heartbeat)
+
+    def send_heartbeat(self) -> None:
+        """Alive, with the requests served and their counters (for /metrics), since the start."""
+        self.requests.flush()
+        stats = self.requests.stats
+        stats.in_flight = len(self.server_state.tasks)
+        served = self.server_state.total_requests
+        self._send({"t": "hb", "requests": served, "stats": stats.snapshot()})
 
     def _check_request_limit(self) -> None:
         """Past --max-requests, ask the manager for a replacement (it drains us when ready)."""

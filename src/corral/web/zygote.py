@@ -33,6 +33,7 @@ class WebZygote(ForkServer):
         self.config = WebConfig.model_validate(spec["config"])
         super().__init__(link, decoder, stop_timeout=spec["stop_timeout"])
         self.access_fd, *self.listen_fds = fds  # the spec's descriptors, in this order
+        self.log_format: str = spec["log_format"]
         self.app: Any | None = None
 
     def load(self) -> None:
@@ -61,6 +62,7 @@ class WebZygote(ForkServer):
             channel_fd=channel_fd,
             access_fd=self.access_fd,
             zygote_pid=os.getppid(),
+            log_format=self.log_format,
         )
         return run_worker(spec)
 

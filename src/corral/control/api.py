@@ -1,0 +1,323 @@
+"""The control API: what the manager offers (Controller) and the HTTP face the CLI talks to.
+
+A plain ASGI app, without a framework: a dozen routes do not need one, and
+the manager, which never imports the user's app, stays small. The manager
+serves it with uvicorn on its own event loop (see server.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Protocol
+from urllib.parse import parse_qs
+
+from corral.control.logbuffer import Entry, LogBuffer, Subscription
+
+Message = MutableMapping[str, Any]
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/metrics"})  # probes and scrapers carry no token
+MAX_BODY = 65536
+DEFAULT_LOG_LINES = 100
+
+
+class ControlError(Exception):
+    """A request the manager refuses: an HTTP status and a one-line message for the user."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Controller(Protocol):
+    """What the manager does for the control API. Methods raise ControlError to refuse.
+
+    An unknown group, process or job is a 404 whose message lists the known
+    ones; a bad value is a 400.
+    """
+
+    logs: LogBuffer
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able snapshot: {"corral": {...}, "processes": [...], "jobs": [...]}."""
+        ...
+
+    async def reload(self, group: str | None) -> str:
+        """Reload one group, or everything when None; a one-line message ("reloading web")."""
+        ...
+
+    async def restart(self, target: str) -> str:
+        """Restart a group ("web") or one process ("web.2")."""
+        ...
+
+    async def scale(self, counts: dict[str, int]) -> str:
+        """Set the number of processes of each group named ({"web": 4})."""
+        ...
+
+    async def stop(self) -> str:
+        """Begin a graceful stop of everything; return without waiting for it."""
+        ...
+
+    async def run_job(self, name: str) -> str:
+        """Run a job now, as its schedule would (its overlap policy applies)."""
+        ...
+
+    def readiness(self) -> tuple[bool, str]:
+        """Whether the system is ready for traffic, and why not when it is not."""
+        ...
+
+    def metrics(self) -> bytes:
+        """Prometheus text exposition."""
+        ...
+
+
+def make_app(controller: Controller, token: str | None) -> ControlApp:
+    """The control API for one listener: with a token (TCP), every call but the probes needs it."""
+    return ControlApp(controller, token)
+
+
+class ControlApp:
+    """The ASGI app. Routes: see `_routes`; /jobs/NAME/run besides."""
+
+    def __init__(self, controller: Controller, token: str | None) -> None:
+        self.controller = controller
+        self.token = token
+        self._followers: set[Subscription] = set()
+        self._ending = False
+        self._routes: dict[str, tuple[str, Handler]] = {
+            "/status": ("GET", self._status),
+            "/logs": ("GET", self._logs),
+            "/livez": ("GET", self._livez),
+            "/readyz": ("GET", self._readyz),
+            "/metrics": ("GET", self._metrics),
+            "/reload": ("POST", self._action(self._reload)),
+            "/restart": ("POST", self._action(self._restart)),
+            "/scale": ("POST", self._action(self._scale)),
+            "/stop": ("POST", self._action(self._stop)),
+        }
+
+    def end_streams(self) -> None:
+        """End every /logs follow stream, and refuse new ones: the server is shutting down.
+
+        Without this, uvicorn's shutdown would wait for followers to hang up.
+        """
+        self._ending = True
+        for follower in self._followers:
+            follower.close()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope["path"]
+        try:
+            if path not in PUBLIC_PATHS:
+                self._authorize(scope)
+            method, handler = self._route(path)
+            if scope["method"] != method:
+                allow = [(b"allow", method.encode())]
+                await _send_json(send, 405, {"error": f"{path} takes {method}"}, allow)
+                return
+            await handler(scope, receive, send)
+        except ControlError as error:
+            challenge = [(b"www-authenticate", b"Bearer")] if error.status == 401 else None
+            await _send_json(send, error.status, {"error": error.message}, challenge)
+
+    def _authorize(self, scope: Scope) -> None:
+        if self.token is None:
+            return
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, credential = given.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(
+            credential.strip(), self.token.encode()
+        ):
+            raise ControlError(
+                401, "this call needs the control token: Authorization: Bearer TOKEN"
+            )
+
+    def _route(self, path: str) -> tuple[str, Handler]:
+        if path in self._routes:
+            return self._routes[path]
+        prefix, suffix = "/jobs/", "/run"
+        name = path[len(prefix) : -len(suffix)]
+        if path.startswith(prefix) and path.endswith(suffix) and name and "/" not in name:
+            return "POST", self._action(lambda body: self._run_job(name, body))
+        raise ControlError(404, f"no such endpoint: {path}")
+
+    # -- the mutating calls: a JSON object in, {"message": ...} out -------------------------
+
+    def _action(self, act: Callable[[dict[str, Any]], Awaitable[str]]) -> Handler:
+        async def handle(scope: Scope, receive: Receive, send: Send) -> None:
+            message = await act(await _read_object(receive))
+            await _send_json(send, 200, {"message": message})
+
+        return handle
+
+    async def _reload(self, body: dict[str, Any]) -> str:
+        _only(body, {"group"})
+        group = body.get("group")
+        if group is not None and not isinstance(group, str):
+            raise ControlError(400, '"group" must be a group name or null')
+        return await self.controller.reload(group)
+
+    async def _restart(self, body: dict[str, Any]) -> str:
+        _only(body, {"target"})
+        target = body.get("target")
+        if not isinstance(target, str) or not target:
+            raise ControlError(400, '"target" must name a group ("web") or a process ("web.2")')
+        return await self.controller.restart(target)
+
+    async def _scale(self, body: dict[str, Any]) -> str:
+        _only(body, {"counts"})
+        counts = body.get("counts")
+        if (
+            not isinstance(counts, dict)
+            or not counts
+            or not all(_is_count(count) for count in counts.values())
+        ):
+            raise ControlError(
+                400, '"counts" must map group names to numbers of processes, as {"web": 4}'
+            )
+        return await self.controller.scale(counts)
+
+    async def _stop(self, body: dict[str, Any]) -> str:
+        _only(body, set())
+        return await self.controller.stop()
+
+    async def _run_job(self, name: str, body: dict[str, Any]) -> str:
+        _only(body, set())
+        return await self.controller.run_job(name)
+
+    # -- the reads ---------------------------------------------------------------------------
+
+    async def _status(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _send_json(send, 200, self.controller.status())
+
+    async def _livez(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _send_text(send, 200, "ok\n")
+
+    async def _readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ready, reason = self.controller.readiness()
+        if ready:
+            await _send_text(send, 200, "ready\n")
+        else:
+            await _send_text(send, 503, f"not ready: {reason}\n")
+
+    async def _metrics(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await _send(send, 200, self.controller.metrics(), [(b"content-type", METRICS_TYPE)])
+
+    async def _logs(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """NDJSON: the last `lines` entries, then (follow=1) new ones until the client hangs up.
+
+        The subscription starts before the recent entries are read, with no
+        await between, so a follower misses no line and sees none twice.
+        """
+        selector, count, follow = _log_query(scope["query_string"])
+        buffer = self.controller.logs
+        with buffer.follow(selector) as subscription:
+            recent = buffer.recent(selector, count)
+            headers = [(b"content-type", b"application/x-ndjson")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            if recent:
+                await send(
+                    {"type": "http.response.body", "body": _ndjson(recent), "more_body": True}
+                )
+            if follow and not self._ending:
+                await self._stream(subscription, receive, send)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _stream(self, subscription: Subscription, receive: Receive, send: Send) -> None:
+        self._followers.add(subscription)
+        hangup = asyncio.ensure_future(_disconnected(receive))
+        hangup.add_done_callback(lambda _: subscription.close())
+        try:
+            async for batch in subscription:
+                await send(
+                    {"type": "http.response.body", "body": _ndjson(batch), "more_body": True}
+                )
+        finally:
+            self._followers.discard(subscription)
+            hangup.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await hangup
+
+
+def _only(body: dict[str, Any], allowed: set[str]) -> None:
+    unexpected = sorted(set(body) - allowed)
+    if unexpected:
+        expected = ", ".join(f'"{name}"' for name in sorted(allowed)) or "none"
+        raise ControlError(400, f'unexpected field "{unexpected[0]}" (expected: {expected})')
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _log_query(query_string: bytes) -> tuple[str | None, int, bool]:
+    """The selector (group or process), line count and follow flag of a /logs request."""
+    query = {key: values[-1] for key, values in parse_qs(query_string.decode("latin-1")).items()}
+    lines = query.get("lines", str(DEFAULT_LOG_LINES))
+    if not (lines.isascii() and lines.isdigit()):
+        raise ControlError(400, f"lines={lines!r}: expected a number of lines, 0 or more")
+    follow = query.get("follow", "0")
+    if follow not in ("0", "1"):
+        raise ControlError(400, f"follow={follow!r}: expected 0 or 1")
+    return query.get("group") or None, int(lines), follow == "1"
+
+
+async def _disconnected(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _read_object(receive: Receive) -> dict[str, Any]:
+    """The request's JSON object; an empty body is an empty object."""
+    body = b""
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ControlError(400, "the client hung up before sending its request body")
+        body += message.get("body", b"")
+        if len(body) > MAX_BODY:
+            raise ControlError(413, f"the request body is larger than {MAX_BODY} bytes")
+        more = message.get("more_body", False)
+    if not body.strip():
+        return {}
+    try:
+        parsed = json.loads(body)
+    except ValueError as error:
+        raise ControlError(400, f"the request body is not valid JSON: {error}") from None
+    if not isinstance(parsed, dict):
+        raise ControlError(400, "the request body must be a JSON object")
+    return parsed
+
+
+def _ndjson(entries: list[Entry]) -> bytes:
+    return b"".join(_json(entry._asdict()) + b"\n" for entry in entries)
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+async def _send_json(
+    send: Send, status: int, value: Any, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    content_type = (b"content-type", b"application/json")
+    await _send(send, status, _json(value), [content_type, *(headers or [])])
+
+
+async def _send_text(send: Send, status: int, text: str) -> None:
+    await _send(send, status, text.encode(), [(b"content-type", b"text/plain; charset=utf-8")])
+
+
+async def _send(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,235 @@
+"""The manager as the control API sees it: status, metrics, and the verbs that steer it.
+
+`corral.control.api` serves HTTP; this module answers it from the manager's
+own records (the web group, the process groups, the job scheduler), and
+samples each process's memory and CPU with psutil when asked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from corral import __version__
+from corral.control.address import TcpAddress, UnixAddress, default_control_path, parse_control
+from corral.control.api import ControlError, make_app
+from corral.control.logbuffer import LogBuffer
+from corral.control.server import ControlServers, serve_control
+from corral.control.token import load_or_create_token, token_path, write_token
+from corral.manager.metrics import ProcessSample
+from corral.output import Output
+
+if TYPE_CHECKING:
+    from corral.manager.supervisor import Manager
+
+
+class ManagerControl:
+    """Implements `corral.control.api.Controller` for one running manager."""
+
+    def __init__(self, manager: Manager, logs: LogBuffer) -> None:
+        self.manager = manager
+        self.logs = logs
+        self.started = time.time()
+        self.project = os.getcwd()
+        self._sampled: dict[int, psutil.Process] = {}  # kept, so cpu_percent measures since last
+
+    # -- observation -------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        manager = self.manager
+        rows: list[dict[str, Any]] = [
+            {
+                "name": "manager",
+                "group": "corral",
+                "kind": "manager",
+                "pid": os.getpid(),
+                "state": "stopping" if manager.stopping else "running",
+                "started": self.started,
+                "restarts": 0,
+                "last_exit": None,
+                "requests": None,
+            }
+        ]
+        if manager.web is not None:
+            rows += manager.web.status()
+        for group in manager.groups:
+            rows += group.status()
+        live = set()
+        for row in rows:
+            row["cpu_percent"], row["rss"] = self._sample(row["pid"])
+            live.add(row["pid"])
+        self._forget_others(live)
+        return {
+            "corral": {
+                "pid": os.getpid(),
+                "version": __version__,
+                "project": self.project,
+                "started": self.started,
+                "reloads": manager.reload_count,
+            },
+            "processes": rows,
+            "jobs": manager.jobs.status() if manager.jobs is not None else [],
+        }
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.manager.stopping:
+            return False, "stopping"
+        if self.manager.web is None:
+            return True, ""
+        return self.manager.web.readiness()
+
+    def metrics(self) -> bytes:
+        samples = []
+        for row in self.status()["processes"]:
+            process = self._sampled.get(row["pid"]) if row["pid"] is not None else None
+            if process is None:
+                continue
+            try:
+                with process.oneshot():
+                    cpu = process.cpu_times()
+                    rss = process.memory_info().rss
+            except psutil.Error:
+                continue
+            samples.append(
+                ProcessSample(row["name"], row["group"], row["pid"], rss, cpu.user + cpu.system)
+            )
+        return self.manager.metrics.render(samples)
+
+    def _sample(self, pid: int | None) -> tuple[float | None, int | None]:
+        """CPU % since the previous sample of this pid (0.0 the first time), and RSS."""
+        if pid is None:
+            return None, None
+        process = self._sampled.get(pid)
+        try:
+            if process is None:
+                process = self._sampled[pid] = psutil.Process(pid)
+            with process.oneshot():
+                return process.cpu_percent(), process.memory_info().rss
+        except psutil.Error:
+            self._sampled.pop(pid, None)
+            return None, None
+
+    def _forget_others(self, live: set[int | None]) -> None:
+        for pid in [pid for pid in self._sampled if pid not in live]:
+            del self._sampled[pid]
+
+    # -- verbs -------------------------------------------------------------------
+
+    async def reload(self, group: str | None) -> str:
+        manager = self.manager
+        if group is None:
+            manager.reload()
+            return "reloading everything"
+        if group == "web" and manager.web is not None:
+            manager.web.reload()
+        elif group == "jobs" and manager.jobs is not None:
+            manager.reloads.start(manager.jobs.reload())
+        else:
+            manager.reloads.start(self._process_group(group).reload())
+        return f"reloading {group}"
+
+    async def restart(self, target: str) -> str:
+        manager = self.manager
+        group_name, _, index = target.partition(".")
+        if group_name == "web" and manager.web is not None:
+            if not index:
+                manager.web.reload()
+                return "restarting web (one worker at a time)"
+            if not index.isdigit():
+                raise ControlError(404, f"no process named {target!r}")
+            return manager.web.restart(target)
+        group = self._process_group(group_name)
+        if not index:
+            manager.reloads.start(group.reload("restart"))
+            return f"restarting {group_name} (one replica at a time)"
+        if not index.isdigit() or int(index) not in group.processes:
+            raise ControlError(404, f"no running process named {target!r}")
+        manager.reloads.start(group.restart(int(index)))
+        return f"restarting {target}"
+
+    async def scale(self, counts: dict[str, int]) -> str:
+        manager = self.manager
+        for name, count in counts.items():
+            if count < 1 and name == "web":
+                raise ControlError(400, "web needs at least 1 worker")
+            if name != "web" or manager.web is None:
+                self._process_group(name)  # unknown names are refused before anything changes
+        for name, count in counts.items():
+            if name == "web" and manager.web is not None:
+                manager.web.scale(count)
+            else:
+                manager.reloads.start(self._process_group(name).scale(count))
+        return "scaling " + ", ".join(f"{name} to {count}" for name, count in counts.items())
+
+    async def stop(self) -> str:
+        self.manager.request_stop("stop asked for")
+        return "stopping gracefully"
+
+    async def run_job(self, name: str) -> str:
+        jobs = self.manager.jobs
+        if jobs is None or name not in jobs.jobs:
+            known = ", ".join(jobs.jobs) if jobs is not None else "none declared"
+            raise ControlError(404, f"no job named {name!r} (jobs: {known})")
+        return jobs.run_now(name)
+
+    def _process_group(self, name: str) -> Any:
+        for group in self.manager.groups:
+            if group.name == name:
+                return group
+        raise ControlError(404, f"no group named {name!r} (expected one of: {self._names()})")
+
+    def _names(self) -> str:
+        names = (["web"] if self.manager.web is not None else []) + [
+            group.name for group in self.manager.groups
+        ]
+        return ", ".join(names) or "none"
+
+
+class ControlPlan:
+    """Where the control API listens: the Unix socket always, TCP when asked, with its token."""
+
+    def __init__(self, setting: str | None) -> None:
+        """Read `--control`: a PATH for the socket, or HOST:PORT for TCP beside the default socket.
+
+        ValueError (ControlPathError) names a setting that cannot work.
+        """
+        address = parse_control(setting) if setting is not None else None
+        self.tcp = address if isinstance(address, TcpAddress) else None
+        if isinstance(address, UnixAddress):
+            self.unix_path = address.path
+        else:
+            self.unix_path = default_control_path(Path.cwd())
+        self.token: str | None = None
+        self.token_generated = False
+        if self.tcp is not None:
+            self.token, self.token_generated = load_or_create_token(os.environ)
+
+    async def open(self, controller: ManagerControl, output: Output) -> ControlServers:
+        """Start listening (AlreadyRunning, BindError if it cannot), and say where."""
+        tcp = None
+        if self.tcp is not None:
+            tcp = (self.tcp, make_app(controller, self.token))
+        servers = await serve_control(make_app(controller, None), self.unix_path, tcp)
+        output.say(f"control socket: {self.unix_path}")
+        if self.token is not None:
+            write_token(token_path(self.unix_path), self.token)
+            address = servers.addresses[-1]
+            output.say(
+                f"control API on http://{address}: changes need the token"
+                + (
+                    f" {self.token} (also in {token_path(self.unix_path)})"
+                    if self.token_generated
+                    else " in CORRAL_TOKEN"
+                )
+            )
+        return servers
+
+    def close(self) -> None:
+        if self.token is not None:
+            with contextlib.suppress(FileNotFoundError):
+                token_path(self.unix_path).unlink()
