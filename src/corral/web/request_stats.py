@@ -34,8 +34,9 @@ manager's and /metrics' label set without bound.
 class RequestStats:
     """Counts of the requests a worker has finished, and how many it is serving now.
 
-    The middleware keeps `in_flight` itself (+1 before the app, -1 after) and
-    calls `finished` once per request.
+    `finished` is called once per request (by the middleware, or in a batch
+    with the access log); the worker sets `in_flight` from uvicorn's task
+    set before each snapshot, which costs the request path nothing.
     """
 
     __slots__ = ("_buckets", "_by", "_sum", "in_flight")

@@ -32,7 +32,7 @@ from corral import channel, system
 from corral.config import WebConfig
 from corral.exit_codes import APP_FAILED, OK
 from corral.web.app_loader import AppLoadError, load_app
-from corral.web.request_log import BlockWriter, RecordRequests, RequestLog
+from corral.web.request_log import BlockWriter, CountRequests, RecordRequests, RequestLog
 from corral.web.request_stats import RequestStats
 from corral.web.sockets import waiting_connections
 
@@ -82,7 +82,10 @@ def run_worker(spec: WorkerSpec) -> int:
         prefix = output_prefix(spec.name, spec.access_fd)
         writer = BlockWriter(spec.access_fd, prefix, json_for)
     requests = RequestLog(RequestStats(), writer)
-    app = RecordRequests(app, requests)
+    if writer is not None:
+        app = RecordRequests(app, requests)
+    else:
+        app = CountRequests(app, requests.stats)
     link = channel_socket(spec.channel_fd)
     request_limit = None
     if spec.config.max_requests is not None:
