@@ -764,6 +764,27 @@ def test_readyz_is_503_with_a_reason_while_a_new_worker_boots_then_200(corral, t
 # -- 6. and 7. /metrics over several workers ------------------------------------------------------
 
 
+@pytest.mark.parametrize("counted", [True, False], ids=["counted", "request-metrics-off"])
+def test_without_the_access_log_requests_are_counted_unless_turned_off(corral, tmp_path, counted):
+    settings = ["access_log = false", f"request_metrics = {str(counted).lower()}"]
+    _project(tmp_path, _web(1, *settings))
+    server = _start(corral, tmp_path)
+    for _ in range(7):
+        _hit(server.url())
+    if counted:
+        _wait_metric(server, "corral_http_requests_total", 7, **HTTP_OK)
+    else:
+
+        def served() -> list[int]:
+            return [r["requests"] for r in _status(tmp_path)["processes"] if r["kind"] == "worker"]
+
+        _until("requests in status", served, [7], server)  # the heartbeat still comes
+        text = _metrics(server)
+        assert _metric(text, "corral_http_requests_total") == 0, text
+        assert _metric(text, "corral_process_resident_memory_bytes", process="web.1") > 0, text
+    assert server.stop() == 0
+
+
 def test_request_metrics_add_up_every_workers_requests_and_survive_a_restart(corral, tmp_path):
     _project(tmp_path, _web(2))
     server = _start(corral, tmp_path)
