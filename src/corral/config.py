@@ -227,7 +227,7 @@ class WebConfig(Settings):
     ] = Field(
         True,
         description="Count requests by method, status and duration for /metrics "
-        "(about a microsecond of CPU per request).",
+        "(on a hello-world app, 8-15% of the request rate).",
     )
     log_level: Annotated[LogLevel, flag("--log-level", group=LOGGING)] = Field(
         "info", description="critical, error, warning, info, debug or trace."
