@@ -193,6 +193,14 @@ class Corral:
             with _gone_ok():
                 proc.kill()
         self.proc.wait(10)
+        self._remove_control_socket()
+
+    def _remove_control_socket(self) -> None:
+        """A manager that was killed could not remove its control socket: do it for it."""
+        for line in self.lines:
+            announced = re.search(r"control socket: (\S+)$", line)
+            if announced:
+                Path(announced[1]).unlink(missing_ok=True)
 
     def wait_until_gone(self, timeout: float) -> list[psutil.Process]:
         """Wait for every process of the tree to exit; return those still alive."""
