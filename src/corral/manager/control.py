@@ -25,6 +25,7 @@ from corral.manager.metrics import ProcessSample
 from corral.output import Output
 
 if TYPE_CHECKING:
+    from corral.manager.process_group import ProcessGroup
     from corral.manager.supervisor import Manager
 
 
@@ -42,28 +43,10 @@ class ManagerControl:
 
     def status(self) -> dict[str, Any]:
         manager = self.manager
-        rows: list[dict[str, Any]] = [
-            {
-                "name": "manager",
-                "group": "corral",
-                "kind": "manager",
-                "pid": os.getpid(),
-                "state": "stopping" if manager.stopping else "running",
-                "started": self.started,
-                "restarts": 0,
-                "last_exit": None,
-                "requests": None,
-            }
-        ]
-        if manager.web is not None:
-            rows += manager.web.status()
-        for group in manager.groups:
-            rows += group.status()
-        live = set()
+        rows = self._processes()
         for row in rows:
             row["cpu_percent"], row["rss"] = self._sample(row["pid"])
-            live.add(row["pid"])
-        self._forget_others(live)
+        self._forget_others({row["pid"] for row in rows})
         return {
             "corral": {
                 "pid": os.getpid(),
@@ -85,8 +68,8 @@ class ManagerControl:
 
     def metrics(self) -> bytes:
         samples = []
-        for row in self.status()["processes"]:
-            process = self._sampled.get(row["pid"]) if row["pid"] is not None else None
+        for row in self._processes():
+            process = self._process(row["pid"])
             if process is None:
                 continue
             try:
@@ -100,18 +83,49 @@ class ManagerControl:
             )
         return self.manager.metrics.render(samples)
 
+    def _processes(self) -> list[dict[str, Any]]:
+        """Every process's row (without CPU and memory): the manager's, then each group's."""
+        manager = self.manager
+        rows: list[dict[str, Any]] = [
+            {
+                "name": "manager",
+                "group": "corral",
+                "kind": "manager",
+                "pid": os.getpid(),
+                "state": "stopping" if manager.stopping else "running",
+                "started": self.started,
+                "restarts": 0,
+                "last_exit": None,
+                "requests": None,
+            }
+        ]
+        if manager.web is not None:
+            rows += manager.web.status()
+        for group in manager.groups:
+            rows += group.status()
+        return rows
+
+    def _process(self, pid: int | None) -> psutil.Process | None:
+        """The psutil handle of `pid`, kept between calls (cpu_percent measures since the last)."""
+        if pid is None:
+            return None
+        if pid not in self._sampled:
+            try:
+                self._sampled[pid] = psutil.Process(pid)
+            except psutil.Error:
+                return None
+        return self._sampled[pid]
+
     def _sample(self, pid: int | None) -> tuple[float | None, int | None]:
         """CPU % since the previous sample of this pid (0.0 the first time), and RSS."""
-        if pid is None:
+        process = self._process(pid)
+        if process is None:
             return None, None
-        process = self._sampled.get(pid)
         try:
-            if process is None:
-                process = self._sampled[pid] = psutil.Process(pid)
             with process.oneshot():
                 return process.cpu_percent(), process.memory_info().rss
         except psutil.Error:
-            self._sampled.pop(pid, None)
+            self._sampled.pop(process.pid, None)
             return None, None
 
     def _forget_others(self, live: set[int | None]) -> None:
@@ -177,7 +191,7 @@ class ManagerControl:
             raise ControlError(404, f"no job named {name!r} (jobs: {known})")
         return jobs.run_now(name)
 
-    def _process_group(self, name: str) -> Any:
+    def _process_group(self, name: str) -> ProcessGroup:
         for group in self.manager.groups:
             if group.name == name:
                 return group
