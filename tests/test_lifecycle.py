@@ -400,6 +400,18 @@ def test_ttou_closes_idle_keep_alive_on_the_drained_worker_cleanly_and_others_se
     assert server.stop() == 0
 
 
+def test_a_killed_launcher_stops_everything_with_exit_1(corral):
+    """The launcher cannot be forked again from the running manager: corral stops, promptly."""
+    server = corral("run", "plain:app", "--workers", "2", "--port", "0")
+    server.url()
+    server.wait_workers(2)
+    (launcher,) = [p for p in server.alive() if p.cmdline()[:1] == ["corral: launcher"]]
+    launcher.kill()
+    assert server.wait(10) == 1  # not after --graceful-timeout (30 s): nobody waits for reports
+    assert server.count(r"error: the launcher exited \(killed by SIGKILL\); stopping") == 1
+    assert not server.wait_until_gone(5)
+
+
 # -- 8. a manager killed with SIGKILL leaves nothing behind -------------------------------
 
 

@@ -339,18 +339,26 @@ class WebGroup:
             self.background.start(zygote.exit())
 
     def _on_zygote_exit(self, zygote: ZygoteHandle) -> None:
-        """Forget a zygote that exited; replace the current one if it died on its own."""
+        """Forget a zygote that exited, and its workers; replace it if it died on its own.
+
+        Its workers, if any are left, get the parent-death signal and drain by
+        themselves; nobody will report their exits now.
+        """
         self.zygotes.pop(zygote.generation, None)
         zygote.close()
-        if self.stopping or zygote is not self.zygote:
+        for child in [c for c in self.workers.values() if c.generation == zygote.generation]:
+            self._forget(child)
+        if self.stopping:
+            if not self.workers:
+                self.all_stopped.set()
+            return
+        if zygote is not self.zygote:
             return
         self.output.say(
             f"web.zygote exited unexpectedly ({zygote.exit_cause()}): "
             "its workers drain, a new zygote and workers replace them"
         )
         self.zygote = None
-        for child in [c for c in self.workers.values() if c.generation == zygote.generation]:
-            self._forget(child)  # they get the parent-death signal and drain by themselves
         for handle in self.respawns.values():
             handle.cancel()
         self.respawns.clear()
