@@ -493,7 +493,7 @@ def test_jobs_run_starts_an_hourly_job_now_and_skips_a_second_run_while_it_runs(
     server.wait_for(started, timeout=10)
     second = _ok(tmp_path, "jobs", "run", "nap")
     assert "skipped" in second, second
-    server.wait_for(r"nap: run asked for skipped, the previous run is still going")
+    server.wait_for(r"nap: run now skipped, the previous run is still going")
     server.wait_for(r"^nap\s+\| nap done$", timeout=10)
 
     assert server.count(started) == 1, server.output

@@ -131,7 +131,7 @@ class JobScheduler:
         """Run `name` now, outside its schedule (still respecting its overlap policy)."""
         if self.stopping:
             return f"{name}: not started, corral is stopping"
-        if self._start_run(name, "run asked for"):
+        if self._start_run(name, "run now"):
             return f"{name}: run started"
         return f"{name}: run skipped, the previous run is still going (overlap = 'skip')"
 
