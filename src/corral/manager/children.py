@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class State(enum.Enum):
@@ -58,15 +59,43 @@ class Child:
     def uptime(self) -> float:
         return time.monotonic() - (self.ready_at or self.started_at)
 
-    def started_epoch(self) -> float:
-        """When it started, as a Unix time (the record keeps monotonic times)."""
-        return time.time() - (time.monotonic() - self.started_at)
+
+def unix_time(monotonic: float) -> float:
+    """A time.monotonic() reading as a Unix time (records keep monotonic times)."""
+    return time.time() - (time.monotonic() - monotonic)
 
 
 @dataclass
 class History:
-    """What outlives each process of one name (web.2, worker.1): its restarts and last exit."""
+    """What outlives each process of one name (web.2, worker.1): its starts and last exit."""
 
     starts: int = 0
-    restarts: int = 0
     last_exit: str | None = None
+
+    @property
+    def restarts(self) -> int:
+        return max(self.starts - 1, 0)
+
+
+def status_row(
+    name: str,
+    group: str,
+    kind: str,
+    pid: int | None,
+    state: str,
+    started: float | None,
+    history: History | None = None,
+    requests: int | None = None,
+) -> dict[str, Any]:
+    """One process as `corral status` shows it (`started` as a Unix time)."""
+    return {
+        "name": name,
+        "group": group,
+        "kind": kind,
+        "pid": pid,
+        "state": state,
+        "started": started,
+        "restarts": history.restarts if history is not None else 0,
+        "last_exit": history.last_exit if history is not None else None,
+        "requests": requests,
+    }

@@ -21,6 +21,7 @@ from corral.control.api import ControlError, make_app
 from corral.control.logbuffer import LogBuffer
 from corral.control.server import ControlServers, serve_control
 from corral.control.token import load_or_create_token, token_path, write_token
+from corral.manager.children import status_row
 from corral.manager.metrics import ProcessSample
 from corral.output import Output
 
@@ -86,19 +87,8 @@ class ManagerControl:
     def _processes(self) -> list[dict[str, Any]]:
         """Every process's row (without CPU and memory): the manager's, then each group's."""
         manager = self.manager
-        rows: list[dict[str, Any]] = [
-            {
-                "name": "manager",
-                "group": "corral",
-                "kind": "manager",
-                "pid": os.getpid(),
-                "state": "stopping" if manager.stopping else "running",
-                "started": self.started,
-                "restarts": 0,
-                "last_exit": None,
-                "requests": None,
-            }
-        ]
+        state = "stopping" if manager.stopping else "running"
+        rows = [status_row("manager", "corral", "manager", os.getpid(), state, self.started)]
         if manager.web is not None:
             rows += manager.web.status()
         for group in manager.groups:

@@ -13,7 +13,7 @@ from typing import Any
 
 from corral.manager.background import Background
 from corral.manager.backoff import Backoff
-from corral.manager.children import Child, History, State
+from corral.manager.children import Child, History, State, status_row, unix_time
 from corral.manager.metrics import Metrics
 from corral.manager.spawn import argv_for, signal_group, spawn
 from corral.output import Output
@@ -52,10 +52,7 @@ class ProcessGroup:
         self.respawns.pop(index, None)
         if self.stopping or index > self.wanted:
             return
-        history = self.history.setdefault(index, History())
-        if history.starts:
-            history.restarts += 1
-        history.starts += 1
+        self.history.setdefault(index, History()).starts += 1
         name = f"{self.name}.{index}"
         env = {**self.env, **self.config.env, "CORRAL_REPLICA": str(index)}
         try:
@@ -142,20 +139,15 @@ class ProcessGroup:
             if index > self.wanted and index not in self.replicas:
                 continue
             child = self.replicas.get(index)
-            history = self.history.get(index, History())
-            rows.append(
-                {
-                    "name": f"{self.name}.{index}",
-                    "group": self.name,
-                    "kind": "replica",
-                    "pid": child.pid if child is not None else None,
-                    "state": "running" if child is not None else "stopped",
-                    "started": child.started_epoch() if child is not None else None,
-                    "restarts": history.restarts,
-                    "last_exit": history.last_exit,
-                    "requests": None,
-                }
-            )
+            history = self.history.get(index)
+            name = f"{self.name}.{index}"
+            if child is None:
+                rows.append(status_row(name, self.name, "replica", None, "stopped", None, history))
+            else:
+                started = unix_time(child.started_at)
+                rows.append(
+                    status_row(name, self.name, "replica", child.pid, "running", started, history)
+                )
         return rows
 
     async def stop(self) -> None:

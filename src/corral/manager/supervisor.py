@@ -106,17 +106,17 @@ class Manager:
         self.finished = loop.create_future()
         launcher = None if forked is None else LauncherHandle(*forked, self._on_launcher_lost)
         try:
-            servers = await control.open(ManagerControl(self, self.output.logs), self.output)
-        except (AlreadyRunning, listeners.BindError) as error:
-            self.output.say(f"error: {error}")
-            if launcher is not None:
-                launcher.close()
-            return USAGE
-        try:
-            return await self._supervise(launcher, sockets, identity)
+            try:
+                servers = await control.open(ManagerControl(self, self.output.logs), self.output)
+            except (AlreadyRunning, listeners.BindError) as error:
+                self.output.say(f"error: {error}")
+                return USAGE
+            try:
+                return await self._supervise(launcher, sockets, identity)
+            finally:
+                await servers.close()
+                control.close()
         finally:
-            await servers.close()
-            control.close()
             if launcher is not None:
                 launcher.close()
 

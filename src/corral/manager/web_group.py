@@ -32,7 +32,7 @@ from corral.config import WebConfig
 from corral.exit_codes import APP_FAILED, FAILURE
 from corral.manager.background import Background
 from corral.manager.backoff import Backoff
-from corral.manager.children import Child, History, State
+from corral.manager.children import Child, History, State, status_row, unix_time
 from corral.manager.launcher_handle import LauncherHandle
 from corral.manager.metrics import Metrics
 from corral.manager.zygote_handle import AppFailed, ZygoteHandle
@@ -163,9 +163,7 @@ class WebGroup:
         if zygote is None or zygote.link is None:
             return None  # the zygote is being replaced; its replacement starts every worker
         child = Child(next(self.keys), name, zygote.generation)
-        history = self.history.setdefault(name, History())
-        history.restarts += history.starts > 0
-        history.starts += 1
+        self.history.setdefault(name, History()).starts += 1
         ours, theirs = socket.socketpair()
         log_read, log_write = os.pipe()
         try:
@@ -531,35 +529,29 @@ class WebGroup:
 
     def status(self) -> list[dict[str, Any]]:
         """The zygotes and the workers as `corral status` shows them."""
-        rows = []
-        for zygote in self.zygotes.values():
-            rows.append(
-                {
-                    "name": "web.zygote",
-                    "group": "web",
-                    "kind": "zygote",
-                    "pid": zygote.pid,
-                    "state": "retiring" if zygote.retiring else "running",
-                    "started": time.time() - (time.monotonic() - zygote.started_at),
-                    "restarts": 0,
-                    "last_exit": None,
-                    "requests": None,
-                }
+        rows = [
+            status_row(
+                "web.zygote",
+                "web",
+                "zygote",
+                zygote.pid,
+                "retiring" if zygote.retiring else "running",
+                unix_time(zygote.started_at),
             )
+            for zygote in self.zygotes.values()
+        ]
         for child in sorted(self.workers.values(), key=lambda c: (_index(c.name), c.key)):
-            history = self.history.get(child.name, History())
             rows.append(
-                {
-                    "name": child.name,
-                    "group": "web",
-                    "kind": "worker",
-                    "pid": child.pid,
-                    "state": child.state.value,
-                    "started": child.started_epoch(),
-                    "restarts": history.restarts,
-                    "last_exit": history.last_exit,
-                    "requests": child.requests,
-                }
+                status_row(
+                    child.name,
+                    "web",
+                    "worker",
+                    child.pid,
+                    child.state.value,
+                    unix_time(child.started_at),
+                    self.history.get(child.name),
+                    child.requests,
+                )
             )
         return rows
 
