@@ -32,9 +32,9 @@ from corral.control.address import TcpAddress, UnixAddress, default_control_path
 from corral.control.api import ControlError, make_app
 from corral.control.client import ControlClient, ControlFailed, NotRunning
 from corral.control.commands import jobs, logs, reload, restart, scale, status, stop
-from corral.control.logbuffer import LogBuffer
 from corral.control.server import AlreadyRunning, ControlServers, serve_control
 from corral.control.token import token_path, write_token
+from corral.manager.logbuffer import LogBuffer
 
 T = TypeVar("T")
 TOKEN = "test-token-0123456789"

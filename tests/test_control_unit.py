@@ -20,7 +20,6 @@ from corral.control.address import (
     default_control_path,
     parse_control,
 )
-from corral.control.logbuffer import Entry, LogBuffer, matches
 from corral.control.table import (
     human_duration,
     job_rows,
@@ -32,6 +31,7 @@ from corral.control.table import (
     time_until,
 )
 from corral.control.token import load_or_create_token, read_token, token_path, write_token
+from corral.manager.logbuffer import Entry, LogBuffer, matches
 
 NOW = 1_700_000_000.0
 

@@ -21,8 +21,8 @@ from textwrap import dedent
 
 import psutil
 
-from corral.jobs import Schedule
-from corral.system_config import JobConfig
+from corral.manager.schedule import Schedule
+from corral.settings import JobConfig
 
 APPS = Path(__file__).parent / "apps"
 

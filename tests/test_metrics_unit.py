@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from corral.child.request_stats import BUCKETS, RequestStats
 from corral.manager import metrics as metrics_module
 from corral.manager.metrics import (
     Metrics,
@@ -21,7 +22,6 @@ from corral.manager.metrics import (
     prepare_multiprocess_dir,
     remove_multiprocess_dir,
 )
-from corral.web.request_stats import BUCKETS, RequestStats
 
 # Above Linux's PID_MAX_LIMIT (2**22): no process can have this pid.
 DEAD_PID = 2**22 + 1

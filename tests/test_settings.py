@@ -19,7 +19,7 @@ import pytest
 
 import corral as corral_package
 from conftest import APPS, Corral
-from corral.config import ConfigError, WebConfig, env_name, flagged_settings
+from corral.settings import ConfigError, WebConfig, env_name, flagged_settings
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -249,7 +249,7 @@ def _nobody_can_run_python() -> str | None:
         return "no user nobody"
     try:
         probe = subprocess.run(
-            [sys.executable, "-c", "import corral.web.worker"],
+            [sys.executable, "-c", "import corral.child.worker"],
             user="nobody",
             group="nogroup",
             extra_groups=[],

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from corral.version import __version__
+
 __all__ = ["__version__", "run"]
 
 
@@ -13,11 +14,10 @@ def run(app: str, **settings: Any) -> int:
 
     Keyword arguments are the settings of `corral run --help`, by their Python
     names (`workers=4`, `bind=["127.0.0.1:8000"]`, `graceful_timeout=10`).
-    Raises `corral.config.ConfigError` for settings that do not validate.
+    Raises `corral.settings.ConfigError` for settings that do not validate.
     """
-    from corral.config import WebConfig
     from corral.manager.supervisor import Manager
-    from corral.system_config import PrestartConfig, System
+    from corral.settings import PrestartConfig, System, WebConfig
 
     config = WebConfig.from_sources({"app": app, **settings}, source="corral.run()")
     return Manager(System(config, {}, {}, PrestartConfig(), {})).run()

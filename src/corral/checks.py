@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
-from corral.system_config import PrestartCall, System
-from corral.web.app_loader import AppLoadError, load_app
+from corral.child.app_loader import AppLoadError, load_app
+from corral.settings import PrestartCall, System
 
 
 def targets(system: System) -> list[tuple[str, str, bool]]:

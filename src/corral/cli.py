@@ -11,11 +11,17 @@ import click
 from click.core import ParameterSource
 from pydantic import BaseModel
 
-from corral import __version__
-from corral.config import ConfigError, ManagerConfig, WebConfig, env_name, flagged_settings
 from corral.control.commands import COMMANDS
 from corral.exit_codes import FAILURE, USAGE
-from corral.system_config import resolve
+from corral.settings import (
+    ConfigError,
+    ManagerConfig,
+    WebConfig,
+    env_name,
+    flagged_settings,
+    resolve,
+)
+from corral.version import __version__
 
 
 class GroupedOption(click.Option):

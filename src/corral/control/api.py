@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
-from corral.control.logbuffer import Entry, LogBuffer, Subscription
+from corral.manager.logbuffer import Entry, LogBuffer, Subscription
 
 Message = MutableMapping[str, Any]
 Scope = MutableMapping[str, Any]

@@ -29,7 +29,7 @@ from corral.control.client import ClientError, ControlClient
 from corral.control.table import render_status
 from corral.control.token import TOKEN_VARIABLE, read_token, token_path
 from corral.exit_codes import FAILURE
-from corral.output import prefix_for
+from corral.logformat import prefix_for
 
 
 def _parse_address(

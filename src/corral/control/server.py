@@ -14,8 +14,8 @@ import uvicorn
 
 from corral.control.address import TcpAddress, UnixAddress
 from corral.control.api import ControlApp
-from corral.web import sockets as listeners
-from corral.web.sockets import remove_stale_unix_socket
+from corral.manager import listeners
+from corral.manager.listeners import remove_stale_unix_socket
 
 BACKLOG = 64
 # Bounds a stop on a stuck call; /logs followers are ended at once (ControlApp.end_streams).
@@ -73,7 +73,7 @@ async def serve_control(
     admits only our user, while TCP needs a token (`make_app(controller, token)`).
     Raises AlreadyRunning when a corral answers on `unix_path` (a socket file
     nobody answers on is a leftover of a killed corral, and is replaced), and
-    corral.web.sockets.BindError when an address cannot be listened on.
+    corral.manager.listeners.BindError when an address cannot be listened on.
     """
     listening = [(app, _listen_unix(unix_path))]
     if tcp is not None:

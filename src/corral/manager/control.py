@@ -15,15 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from corral import __version__
 from corral.control.address import TcpAddress, UnixAddress, default_control_path, parse_control
 from corral.control.api import ControlError, make_app
-from corral.control.logbuffer import LogBuffer
 from corral.control.server import ControlServers, serve_control
 from corral.control.token import load_or_create_token, token_path, write_token
 from corral.manager.children import status_row
+from corral.manager.logbuffer import LogBuffer
 from corral.manager.metrics import ProcessSample
-from corral.output import Output
+from corral.manager.output import Output
+from corral.version import __version__
 
 if TYPE_CHECKING:
     from corral.manager.process_group import ProcessGroup

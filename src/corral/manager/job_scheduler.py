@@ -19,18 +19,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from corral import channel
 from corral.exit_codes import FAILURE
-from corral.jobs import Schedule
+from corral.ipc import channel
 from corral.manager.background import Background
 from corral.manager.backoff import Backoff
 from corral.manager.launcher_handle import LauncherHandle
 from corral.manager.metrics import Metrics
+from corral.manager.output import Output
+from corral.manager.schedule import Schedule
 from corral.manager.spawn import argv_for, signal_group, spawn
 from corral.manager.zygote_handle import ZygoteHandle
-from corral.output import Output
-from corral.system import describe_exit
-from corral.system_config import JobConfig
+from corral.posix import describe_exit
+from corral.settings import JobConfig
 
 DEFAULT_STOP_TIMEOUT = 10.0
 
@@ -95,7 +95,14 @@ class JobScheduler:
         spec = {"targets": targets, "stop_timeout": self._stop_timeout()}
         assert self.launcher is not None
         await zygote.launch(
-            self.launcher, "jobs.zygote", "corral.jobs_zygote", spec, [], self.env, {}, self.output
+            self.launcher,
+            "jobs.zygote",
+            "corral.child.jobs_zygote",
+            spec,
+            [],
+            self.env,
+            {},
+            self.output,
         )
         self.zygote = zygote
 

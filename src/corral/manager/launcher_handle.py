@@ -1,4 +1,4 @@
-"""The manager's side of the launcher (`corral.launcher`): ask it for zygotes, learn their exits.
+"""The manager's side of the launcher (`corral.child.launcher`): ask for zygotes, learn exits.
 
 The launcher is the zygotes' parent, so it reaps them and reports each exit
 with its status. Should the launcher itself die, its zygotes get the
@@ -18,8 +18,8 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from corral import channel
-from corral.system import describe_exit
+from corral.ipc import channel
+from corral.posix import describe_exit
 
 
 class Forked:

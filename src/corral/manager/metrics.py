@@ -1,7 +1,7 @@
 """/metrics: what the manager knows, summed over the workers, plus the app's own metrics.
 
 Sources: each live web worker's latest request snapshot (cumulative, sent
-with its heartbeat; see `corral.web.request_stats`), the counts the
+with its heartbeat; see `corral.child.request_stats`), the counts the
 manager keeps itself (restarts, reloads, job runs), per-process samples
 taken at scrape time, and the files the app's prometheus_client metrics
 write into the multiprocess directory. The exposition is built afresh at
@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import psutil
 
-from corral.web.request_stats import BUCKETS
+from corral.child.request_stats import BUCKETS
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric

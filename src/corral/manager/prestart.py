@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import sys
 
+from corral.manager.output import Output
 from corral.manager.spawn import spawn
-from corral.output import Output
-from corral.system import describe_exit
-from corral.system_config import PrestartCall, PrestartConfig
+from corral.posix import describe_exit
+from corral.settings import PrestartCall, PrestartConfig
 
 
 async def run_prestart(config: PrestartConfig, env: dict[str, str], output: Output) -> bool:
@@ -20,7 +20,7 @@ async def run_prestart(config: PrestartConfig, env: dict[str, str], output: Outp
     for number, step in enumerate(config.steps, start=1):
         if isinstance(step, PrestartCall):
             what = f"{{ call = {step.call!r} }}"
-            argv = [sys.executable, "-m", "corral.runner", "prestart", step.call]
+            argv = [sys.executable, "-m", "corral.child.runner", "prestart", step.call]
         else:
             what = repr(step)
             argv = ["/bin/sh", "-c", step]

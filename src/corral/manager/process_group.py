@@ -15,10 +15,10 @@ from corral.manager.background import Background
 from corral.manager.backoff import Backoff
 from corral.manager.children import Child, History, State, status_row, unix_time
 from corral.manager.metrics import Metrics
+from corral.manager.output import Output
 from corral.manager.spawn import argv_for, signal_group, spawn
-from corral.output import Output
-from corral.system import describe_exit
-from corral.system_config import ProcessConfig
+from corral.posix import describe_exit
+from corral.settings import ProcessConfig
 
 
 class ProcessGroup:

@@ -10,15 +10,15 @@ import signal
 import sys
 from pathlib import Path
 
-from corral import system
-from corral.output import Output
-from corral.system_config import Runnable
+from corral import posix
+from corral.manager.output import Output
+from corral.settings import Runnable
 
 
 def argv_for(name: str, runnable: Runnable) -> list[str]:
     """A command is split like a shell would and executed directly (signals reach it)."""
     if runnable.call is not None:
-        return [sys.executable, "-m", "corral.runner", name, runnable.call]
+        return [sys.executable, "-m", "corral.child.runner", name, runnable.call]
     assert runnable.command is not None
     return shlex.split(runnable.command)
 
@@ -42,7 +42,7 @@ async def spawn(
             cwd=cwd,
             env={**os.environ, **env, "CORRAL_MANAGER_PID": str(manager)},
             start_new_session=True,
-            preexec_fn=lambda: system.die_with_parent(manager, signal.SIGTERM),
+            preexec_fn=lambda: posix.die_with_parent(manager, signal.SIGTERM),
         )
     except OSError:
         os.close(log_read)

@@ -1,6 +1,6 @@
 """The manager: binds the sockets, supervises the groups, answers signals. Never imports the app.
 
-Its life: fork the launcher (`corral.launcher`) -> bind (exit 2 if an
+Its life: fork the launcher (`corral.child.launcher`) -> bind (exit 2 if an
 address is taken) -> write the pidfile -> run prestart -> start
 the web group, whose processes run as --user/--group (exit 3 if the app cannot
 start) -> wait for a signal -> stop: web first, gracefully unless told otherwise -> clean up.
@@ -15,21 +15,21 @@ import signal
 import socket
 from typing import Any
 
-from corral import system
+from corral import posix
+from corral.child.launcher import fork_launcher
 from corral.control.server import AlreadyRunning
 from corral.exit_codes import APP_FAILED, FAILURE, OK, PRESTART_FAILED, USAGE
-from corral.launcher import fork_launcher
+from corral.manager import listeners
 from corral.manager.background import Background
 from corral.manager.control import ControlPlan, ManagerControl
 from corral.manager.job_scheduler import JobScheduler
 from corral.manager.launcher_handle import LauncherHandle
 from corral.manager.metrics import Metrics, prepare_multiprocess_dir, remove_multiprocess_dir
+from corral.manager.output import Output
 from corral.manager.prestart import run_prestart
 from corral.manager.process_group import ProcessGroup
 from corral.manager.web_group import AppFailed, WebGroup
-from corral.output import Output
-from corral.system_config import System
-from corral.web import sockets as listeners
+from corral.settings import System
 
 
 class Manager:
@@ -47,10 +47,10 @@ class Manager:
 
     def run(self) -> int:
         """Run everything declared until stopped; return the exit code."""
-        system.set_title("corral: manager")
+        posix.set_title("corral: manager")
         web = self.system.web
         try:
-            identity = system.identity(web.user, web.group) if web is not None else {}
+            identity = posix.identity(web.user, web.group) if web is not None else {}
             control = ControlPlan(self.system.manager.control)
         except ValueError as error:
             self.output.say(f"error: {error}")

@@ -27,17 +27,17 @@ from typing import Any
 
 import psutil
 
-from corral import channel
-from corral.config import WebConfig
 from corral.exit_codes import APP_FAILED, FAILURE
+from corral.ipc import channel
 from corral.manager.background import Background
 from corral.manager.backoff import Backoff
 from corral.manager.children import Child, History, State, status_row, unix_time
 from corral.manager.launcher_handle import LauncherHandle
 from corral.manager.metrics import Metrics
+from corral.manager.output import Output, Pump
 from corral.manager.zygote_handle import AppFailed, ZygoteHandle
-from corral.output import Output, Pump
-from corral.system import describe_exit
+from corral.posix import describe_exit
+from corral.settings import WebConfig
 from corral.units import format_size
 
 WATCH_INTERVAL = 0.1
@@ -64,7 +64,7 @@ class WebGroup:
         self.history: dict[str, History] = {}
         self.sockets = sockets
         self.launcher = launcher
-        self.identity = identity  # the user and group the app runs as (see system.identity)
+        self.identity = identity  # the user and group the app runs as (see posix.identity)
         self.env = env  # the system's environment ([env], env_file), over the manager's
         self.output = output
         self.on_fatal = on_fatal
@@ -113,7 +113,7 @@ class WebGroup:
         await zygote.launch(
             self.launcher,
             "web.zygote",
-            "corral.web.zygote",
+            "corral.child.web_zygote",
             spec,
             [self.access_fd, *(s.fileno() for s in self.sockets)],
             self.env,
@@ -218,7 +218,7 @@ class WebGroup:
             waiter.set_result(ready)
 
     def _announce(self) -> None:
-        from corral.web.sockets import Address, url
+        from corral.manager.listeners import Address, url
 
         tls = self.config.certfile is not None
         for sock in self.sockets:

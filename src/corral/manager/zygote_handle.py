@@ -17,10 +17,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from corral import channel
+from corral.ipc import channel
 from corral.manager.launcher_handle import Forked, LauncherHandle
-from corral.output import Output
-from corral.system import describe_exit
+from corral.manager.output import Output
+from corral.posix import describe_exit
 
 EXIT_TIMEOUT = 5.0
 

@@ -13,7 +13,7 @@ the app, so each reload generation still imports the code afresh.
 Forking happens here and not in the manager because the manager runs an
 event loop (and, on Python 3.11, a thread per child it waits for), and
 forking a threaded process is unsafe. Like the zygotes, the launcher is a
-single-threaded `select` loop (`corral.fork_server`).
+single-threaded `select` loop (`corral.child.fork_server`).
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ import signal
 import socket
 import sys
 
-from corral import channel, system
+from corral import posix
+from corral.child.fork_server import ForkServer, redirect_output
 from corral.exit_codes import OK, USAGE
-from corral.fork_server import ForkServer, redirect_output
+from corral.ipc import channel
 
-ZYGOTE_MODULES = ("corral.web.zygote", "corral.jobs_zygote")
+ZYGOTE_MODULES = ("corral.child.web_zygote", "corral.child.jobs_zygote")
 
 
 class Launcher(ForkServer):
@@ -46,14 +47,14 @@ class Launcher(ForkServer):
 
     def become(self, message: channel.Message, fds: list[int]) -> int:
         link_fd, log_fd = fds
-        if not system.die_with_parent(self.pid):
+        if not posix.die_with_parent(self.pid):
             return OK
         os.setsid()  # signals for the terminal's process group do not reach the app
         _stdin_from_devnull()
         redirect_output(log_fd)
         os.environ.update(message["env"])
         try:
-            system.assume_identity(message["identity"])
+            posix.assume_identity(message["identity"])
         except PermissionError as error:
             print(f"cannot run as --user/--group: {error.strerror}", file=sys.stderr)
             return USAGE
@@ -84,10 +85,10 @@ def fork_launcher() -> tuple[int, socket.socket]:
 
 
 def _run(link: socket.socket, manager: int) -> int:
-    if not system.die_with_parent(manager):
+    if not posix.die_with_parent(manager):
         return OK
     os.setsid()
-    system.set_title("corral: launcher")
+    posix.set_title("corral: launcher")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _stdin_from_devnull()
     return Launcher(link).serve()
@@ -97,7 +98,7 @@ def _import_for_zygotes() -> None:
     """Import, once, what every zygote and worker would otherwise import for itself."""
     for module in ZYGOTE_MODULES:
         importlib.import_module(module)
-    from corral.web.worker import import_server_modules
+    from corral.child.worker import import_server_modules
 
     import_server_modules()
 

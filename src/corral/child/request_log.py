@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapp
 from time import perf_counter_ns
 from typing import Any
 
-from corral.web.request_stats import RequestStats
+from corral.child.request_stats import RequestStats
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -57,7 +57,7 @@ def format_lines(entries: Iterable[Entry]) -> Iterator[str]:
 
 def format_json_lines(entries: list[Entry], process: str, pid: int) -> Iterator[str]:
     """The same lines for `--log-format json`: one object each, with the request's fields."""
-    from corral.output import iso_time
+    from corral.logformat import iso_time
 
     wall_minus_perf = time.time() - perf_counter_ns() / 1e9
     for entry, line in zip(entries, format_lines(entries), strict=True):

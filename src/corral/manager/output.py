@@ -9,42 +9,13 @@ goes to the log buffer that `corral logs` reads.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import re
 import sys
-import time
-import zlib
-from datetime import datetime, timezone
 
-from corral.control.logbuffer import LogBuffer
+from corral.logformat import json_line, prefix_for
+from corral.manager.logbuffer import LogBuffer
 
-_COLORS = (36, 33, 32, 35, 34, 96, 93, 92, 95, 94)
-_NAME_WIDTH = 10
-_READ_SIZE = 65536
-_LEVEL = re.compile(r"^(CRITICAL|ERROR|WARNING|INFO|DEBUG|TRACE): ")
-
-
-def prefix_for(name: str, color: bool) -> str:
-    text = f"{name:<{_NAME_WIDTH}} |"
-    if not color:
-        return text + " "
-    code = _COLORS[zlib.crc32(name.split(".")[0].encode()) % len(_COLORS)]
-    return f"\x1b[{code}m{text}\x1b[0m "
-
-
-def iso_time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds")
-
-
-def json_line(process: str, pid: int | None, line: str, level: str = "info") -> str:
-    """One line as a JSON object; a leading `LEVEL: ` (Python logging's) becomes its level."""
-    found = _LEVEL.match(line)
-    if found:
-        level, line = found.group(1).lower(), line[found.end() :]
-    record = {"time": iso_time(time.time()), "process": process, "pid": pid, "level": level}
-    record["message"] = line
-    return json.dumps(record, ensure_ascii=False)
+READ_SIZE = 65536
 
 
 class Output:
@@ -107,7 +78,7 @@ class Pump:
 
     def read(self) -> None:
         try:
-            data = os.read(self.fd, _READ_SIZE)
+            data = os.read(self.fd, READ_SIZE)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:

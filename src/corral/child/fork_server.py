@@ -22,8 +22,9 @@ import time
 import traceback
 from typing import Any
 
-from corral import channel, system
+from corral import posix
 from corral.exit_codes import FAILURE, OK
+from corral.ipc import channel
 
 REAP_POLL = 0.05
 
@@ -162,7 +163,7 @@ def start(link_fd: int) -> tuple[socket.socket, channel.Decoder, dict[str, Any],
         if messages:
             started = messages[0]
     spec, spec_fds = started
-    system.set_title(f"corral: {spec['name']}")
+    posix.set_title(f"corral: {spec['name']}")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]

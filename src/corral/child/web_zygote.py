@@ -1,7 +1,7 @@
 """The web zygote: imports the app once, then forks web workers when the manager asks.
 
-Forked by the launcher (`corral.launcher`), which calls `main(CHANNEL_FD)`;
-see `corral.fork_server` for its life. With preload it imports the app and
+Forked by the launcher (`corral.child.launcher`), which calls `main(CHANNEL_FD)`;
+see `corral.child.fork_server` for its life. With preload it imports the app and
 freezes the heap before any fork, so that workers share it copy-on-write;
 without, each worker imports the app itself.
 """
@@ -14,12 +14,12 @@ import socket
 import sys
 from typing import Any
 
-from corral import channel
-from corral.config import WebConfig
+from corral.child.app_loader import AppLoadError, load_app
+from corral.child.fork_server import ForkServer, redirect_output, start
+from corral.child.worker import WorkerSpec, run_worker
 from corral.exit_codes import APP_FAILED, OK
-from corral.fork_server import ForkServer, redirect_output, start
-from corral.web.app_loader import AppLoadError, load_app
-from corral.web.worker import WorkerSpec, run_worker
+from corral.ipc import channel
+from corral.settings import WebConfig
 
 
 class WebZygote(ForkServer):

@@ -1,6 +1,6 @@
 """The jobs zygote: imports every `call` job once, then forks one child per run.
 
-Forked by the launcher (`corral.launcher`), which calls `main(CHANNEL_FD)`. A run costs
+Forked by the launcher (`corral.child.launcher`), which calls `main(CHANNEL_FD)`. A run costs
 a fork, not an interpreter start and an import, so a job every second is
 cheap. A job whose target cannot be imported is reported at load; its runs
 then fail with that error, and the other jobs run on.
@@ -14,11 +14,12 @@ import socket
 import sys
 from typing import Any
 
-from corral import channel, system
+from corral import posix
+from corral.child.app_loader import AppLoadError, load_app
+from corral.child.fork_server import ForkServer, redirect_output, start
+from corral.child.runner import run_callable
 from corral.exit_codes import FAILURE, OK
-from corral.fork_server import ForkServer, redirect_output, start
-from corral.runner import run_callable
-from corral.web.app_loader import AppLoadError, load_app
+from corral.ipc import channel
 
 
 class JobsZygote(ForkServer):
@@ -41,7 +42,7 @@ class JobsZygote(ForkServer):
         (log_fd,) = fds
         redirect_output(log_fd)
         job = message["job"]
-        system.set_title(f"corral: {message['name']}")
+        posix.set_title(f"corral: {message['name']}")
         os.environ.update(message["env"])
         if message["cwd"]:
             os.chdir(message["cwd"])

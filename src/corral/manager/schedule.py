@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
-from corral.system_config import JobConfig
+from corral.settings import JobConfig
 
 
 class Schedule:

@@ -11,7 +11,6 @@ import errno
 import os
 import socket
 import stat
-import sys
 from dataclasses import dataclass
 
 SYSTEMD_FIRST_FD = 3
@@ -201,18 +200,3 @@ def listen(
         close(sockets, addresses[: len(sockets)])
         raise
     return addresses, sockets
-
-
-_TCP_INFO_SIZE = 104
-_TCPI_UNACKED_OFFSET = 24  # for a listening socket, Linux reports its accept queue length here
-
-
-def waiting_connections(sock: socket.socket) -> int | None:
-    """How many connections wait in `sock`'s accept queue; None where the OS does not say."""
-    if not hasattr(socket, "TCP_INFO") or sock.family not in (socket.AF_INET, socket.AF_INET6):
-        return None
-    try:
-        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
-    except OSError:
-        return None
-    return int.from_bytes(info[_TCPI_UNACKED_OFFSET : _TCPI_UNACKED_OFFSET + 4], sys.byteorder)

@@ -1,4 +1,8 @@
-"""What corral asks of the operating system: process titles, parent-death signals, privileges."""
+"""What corral asks of the operating system: process titles, parent-death signals, privileges,
+the length of a listening socket's queue.
+
+Used by the manager and the children alike; it imports nothing of corral's.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import grp
 import os
 import pwd
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -89,3 +94,18 @@ def describe_exit(code: int) -> str:
             name = f"signal {-code}"
         return f"killed by {name}"
     return f"exit code {code}"
+
+
+_TCP_INFO_SIZE = 104
+_TCPI_UNACKED_OFFSET = 24  # for a listening socket, Linux reports its accept queue length here
+
+
+def waiting_connections(sock: socket.socket) -> int | None:
+    """How many connections wait in `sock`'s accept queue; None where the OS does not say."""
+    if not hasattr(socket, "TCP_INFO") or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
+    except OSError:
+        return None
+    return int.from_bytes(info[_TCPI_UNACKED_OFFSET : _TCPI_UNACKED_OFFSET + 4], sys.byteorder)

@@ -28,13 +28,14 @@ import uvicorn
 from uvicorn._compat import asyncio_run
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from corral import channel, system
-from corral.config import WebConfig
+from corral import posix
+from corral.child.app_loader import AppLoadError, load_app
+from corral.child.request_log import BlockWriter, CountRequests, RecordRequests, RequestLog
+from corral.child.request_stats import RequestStats
 from corral.exit_codes import APP_FAILED, OK
-from corral.web.app_loader import AppLoadError, load_app
-from corral.web.request_log import BlockWriter, CountRequests, RecordRequests, RequestLog
-from corral.web.request_stats import RequestStats
-from corral.web.sockets import waiting_connections
+from corral.ipc import channel
+from corral.posix import waiting_connections
+from corral.settings import WebConfig
 
 HEARTBEAT_INTERVAL = 1.0
 LIFESPAN_SHUTDOWN_RESERVE = 1.0
@@ -61,11 +62,11 @@ class WorkerSpec:
 
 def run_worker(spec: WorkerSpec) -> int:
     """The worker's whole life; returns its exit code."""
-    system.set_title(f"corral: {spec.name}")
+    posix.set_title(f"corral: {spec.name}")
     os.environ["CORRAL_WORKER_ID"] = spec.name
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     faulthandler.enable(file=sys.stderr, all_threads=True)
-    if not system.die_with_parent(spec.zygote_pid):
+    if not posix.die_with_parent(spec.zygote_pid):
         return OK
     configure_logging(spec.config.log_level)
     app = spec.app
@@ -105,7 +106,7 @@ def run_worker(spec: WorkerSpec) -> int:
 
 def output_prefix(name: str, fd: int) -> str:
     """The `web.2 | ` prefix for lines this worker writes straight to corral's output."""
-    from corral.output import prefix_for
+    from corral.logformat import prefix_for
 
     return prefix_for(name, color=os.isatty(fd))
 

@@ -1,4 +1,4 @@
-"""Run a Python callable as a process: `python -m corral.runner NAME MODULE:FUNCTION`.
+"""Run a Python callable as a process: `python -m corral.child.runner NAME MODULE:FUNCTION`.
 
 For `[processes.NAME] call = ...`, `[jobs.NAME] call = ...` and prestart
 `{ call = ... }`. A coroutine function (or a function returning an
@@ -16,9 +16,9 @@ import signal
 import sys
 from typing import Any
 
-from corral import system
+from corral import posix
+from corral.child.app_loader import AppLoadError, load_app, user_traceback
 from corral.exit_codes import FAILURE, OK
-from corral.web.app_loader import AppLoadError, load_app, user_traceback
 
 
 def run_callable(target: Any) -> int:
@@ -60,8 +60,8 @@ def _run_async(make: Any) -> int:
 
 def main() -> int:
     name, target_name = sys.argv[1], sys.argv[2]
-    system.set_title(f"corral: {name}")
-    if not system.die_with_parent(int(os.environ["CORRAL_MANAGER_PID"])):
+    posix.set_title(f"corral: {name}")
+    if not posix.die_with_parent(int(os.environ["CORRAL_MANAGER_PID"])):
         return OK
     try:
         target = load_app(target_name, factory=False)

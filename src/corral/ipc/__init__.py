@@ -1,0 +1,1 @@
+"""How corral's processes talk: the channel (JSON lines and descriptors) and its messages."""

@@ -1,0 +1,40 @@
+"""How corral writes a line: `web.2 | message` (colored on a terminal) or one JSON object.
+
+Shared by the manager (its own lines and its children's, see
+`corral.manager.output`) and the web workers (their access lines, written
+straight to corral's output).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import zlib
+from datetime import datetime, timezone
+
+_COLORS = (36, 33, 32, 35, 34, 96, 93, 92, 95, 94)
+_NAME_WIDTH = 10
+_LEVEL = re.compile(r"^(CRITICAL|ERROR|WARNING|INFO|DEBUG|TRACE): ")
+
+
+def prefix_for(name: str, color: bool) -> str:
+    text = f"{name:<{_NAME_WIDTH}} |"
+    if not color:
+        return text + " "
+    code = _COLORS[zlib.crc32(name.split(".")[0].encode()) % len(_COLORS)]
+    return f"\x1b[{code}m{text}\x1b[0m "
+
+
+def iso_time(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def json_line(process: str, pid: int | None, line: str, level: str = "info") -> str:
+    """One line as a JSON object; a leading `LEVEL: ` (Python logging's) becomes its level."""
+    found = _LEVEL.match(line)
+    if found:
+        level, line = found.group(1).lower(), line[found.end() :]
+    record = {"time": iso_time(time.time()), "process": process, "pid": pid, "level": level}
+    record["message"] = line
+    return json.dumps(record, ensure_ascii=False)

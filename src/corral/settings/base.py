@@ -1,0 +1,141 @@
+"""The machinery behind every settings model: flags, `CORRAL_*` variables, messages.
+
+A setting is declared once, as a typed field of a model (`corral.settings.web`).
+Its `Flag` metadata gives its command-line spelling and its `--help` group;
+its name gives its `CORRAL_<NAME>` environment variable and its corral.toml
+key. The CLI is derived from the models (see `corral.cli`), so a setting is
+never written twice.
+
+Precedence, lowest first: model defaults, the file, flags (or `corral.run()`
+arguments), `CORRAL_*` environment variables.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+)
+from pydantic.fields import FieldInfo
+
+ENV_PREFIX = "CORRAL_"
+
+
+@dataclass(frozen=True)
+class Flag:
+    """How a setting is spelled on the command line and where `--help` lists it."""
+
+    decls: tuple[str, ...]
+    group: str
+    metavar: str | None = None
+
+
+def flag(*decls: str, group: str, metavar: str | None = None) -> Flag:
+    return Flag(decls, group, metavar)
+
+
+class ConfigError(Exception):
+    """Settings that do not validate; each message names the setting and what was expected."""
+
+    def __init__(self, messages: list[str]) -> None:
+        super().__init__("\n".join(messages))
+        self.messages = messages
+
+
+BINDING = "Binding"
+WORKERS = "Workers"
+HTTP = "HTTP"
+TLS = "HTTPS"
+LOGGING = "Logging"
+PROCESS = "Process"
+CONTROL = "Control"
+DEVELOPMENT = "Development"
+
+
+class Settings(BaseModel):
+    """Settings with flags and CORRAL_* variables, validated with messages that name them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @classmethod
+    def from_sources(
+        cls: type[_S],
+        values: Mapping[str, Any],
+        *,
+        source: str,
+        describe: Callable[[str], str] | None = None,
+        environ: Mapping[str, str] | None = None,
+    ) -> _S:
+        """Validate `values`, overridden by `CORRAL_*` variables, or raise ConfigError.
+
+        `describe(name)` says how the user spelled a setting (its flag, say),
+        so that a message points at what the user typed.
+        """
+        environ = os.environ if environ is None else environ
+        from_env = env_values(cls, environ)
+        merged = {**values, **from_env}
+        try:
+            return cls.model_validate(merged)
+        except ValidationError as error:
+            messages = []
+            for problem in error.errors():
+                name = str(problem["loc"][0]) if problem["loc"] else ""
+                if name in from_env:
+                    where = env_name(name)
+                elif describe is not None and name:
+                    where = describe(name)
+                else:
+                    where = f"{source}: {name}" if name else source
+                messages.append(explain(cls, where, name, problem))
+            raise ConfigError(messages) from None
+
+
+_S = TypeVar("_S", bound=Settings)
+
+
+def flagged_settings(model: type[BaseModel]) -> Iterator[tuple[str, FieldInfo, Flag]]:
+    """The settings of `model` that have a command-line flag, in declaration order."""
+    for name, info in model.model_fields.items():
+        for marker in info.metadata:
+            if isinstance(marker, Flag):
+                yield name, info, marker
+
+
+def env_name(setting: str) -> str:
+    return ENV_PREFIX + setting.upper()
+
+
+def env_values(model: type[BaseModel], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Settings given as `CORRAL_<NAME>`; a list takes comma- or space-separated items."""
+    values: dict[str, Any] = {}
+    for name, info, _ in flagged_settings(model):
+        raw = environ.get(env_name(name))
+        if raw is None:
+            continue
+        if _is_list(info):
+            values[name] = raw.replace(",", " ").split()
+        else:
+            values[name] = raw
+    return values
+
+
+def _is_list(info: FieldInfo) -> bool:
+    return getattr(info.annotation, "__origin__", None) is list
+
+
+def explain(model: type[BaseModel], where: str, name: str, problem: Mapping[str, Any]) -> str:
+    if problem["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(name, list(model.model_fields), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{where}: unknown setting{hint}"
+    message = str(problem["msg"]).removeprefix("Value error, ")
+    if problem["type"] in ("value_error", "assertion_error") or "input" not in problem:
+        return f"{where}: {message}"
+    return f"{where}: {message}, got {problem['input']!r}"

@@ -1,0 +1,151 @@
+"""What corral.toml declares beside the web app: processes, jobs, prestart steps, environment.
+
+[processes.NAME]   a long-running callable or command, N replicas
+[jobs.NAME]        a scheduled callable or command
+[prestart]         steps that run once, in order, before anything starts
+[env], env_file    environment for every process
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from corral.units import Duration
+
+CONFIG_FILE = "corral.toml"
+NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+RESERVED_NAMES = {"web", "corral"}
+
+
+def _target(value: str | None) -> str | None:
+    if value is not None:
+        module, _, attribute = value.partition(":")
+        if not module or not attribute:
+            raise ValueError(f"expected MODULE:ATTRIBUTE such as tasks:main, got {value!r}")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Runnable(_Strict):
+    """What a process or a job runs: a Python callable (sync or async) or a command."""
+
+    call: str | None = None
+    command: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    cwd: Path | None = None
+
+    _call_is_a_target = field_validator("call")(_target)
+
+    @model_validator(mode="after")
+    def _one_of_call_or_command(self) -> Runnable:
+        if (self.call is None) == (self.command is None):
+            raise ValueError("give exactly one of `call` or `command`")
+        return self
+
+
+class ProcessConfig(Runnable):
+    replicas: int = Field(1, ge=0)
+    restart: Literal["always", "on-failure", "never"] = "always"
+    stop_signal: str = "SIGTERM"
+    stop_timeout: Duration = 10.0
+
+    @field_validator("stop_signal")
+    @classmethod
+    def _a_signal(cls, value: str) -> str:
+        name = value.upper() if value.upper().startswith("SIG") else "SIG" + value.upper()
+        if not hasattr(signal.Signals, name):
+            raise ValueError(f"expected a signal name such as SIGTERM or INT, got {value!r}")
+        return name
+
+
+class JobConfig(Runnable):
+    every: Duration | None = Field(None, gt=0)
+    schedule: str | None = None
+    timezone: str | None = None
+    overlap: Literal["skip", "allow"] = "skip"
+    timeout: Duration | None = Field(None, gt=0)
+    jitter: Duration = 0.0
+
+    @field_validator("schedule")
+    @classmethod
+    def _a_cron_expression(cls, value: str | None) -> str | None:
+        from croniter import croniter
+
+        if value is not None and not croniter.is_valid(value):
+            raise ValueError(f"expected a cron expression such as '*/5 * * * *', got {value!r}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _a_timezone(cls, value: str | None) -> str | None:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        if value is not None:
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(
+                    f"expected a timezone such as Europe/Paris, got {value!r}"
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _one_of_every_or_schedule(self) -> JobConfig:
+        if (self.every is None) == (self.schedule is None):
+            raise ValueError("give exactly one of `every` (an interval) or `schedule` (cron)")
+        if self.timezone is not None and self.schedule is None:
+            raise ValueError("`timezone` goes with `schedule`")
+        return self
+
+
+class PrestartCall(_Strict):
+    call: str
+
+    _call_is_a_target = field_validator("call")(_target)
+
+
+class PrestartConfig(_Strict):
+    steps: list[str | PrestartCall] = Field(default_factory=list)
+
+    @field_validator("steps", mode="before")
+    @classmethod
+    def _each_a_command_or_a_call(cls, steps: Any) -> Any:
+        if not isinstance(steps, list):
+            return steps
+        checked: list[str | PrestartCall] = []
+        problems = []
+        for number, step in enumerate(steps, start=1):
+            if isinstance(step, str):
+                checked.append(step)
+            elif isinstance(step, dict) and set(step) == {"call"}:
+                try:
+                    checked.append(PrestartCall.model_validate(step))
+                except ValidationError as error:
+                    reason = error.errors()[0]["msg"].removeprefix("Value error, ")
+                    problems.append(f"step {number}: {reason}")
+            else:
+                problems.append(
+                    f'step {number}: expected a command string or {{ call = "module:function" }}, '
+                    f"got {step!r}"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return checked
+
+
+class FileConfig(_Strict):
+    corral: dict[str, Any] | None = None  # validated as ManagerConfig, merged with the flags
+    web: dict[str, Any] | None = None  # validated as WebConfig, once merged with the flags
+    processes: dict[str, ProcessConfig] = Field(default_factory=dict)
+    jobs: dict[str, JobConfig] = Field(default_factory=dict)
+    prestart: PrestartConfig = Field(default_factory=PrestartConfig)
+    env: dict[str, str] = Field(default_factory=dict)
+    env_file: Path | None = None
