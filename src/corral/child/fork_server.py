@@ -25,6 +25,7 @@ from typing import Any
 from corral import posix
 from corral.exit_codes import FAILURE, OK
 from corral.ipc import channel
+from corral.ipc.messages import Exit, Exited, Forked, Message
 
 REAP_POLL = 0.05
 
@@ -38,7 +39,7 @@ class ForkServer:
         self.exiting = False
         self.wake_read, self.wake_write = os.pipe()
 
-    def become(self, message: channel.Message, fds: list[int]) -> int:
+    def become(self, message: Message, fds: list[int]) -> int:
         """In a freshly forked child: run what was asked; return the exit code."""
         raise NotImplementedError
 
@@ -71,12 +72,13 @@ class ForkServer:
             self._stop_children()
             return
         for message, message_fds in self.decoder.feed(data, fds):
-            if message["t"] == "fork":
-                self._fork(message, message_fds)
-            elif message["t"] == "exit":
+            if isinstance(message, Exit):
                 self.exiting = True
+            else:
+                self._fork(message, message_fds)
 
-    def _fork(self, message: channel.Message, fds: list[int]) -> None:
+    def _fork(self, message: Message, fds: list[int]) -> None:
+        """Fork a child for `message` (a request with a `key`); report its pid."""
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
@@ -85,9 +87,9 @@ class ForkServer:
         for fd in fds:
             os.close(fd)
         self.children.add(pid)
-        channel.send(self.link, {"t": "forked", "key": message["key"], "pid": pid})
+        channel.send(self.link, Forked(key=message.key, pid=pid))  # type: ignore[attr-defined]
 
-    def _in_child(self, message: channel.Message, fds: list[int]) -> int:
+    def _in_child(self, message: Message, fds: list[int]) -> int:
         """Shed the server's descriptors and handlers, then become what was asked."""
         try:
             signal.set_wakeup_fd(-1)
@@ -121,7 +123,7 @@ class ForkServer:
             code = os.waitstatus_to_exitcode(status)
             if not self.exiting:
                 with contextlib.suppress(OSError):
-                    channel.send(self.link, {"t": "exited", "pid": pid, "code": code})
+                    channel.send(self.link, Exited(pid=pid, code=code))
 
     def _stop_children(self) -> None:
         """SIGTERM every child, SIGKILL those still there after the stop timeout, then exit."""
@@ -144,7 +146,7 @@ def redirect_output(log_fd: int) -> None:
     os.close(log_fd)
 
 
-def start(link_fd: int) -> tuple[socket.socket, channel.Decoder, dict[str, Any], list[int]] | None:
+def start(link_fd: int) -> tuple[socket.socket, channel.Decoder, Any, list[int]] | None:
     """A fork server's first steps: read its spec, name itself.
 
     The spec arrives from the manager on the channel `link_fd`, with the
@@ -154,7 +156,7 @@ def start(link_fd: int) -> tuple[socket.socket, channel.Decoder, dict[str, Any],
     """
     link = socket.socket(fileno=link_fd)
     decoder = channel.Decoder()
-    started: tuple[channel.Message, list[int]] | None = None
+    started: tuple[Message, list[int]] | None = None
     while started is None:
         data, fds, _, _ = socket.recv_fds(link, 1 << 20, channel.MAX_FDS_PER_READ)
         if not data:
@@ -163,7 +165,7 @@ def start(link_fd: int) -> tuple[socket.socket, channel.Decoder, dict[str, Any],
         if messages:
             started = messages[0]
     spec, spec_fds = started
-    posix.set_title(f"corral: {spec['name']}")
+    posix.set_title(f"corral: {spec.name}")  # type: ignore[attr-defined]
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(line_buffering=True)  # type: ignore[union-attr]

@@ -20,12 +20,13 @@ from corral.child.fork_server import ForkServer, redirect_output, start
 from corral.child.runner import run_callable
 from corral.exit_codes import FAILURE, OK
 from corral.ipc import channel
+from corral.ipc.messages import ForkRun, JobsZygoteSpec, Loaded
 
 
 class JobsZygote(ForkServer):
-    def __init__(self, link: socket.socket, decoder: channel.Decoder, spec: dict[str, Any]) -> None:
-        super().__init__(link, decoder, stop_timeout=spec["stop_timeout"])
-        self.targets: dict[str, str] = spec["targets"]  # job name -> module:function
+    def __init__(self, link: socket.socket, decoder: channel.Decoder, spec: JobsZygoteSpec) -> None:
+        super().__init__(link, decoder, stop_timeout=spec.stop_timeout)
+        self.targets = spec.targets  # job name -> module:function
         self.loaded: dict[str, Any] = {}
         self.broken: dict[str, str] = {}
 
@@ -38,14 +39,14 @@ class JobsZygote(ForkServer):
                 print(f"job {job!r}: cannot import {target!r}:\n{error}", file=sys.stderr)
         gc.freeze()
 
-    def become(self, message: channel.Message, fds: list[int]) -> int:
+    def become(self, message: ForkRun, fds: list[int]) -> int:  # type: ignore[override]
         (log_fd,) = fds
         redirect_output(log_fd)
-        job = message["job"]
-        posix.set_title(f"corral: {message['name']}")
-        os.environ.update(message["env"])
-        if message["cwd"]:
-            os.chdir(message["cwd"])
+        job = message.job
+        posix.set_title(f"corral: {message.name}")
+        os.environ.update(message.env)
+        if message.cwd:
+            os.chdir(message.cwd)
         if job in self.broken:
             print(self.broken[job], file=sys.stderr)
             return FAILURE
@@ -59,5 +60,5 @@ def main(link_fd: int) -> int:
     link, decoder, spec, _ = started
     zygote = JobsZygote(link, decoder, spec)
     zygote.load()
-    channel.send(link, {"t": "loaded"})
+    channel.send(link, Loaded())
     return zygote.serve()

@@ -29,6 +29,7 @@ from corral import posix
 from corral.child.fork_server import ForkServer, redirect_output
 from corral.exit_codes import OK, USAGE
 from corral.ipc import channel
+from corral.ipc.messages import LaunchZygote
 
 ZYGOTE_MODULES = ("corral.child.web_zygote", "corral.child.jobs_zygote")
 
@@ -40,26 +41,26 @@ class Launcher(ForkServer):
         super().__init__(link, channel.Decoder(), stop_timeout=0)
         self.pid = os.getpid()
 
-    def _fork(self, message: channel.Message, fds: list[int]) -> None:
+    def _fork(self, message: LaunchZygote, fds: list[int]) -> None:  # type: ignore[override]
         # If the manager dies, the zygotes stop their workers gracefully; wait that long for them.
-        self.stop_timeout = max(self.stop_timeout, message["stop_timeout"] + 1)
+        self.stop_timeout = max(self.stop_timeout, message.stop_timeout + 1)
         super()._fork(message, fds)
 
-    def become(self, message: channel.Message, fds: list[int]) -> int:
+    def become(self, message: LaunchZygote, fds: list[int]) -> int:  # type: ignore[override]
         link_fd, log_fd = fds
         if not posix.die_with_parent(self.pid):
             return OK
         os.setsid()  # signals for the terminal's process group do not reach the app
         _stdin_from_devnull()
         redirect_output(log_fd)
-        os.environ.update(message["env"])
+        os.environ.update(message.env)
         try:
-            posix.assume_identity(message["identity"])
+            posix.assume_identity(message.identity)
         except PermissionError as error:
             print(f"cannot run as --user/--group: {error.strerror}", file=sys.stderr)
             return USAGE
         sys.path.insert(0, os.getcwd())  # as `python -m` would: the app imports from here
-        module = importlib.import_module(message["module"])
+        module = importlib.import_module(message.module)
         code: int = module.main(link_fd)
         return code
 

@@ -19,6 +19,7 @@ from corral.child.fork_server import ForkServer, redirect_output, start
 from corral.child.worker import WorkerSpec, run_worker
 from corral.exit_codes import APP_FAILED, OK
 from corral.ipc import channel
+from corral.ipc.messages import ForkWorker, Loaded, LoadFailed, WebZygoteSpec
 from corral.settings import WebConfig
 
 
@@ -27,13 +28,13 @@ class WebZygote(ForkServer):
         self,
         link: socket.socket,
         decoder: channel.Decoder,
-        spec: dict[str, Any],
+        spec: WebZygoteSpec,
         fds: list[int],
     ) -> None:
-        self.config = WebConfig.model_validate(spec["config"])
-        super().__init__(link, decoder, stop_timeout=spec["stop_timeout"])
+        self.config = WebConfig.model_validate(spec.config)
+        super().__init__(link, decoder, stop_timeout=spec.stop_timeout)
         self.access_fd, *self.listen_fds = fds  # the spec's descriptors, in this order
-        self.log_format: str = spec["log_format"]
+        self.log_format = spec.log_format
         self.app: Any | None = None
 
     def load(self) -> None:
@@ -51,11 +52,11 @@ class WebZygote(ForkServer):
             self.app = load_app(self.config.app, self.config.factory)
         gc.freeze()
 
-    def become(self, message: channel.Message, fds: list[int]) -> int:
+    def become(self, message: ForkWorker, fds: list[int]) -> int:  # type: ignore[override]
         channel_fd, log_fd = fds
         redirect_output(log_fd)
         spec = WorkerSpec(
-            name=message["name"],
+            name=message.name,
             config=self.config,
             app=self.app,
             listen_fds=self.listen_fds,
@@ -77,7 +78,7 @@ def main(link_fd: int) -> int:
         zygote.load()
     except AppLoadError as error:
         print(error, file=sys.stderr, flush=True)
-        channel.send(link, {"t": "failed"})
+        channel.send(link, LoadFailed())
         return APP_FAILED
-    channel.send(link, {"t": "loaded"})
+    channel.send(link, Loaded())
     return zygote.serve()

@@ -34,6 +34,14 @@ from corral.child.request_log import BlockWriter, CountRequests, RecordRequests,
 from corral.child.request_stats import RequestStats
 from corral.exit_codes import APP_FAILED, OK
 from corral.ipc import channel
+from corral.ipc.messages import (
+    Draining,
+    Heartbeat,
+    Message,
+    Ready,
+    Recycle,
+    TakeBacklogThenStop,
+)
 from corral.posix import waiting_connections
 from corral.settings import WebConfig
 
@@ -265,7 +273,7 @@ class WorkerServer(uvicorn.Server):
         """
         for server in self.servers:
             server.close()
-        self._send({"t": "draining"})
+        self._send(Draining())
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self.listeners = sockets or []
@@ -273,7 +281,7 @@ class WorkerServer(uvicorn.Server):
         if self.started and not self.should_exit:
             loop = self.loop = asyncio.get_running_loop()
             loop.add_reader(self.link.fileno(), self._on_manager_message)
-            self._send({"t": "ready", "pid": os.getpid()})
+            self._send(Ready(pid=os.getpid()))
             self._heartbeat()
             if self.request_limit is not None:
                 self._check_request_limit()
@@ -289,7 +297,7 @@ class WorkerServer(uvicorn.Server):
         stats = self.requests.stats
         stats.in_flight = len(self.server_state.tasks)
         served = self.server_state.total_requests
-        self._send({"t": "hb", "requests": served, "stats": stats.snapshot()})
+        self._send(Heartbeat(requests=served, stats=stats.snapshot()))
 
     def _check_request_limit(self) -> None:
         """Past --max-requests, ask the manager for a replacement (it drains us when ready)."""
@@ -300,10 +308,10 @@ class WorkerServer(uvicorn.Server):
             self.recycle_asked_at is None or loop.time() - self.recycle_asked_at > RECYCLE_REMINDER
         ):
             self.recycle_asked_at = loop.time()
-            self._send({"t": "recycle", "reason": "max-requests", "requests": served})
+            self._send(Recycle(reason="max-requests", requests=served))
         loop.call_later(REQUEST_LIMIT_CHECK, self._check_request_limit)
 
-    def _send(self, message: channel.Message) -> None:
+    def _send(self, message: Message) -> None:
         with contextlib.suppress(BlockingIOError, BrokenPipeError, ConnectionResetError):
             self.link.send(channel.encode(message))
 
@@ -311,7 +319,7 @@ class WorkerServer(uvicorn.Server):
         data = channel.receive(self.link)
         if data:
             for message, _ in self.decoder.feed(data):
-                if message["t"] == "stop":
+                if isinstance(message, TakeBacklogThenStop):
                     self._take_the_backlog_then_stop()
         if data == b"":
             # The manager is gone: drain, so no process outlives it.

@@ -1,8 +1,9 @@
-"""Messages between corral's processes: one JSON object per line on a Unix stream socket.
+"""The channel between two of corral's processes: one JSON object per line on a Unix socket.
 
-File descriptors travel with a message as SCM_RIGHTS ancillary data; the
-receiver queues them in arrival order and each message that announces
-`"fds": n` takes the next n.
+The messages themselves are declared in `corral.ipc.messages`. File
+descriptors travel with a message as SCM_RIGHTS ancillary data; the receiver
+queues them in arrival order and each message that announces `"fds": n`
+takes the next n.
 """
 
 from __future__ import annotations
@@ -10,18 +11,24 @@ from __future__ import annotations
 import json
 import socket
 from collections import deque
-from typing import Any
 
-Message = dict[str, Any]
+from corral.ipc import messages
+from corral.ipc.messages import Message
+
 MAX_FDS_PER_READ = 16
 
 
-def encode(message: Message) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode() + b"\n"
+def encode(message: Message, fds: int = 0) -> bytes:
+    """One line on the wire; `fds` is how many descriptors travel with it."""
+    wire = messages.encode(message)
+    if fds:
+        wire["fds"] = fds
+    return json.dumps(wire, separators=(",", ":")).encode() + b"\n"
 
 
 def send(sock: socket.socket, message: Message, fds: list[int] | None = None) -> None:
-    data = encode(message)
+    """Send `message` on a blocking socket, with `fds` as ancillary data."""
+    data = encode(message, len(fds or ()))
     if fds:
         sent = socket.send_fds(sock, [data], fds)
         data = data[sent:]
@@ -42,9 +49,10 @@ class Decoder:
         self._buffer = lines.pop()
         decoded = []
         for line in lines:
-            message = json.loads(line)
-            wanted = message.get("fds", 0)
-            decoded.append((message, [self._fds.popleft() for _ in range(wanted)]))
+            wire = json.loads(line)
+            wanted = wire.get("fds", 0)
+            fds = [self._fds.popleft() for _ in range(wanted)]
+            decoded.append((messages.decode(wire), fds))
         return decoded
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,14 +20,14 @@ from corral.control.address import TcpAddress, UnixAddress, default_control_path
 from corral.control.api import ControlError, make_app
 from corral.control.server import ControlServers, serve_control
 from corral.control.token import load_or_create_token, token_path, write_token
-from corral.manager.children import status_row
+from corral.manager.child import status_row
+from corral.manager.group import Refused
 from corral.manager.logbuffer import LogBuffer
 from corral.manager.metrics import ProcessSample
 from corral.manager.output import Output
 from corral.version import __version__
 
 if TYPE_CHECKING:
-    from corral.manager.process_group import ProcessGroup
     from corral.manager.supervisor import Manager
 
 
@@ -57,15 +58,11 @@ class ManagerControl:
                 "reloads": manager.reload_count,
             },
             "processes": rows,
-            "jobs": manager.jobs.status() if manager.jobs is not None else [],
+            "jobs": manager.jobs.schedule_status() if manager.jobs is not None else [],
         }
 
     def readiness(self) -> tuple[bool, str]:
-        if self.manager.stopping:
-            return False, "stopping"
-        if self.manager.web is None:
-            return True, ""
-        return self.manager.web.readiness()
+        return self.manager.readiness()
 
     def metrics(self) -> bytes:
         samples = []
@@ -89,9 +86,7 @@ class ManagerControl:
         manager = self.manager
         state = "stopping" if manager.stopping else "running"
         rows = [status_row("manager", "corral", "manager", os.getpid(), state, self.started)]
-        if manager.web is not None:
-            rows += manager.web.status()
-        for group in manager.groups:
+        for group in manager.groups.values():
             rows += group.status()
         return rows
 
@@ -122,76 +117,30 @@ class ManagerControl:
         for pid in [pid for pid in self._sampled if pid not in live]:
             del self._sampled[pid]
 
-    # -- verbs -------------------------------------------------------------------
+    # -- verbs: the manager's own, with its refusals as HTTP errors -------------------
 
     async def reload(self, group: str | None) -> str:
-        manager = self.manager
-        if group is None:
-            manager.reload()
-            return "reloading everything"
-        if group == "web" and manager.web is not None:
-            manager.web.reload()
-        elif group == "jobs" and manager.jobs is not None:
-            manager.reloads.start(manager.jobs.reload())
-        else:
-            manager.reloads.start(self._process_group(group).reload())
-        return f"reloading {group}"
+        return _answer(lambda: self.manager.reload(group))
 
     async def restart(self, target: str) -> str:
-        manager = self.manager
-        group_name, _, index = target.partition(".")
-        if group_name == "web" and manager.web is not None:
-            if not index:
-                manager.web.reload()
-                return "restarting web (one worker at a time)"
-            if not index.isdigit():
-                raise ControlError(404, f"no process named {target!r}")
-            return manager.web.restart(target)
-        group = self._process_group(group_name)
-        if not index:
-            manager.reloads.start(group.reload("restart"))
-            return f"restarting {group_name} (one replica at a time)"
-        if not index.isdigit() or int(index) not in group.processes:
-            raise ControlError(404, f"no running process named {target!r}")
-        manager.reloads.start(group.restart(int(index)))
-        return f"restarting {target}"
+        return _answer(lambda: self.manager.restart(target))
 
     async def scale(self, counts: dict[str, int]) -> str:
-        manager = self.manager
-        for name, count in counts.items():
-            if count < 1 and name == "web":
-                raise ControlError(400, "web needs at least 1 worker")
-            if name != "web" or manager.web is None:
-                self._process_group(name)  # unknown names are refused before anything changes
-        for name, count in counts.items():
-            if name == "web" and manager.web is not None:
-                manager.web.scale(count)
-            else:
-                manager.reloads.start(self._process_group(name).scale(count))
-        return "scaling " + ", ".join(f"{name} to {count}" for name, count in counts.items())
+        return _answer(lambda: self.manager.scale(counts))
 
     async def stop(self) -> str:
-        self.manager.request_stop("stop asked for")
-        return "stopping gracefully"
+        return self.manager.request_stop("stop asked for")
 
     async def run_job(self, name: str) -> str:
-        jobs = self.manager.jobs
-        if jobs is None or name not in jobs.jobs:
-            known = ", ".join(jobs.jobs) if jobs is not None else "none declared"
-            raise ControlError(404, f"no job named {name!r} (jobs: {known})")
-        return jobs.run_now(name)
+        return _answer(lambda: self.manager.run_job(name))
 
-    def _process_group(self, name: str) -> ProcessGroup:
-        for group in self.manager.groups:
-            if group.name == name:
-                return group
-        raise ControlError(404, f"no group named {name!r} (expected one of: {self._names()})")
 
-    def _names(self) -> str:
-        names = (["web"] if self.manager.web is not None else []) + [
-            group.name for group in self.manager.groups
-        ]
-        return ", ".join(names) or "none"
+def _answer(verb: Callable[[], str]) -> str:
+    """The verb's message; a refusal as a ControlError: 404 for an unknown name, else 400."""
+    try:
+        return verb()
+    except Refused as refusal:
+        raise ControlError(404 if refusal.unknown else 400, str(refusal)) from None
 
 
 class ControlPlan:

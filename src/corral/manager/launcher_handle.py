@@ -19,6 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from corral.ipc import channel
+from corral.ipc.messages import Exited, LaunchZygote
+from corral.ipc.messages import Forked as ForkedMessage
 from corral.posix import describe_exit
 
 
@@ -73,16 +75,7 @@ class LauncherHandle:
             raise ConnectionError("the launcher has gone")
         key = next(self.keys)
         answer = self.pending[key] = asyncio.get_running_loop().create_future()
-        message = {
-            "t": "fork",
-            "key": key,
-            "name": name,
-            "module": module,
-            "env": env,
-            "identity": identity,
-            "stop_timeout": stop_timeout,
-            "fds": len(fds),
-        }
+        message = LaunchZygote(key, name, module, env, identity, stop_timeout)
         channel.send(self.link, message, fds)
         return await answer
 
@@ -94,13 +87,13 @@ class LauncherHandle:
             self._lost()
             return
         for message, _ in self.decoder.feed(data):
-            if message["t"] == "forked":
-                child = self.forked[message["pid"]] = Forked(message["pid"])
-                self.pending.pop(message["key"]).set_result(child)
-            elif message["t"] == "exited":
-                child = self.forked.pop(message["pid"], None)
+            if isinstance(message, ForkedMessage):
+                child = self.forked[message.pid] = Forked(message.pid)
+                self.pending.pop(message.key).set_result(child)
+            elif isinstance(message, Exited):
+                child = self.forked.pop(message.pid, None)
                 if child is not None:
-                    child.ended(message["code"])
+                    child.ended(message.code)
 
     def _lost(self) -> None:
         """The launcher died: its zygotes are stopping; note each one's end by its pidfd."""

@@ -2,26 +2,32 @@
 
 Each replica is NAME.1..NAME.N, sees CORRAL_REPLICA=i, and is restarted by
 its `restart` policy (always, on-failure, never) with the same backoff as web
-workers. Stopping sends `stop_signal`, then SIGKILL after `stop_timeout`.
+workers (`Respawner`). Stopping sends `stop_signal` to the replica's whole
+process group, then SIGKILL after `stop_timeout`. A reload (or a restart of
+the group) restarts the replicas one at a time, so they run the current
+code and declaration.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
+import time
 from typing import Any
 
 from corral.manager.background import Background
-from corral.manager.backoff import Backoff
-from corral.manager.children import Child, History, State, status_row, unix_time
+from corral.manager.child import Child, History, State, child_row
+from corral.manager.group import Group, Refused
 from corral.manager.metrics import Metrics
 from corral.manager.output import Output
+from corral.manager.respawn import Respawner
 from corral.manager.spawn import argv_for, signal_group, spawn
 from corral.posix import describe_exit
 from corral.settings import ProcessConfig
 
 
-class ProcessGroup:
+class ProcessGroup(Group):
     def __init__(
         self,
         name: str,
@@ -32,28 +38,37 @@ class ProcessGroup:
     ) -> None:
         self.name = name
         self.config = config
-        self.wanted = config.replicas
-        self.metrics = metrics
-        self.history: dict[int, History] = {}
-        self.env = env
+        self.env = env  # the system's environment ([env], env_file)
         self.output = output
-        self.replicas: dict[int, Child] = {}
-        self.processes: dict[int, asyncio.subprocess.Process] = {}
-        self.backoffs: dict[int, Backoff] = {}
-        self.respawns: dict[int, asyncio.TimerHandle] = {}
+        self.metrics = metrics
+        self.wanted = config.replicas
+        self.children: dict[int, Child] = {}  # each replica's latest child, by replica number
+        self.history: dict[int, History] = {}
+        self.respawner = Respawner()
+        self.keys = itertools.count(1)
         self.background = Background()
         self.stopping = False
+
+    @property
+    def size(self) -> int:
+        return self.wanted
 
     async def start(self) -> None:
         for index in range(1, self.wanted + 1):
             await self._start(index)
 
-    async def _start(self, index: int) -> None:
-        self.respawns.pop(index, None)
+    def _member(self, index: int) -> str:
+        return f"{self.name}.{index}"
+
+    async def _start(self, index: int, cause: str | None = None) -> None:
         if self.stopping or index > self.wanted:
             return
-        self.history.setdefault(index, History()).starts += 1
-        name = f"{self.name}.{index}"
+        name = self._member(index)
+        history = self.history.setdefault(index, History())
+        history.starts += 1
+        if cause is not None:
+            history.last_cause = cause
+        child = self.children[index] = Child(next(self.keys), name)
         env = {**self.env, **self.config.env, "CORRAL_REPLICA": str(index)}
         try:
             process = await spawn(
@@ -61,108 +76,146 @@ class ProcessGroup:
             )
         except OSError as error:
             self.output.say(f"{name} cannot start: {error}")
-            self._schedule_restart(index, None, 127)
+            child.to(State.STOPPED)
+            self._after_exit(index, child, 127)
             return
-        child = Child(key=process.pid, name=name, pid=process.pid)
-        child.ready()
-        self.replicas[index] = child
-        self.processes[index] = process
+        child.process, child.pid = process, process.pid
+        child.to(State.RUNNING)
         self.output.say(f"{name} started (pid {process.pid})")
         self.background.start(self._watch(index, child, process))
 
     async def _watch(self, index: int, child: Child, process: asyncio.subprocess.Process) -> None:
         code = await process.wait()
-        served_for = child.uptime()
-        child.stopped()
+        planned = self.stopping or child.stop_reason is not None
+        child.to(State.STOPPED)
         self.history[index].last_exit = describe_exit(code)
-        if self.replicas.get(index) is child:  # a reload may have started its successor
-            del self.replicas[index]
-            del self.processes[index]
-        if self.stopping or child.stop_reason is not None:
-            why = f": {child.stop_reason}" if child.stop_reason is not None else ""
+        if planned:
+            why = f": {child.stop_reason}" if child.stop_reason not in (None, "stop") else ""
             self.output.say(f"{child.name} stopped (pid {child.pid}, {describe_exit(code)}){why}")
             return
         self.output.say(f"{child.name} exited (pid {child.pid}, {describe_exit(code)})")
-        self.metrics.restart(self.name, "crash")
-        self._schedule_restart(index, served_for, code)
+        self._after_exit(index, child, code)
 
-    def _schedule_restart(self, index: int, served_for: float | None, code: int) -> None:
+    def _after_exit(self, index: int, child: Child, code: int) -> None:
+        """Restart replica `index` as its policy says, after its backoff; or give it up."""
         policy = self.config.restart
         if policy == "never" or (policy == "on-failure" and code == 0):
-            self.output.say(f"{self.name}.{index} is not restarted (restart = {policy!r})")
+            self.output.say(f"{child.name} is not restarted (restart = {policy!r})")
+            if code != 0:
+                child.to(State.FAILED)
             return
-        delay = self.backoffs.setdefault(index, Backoff()).delay_after_death(served_for)
-        if delay:
-            self.output.say(f"{self.name}.{index} restarts in {delay:g}s (it keeps exiting)")
-        loop = asyncio.get_running_loop()
-        self.respawns[index] = loop.call_later(
-            delay, lambda: self.background.start(self._start(index))
+        self.metrics.restart(self.name, "crash")
+        cause = describe_exit(code)
+        delay = self.respawner.schedule(
+            child.name,
+            child.served_for(),
+            lambda: self.background.start(self._start(index, cause)),
         )
+        if delay:
+            child.to(State.BACKOFF)
+            self.output.say(f"{child.name} restarts in {delay:g}s (it keeps exiting)")
 
-    def running(self) -> list[Child]:
-        return [c for c in self.replicas.values() if c.state is not State.STOPPED]
+    def _running(self, index: int) -> Child | None:
+        child = self.children.get(index)
+        return child if child is not None and child.serving() else None
 
-    async def reload(self, reason: str = "reload") -> None:
+    # -- reload, restart, scale --------------------------------------------------------
+
+    def reload(self) -> str:
         """Restart the replicas one at a time, so that they run the current code."""
-        for index in sorted(self.processes):
-            await self.restart(index, reason)
+        self.background.start(self._roll("reload"))
+        return f"reloading {self.name}"
 
-    async def restart(self, index: int, reason: str = "restart") -> None:
+    async def _roll(self, reason: str) -> None:
+        for index in sorted(self.children):
+            await self._restart(index, reason)
+        await self._scale_to(self.wanted)
+
+    def restart(self, member: str | None) -> str:
+        """Restart one replica (NAME.N), or every replica one at a time."""
+        if member is None:
+            self.background.start(self._roll("restart"))
+            return f"restarting {self.name} (one replica at a time)"
+        group, _, index = member.rpartition(".")
+        if group != self.name or not index.isdigit() or self._running(int(index)) is None:
+            raise Refused(f"no running process named {member!r}", unknown=True)
+        self.background.start(self._restart(int(index), "restart"))
+        return f"restarting {member}"
+
+    async def _restart(self, index: int, reason: str) -> None:
         """Stop replica `index` (gracefully, as on stop) and start it again."""
-        process, child = self.processes.get(index), self.replicas.get(index)
-        if self.stopping or process is None or child is None:
+        child = self._running(index)
+        if self.stopping or child is None:
             return
-        child.stop_reason = reason
         self.metrics.restart(self.name, reason)
-        await self._stop_processes([process])
-        await self._start(index)
+        await self._stop_children([child], reason)
+        await self._start(index, reason)
 
-    async def scale(self, wanted: int) -> None:
-        """Run `wanted` replicas: start the missing ones, stop the highest-numbered extras."""
-        self.wanted = wanted
-        self.output.say(f"scaling {self.name} to {wanted} replicas")
-        extra = [index for index in self.processes if index > wanted]
-        for index in extra:
-            child = self.replicas.get(index)
-            if child is not None:
-                child.stop_reason = "scale"
-            self.metrics.restart(self.name, "scale")
-        for index in range(1, wanted + 1):
-            if index not in self.processes and index not in self.respawns:
+    def scale(self, count: int) -> str:
+        """Run `count` replicas: start the missing ones, stop the highest-numbered extras."""
+        if count < 0:
+            raise Refused(f"{self.name}: the number of replicas cannot be negative")
+        self.output.say(f"scaling {self.name} to {count} replicas")
+        self.background.start(self._scale_to(count))
+        return f"scaling {self.name} to {count}"
+
+    async def _scale_to(self, count: int) -> None:
+        self.wanted = count
+        extra = [child for index, child in self.children.items() if index > count]
+        for child in extra:
+            self.respawner.cancel(child.name)
+            if child.state is State.BACKOFF:
+                child.to(State.STOPPED)
+            elif child.serving():
+                self.metrics.restart(self.name, "scale")
+        for index in range(1, count + 1):
+            if self._running(index) is None and not self.respawner.pending(self._member(index)):
                 await self._start(index)
-        await self._stop_processes([self.processes[index] for index in extra])
+        await self._stop_children([c for c in extra if c.serving()], "scale")
+
+    async def apply(self, declaration: ProcessConfig, env: dict[str, str]) -> None:
+        """Take a changed declaration and environment; each replica gets it as it restarts.
+
+        A changed number of replicas replaces a count set by `scale`.
+        """
+        if declaration.replicas != self.config.replicas:
+            self.wanted = declaration.replicas
+        self.config, self.env = declaration, env
+
+    # -- status and stop -----------------------------------------------------------
 
     def status(self) -> list[dict[str, Any]]:
         """Each replica as `corral status` shows it (pid, state, uptime, restarts, last exit)."""
-        rows = []
-        for index in sorted(set(self.history) | set(self.replicas)):
-            if index > self.wanted and index not in self.replicas:
-                continue
-            child = self.replicas.get(index)
-            history = self.history.get(index)
-            name = f"{self.name}.{index}"
-            if child is None:
-                rows.append(status_row(name, self.name, "replica", None, "stopped", None, history))
-            else:
-                started = unix_time(child.started_at)
-                rows.append(
-                    status_row(name, self.name, "replica", child.pid, "running", started, history)
-                )
-        return rows
+        return [
+            child_row(child, self.name, "replica", self.history.get(index))
+            for index, child in sorted(self.children.items())
+            if index <= self.wanted or child.is_live()
+        ]
 
     async def stop(self) -> None:
         """Send stop_signal to every replica; SIGKILL those still there after stop_timeout."""
         self.stopping = True
-        for handle in self.respawns.values():
-            handle.cancel()
-        self.respawns.clear()
-        await self._stop_processes(list(self.processes.values()))
+        self.respawner.cancel_all()
+        for child in self.children.values():
+            if child.state is State.BACKOFF:
+                child.to(State.STOPPED)
+        await self._stop_children([c for c in self.children.values() if c.serving()], "stop")
         await self.background.wait()
 
-    async def _stop_processes(self, processes: list[asyncio.subprocess.Process]) -> None:
+    def kill(self) -> None:
+        self.stopping = True
+        for child in self.children.values():
+            if child.is_live() and child.process is not None:
+                signal_group(child.process, signal.SIGKILL)
+
+    async def _stop_children(self, children: list[Child], reason: str) -> None:
         stop_signal = signal.Signals[self.config.stop_signal]
-        for process in processes:
-            signal_group(process, stop_signal)
+        processes = []
+        for child in children:
+            child.drain(reason, time.monotonic() + self.config.stop_timeout)
+            assert child.process is not None
+            signal_group(child.process, stop_signal)
+            processes.append(child.process)
         waiting = [asyncio.ensure_future(p.wait()) for p in processes]
         if waiting:
             _, late = await asyncio.wait(waiting, timeout=self.config.stop_timeout)

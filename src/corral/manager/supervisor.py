@@ -1,9 +1,15 @@
-"""The manager: binds the sockets, supervises the groups, answers signals. Never imports the app.
+"""The manager: binds the sockets, holds the groups by name, answers signals. Never imports the app.
 
 Its life: fork the launcher (`corral.child.launcher`) -> bind (exit 2 if an
-address is taken) -> write the pidfile -> run prestart -> start
-the web group, whose processes run as --user/--group (exit 3 if the app cannot
-start) -> wait for a signal -> stop: web first, gracefully unless told otherwise -> clean up.
+address is taken) -> write the pidfile -> run prestart -> start the groups
+(web first: exit 3 if the app cannot start) -> serve signals and the control
+API -> stop: web first, then the processes, then the jobs -> clean up.
+
+Signals (HUP, TTIN/TTOU, TERM...), the control API and the CLI verbs all go
+through the same methods here, which call the groups' (`corral.manager.group`).
+A reload re-reads the configuration first and hands each group its new
+declaration (`Group.apply`); a configuration that does not validate changes
+nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import contextlib
 import os
 import signal
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from corral import posix
@@ -22,24 +29,31 @@ from corral.exit_codes import APP_FAILED, FAILURE, OK, PRESTART_FAILED, USAGE
 from corral.manager import listeners
 from corral.manager.background import Background
 from corral.manager.control import ControlPlan, ManagerControl
-from corral.manager.job_scheduler import JobScheduler
+from corral.manager.group import Group, Refused
+from corral.manager.jobs_group import JobsGroup
 from corral.manager.launcher_handle import LauncherHandle
 from corral.manager.metrics import Metrics, prepare_multiprocess_dir, remove_multiprocess_dir
 from corral.manager.output import Output
 from corral.manager.prestart import run_prestart
 from corral.manager.process_group import ProcessGroup
 from corral.manager.web_group import AppFailed, WebGroup
-from corral.settings import System
+from corral.settings import ConfigError, ProcessConfig, System, WebConfig
+
+RESTART_ONLY_WEB_SETTINGS = ("bind", "host", "port", "uds", "backlog", "user", "group", "pidfile")
+"""[web] settings a reload cannot change: the sockets are bound, the identity is set."""
 
 
 class Manager:
-    def __init__(self, declared: System) -> None:
+    def __init__(self, declared: System, reread: Callable[[], System] | None = None) -> None:
+        """`reread` resolves the configuration again (on SIGHUP); None if there is no file."""
         self.system = declared
+        self.reread = reread
         self.output = Output(json_format=declared.manager.log_format == "json")
-        self.web: WebGroup | None = None
-        self.groups: list[ProcessGroup] = []
-        self.jobs: JobScheduler | None = None
-        self.reloads = Background()
+        self.groups: dict[str, Group] = {}  # web, then the process groups, then jobs
+        self.jobs: JobsGroup | None = None
+        self.launcher: LauncherHandle | None = None
+        self.background = Background()
+        self.reload_lock = asyncio.Lock()
         self.reload_count = 0
         self.metrics = Metrics(None)
         self.finished: asyncio.Future[int] | None = None
@@ -104,7 +118,8 @@ class Manager:
     ) -> int:
         loop = asyncio.get_running_loop()
         self.finished = loop.create_future()
-        launcher = None if forked is None else LauncherHandle(*forked, self._on_launcher_lost)
+        if forked is not None:
+            self.launcher = LauncherHandle(*forked, self._on_launcher_lost)
         try:
             try:
                 servers = await control.open(ManagerControl(self, self.output.logs), self.output)
@@ -112,20 +127,15 @@ class Manager:
                 self.output.say(f"error: {error}")
                 return USAGE
             try:
-                return await self._supervise(launcher, sockets, identity)
+                return await self._supervise(sockets, identity)
             finally:
                 await servers.close()
                 control.close()
         finally:
-            if launcher is not None:
-                launcher.close()
+            if self.launcher is not None:
+                self.launcher.close()
 
-    async def _supervise(
-        self,
-        launcher: LauncherHandle | None,
-        sockets: list[socket.socket],
-        identity: dict[str, Any],
-    ) -> int:
+    async def _supervise(self, sockets: list[socket.socket], identity: dict[str, Any]) -> int:
         assert self.finished is not None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
@@ -139,33 +149,31 @@ class Manager:
             return self.finished.result()
         web = self.system.web
         if web is not None:
-            assert launcher is not None
-            env = {**self.system.env, **web.env}
-            self.web = WebGroup(
+            assert self.launcher is not None
+            group = WebGroup(
                 web,
                 sockets,
-                launcher,
+                self.launcher,
                 identity,
-                env,
+                _web_env(self.system, web),
                 self.output,
                 self.metrics,
                 on_fatal=self._finish,
             )
+            self.groups["web"] = group
             try:
-                await self.web.start()
+                await group.start()
             except AppFailed:
                 self.output.say("error: the app cannot start; see web.zygote's output above")
-                await self.web.stop()
+                await group.stop()
                 return APP_FAILED
         for name, config in self.system.processes.items():
-            group = ProcessGroup(name, config, self.system.env, self.output, self.metrics)
-            self.groups.append(group)
-            await group.start()
-        if self.system.jobs:
-            self.jobs = JobScheduler(
-                self.system.jobs, launcher, self.system.env, self.output, self.metrics
-            )
-            await self.jobs.start()
+            await self._add_process_group(name, config, self.system.env)
+        self.jobs = JobsGroup(
+            self.system.jobs, self.launcher, self.system.env, self.output, self.metrics
+        )
+        self.groups["jobs"] = self.jobs
+        await self.jobs.start()
         reloading = web is not None and web.reload
         watching = loop.create_task(self._reload_on_change()) if reloading else None
         code = await self.finished
@@ -175,18 +183,29 @@ class Manager:
         self.output.say("stopped")
         return code
 
+    async def _add_process_group(
+        self, name: str, config: ProcessConfig, env: dict[str, str]
+    ) -> None:
+        group = ProcessGroup(name, config, env, self.output, self.metrics)
+        self.groups[name] = group
+        if self.jobs is not None:  # keep the jobs last: the stop order follows this order
+            self.groups["jobs"] = self.groups.pop("jobs")
+        await group.start()
+
     async def _stop(self) -> None:
         """Web first (so a load balancer drains), then the processes, then running jobs.
 
         No job run starts once the stop has begun.
         """
-        if self.jobs is not None:
-            self.jobs.stop_ticking()
-        if self.web is not None:
-            await self.web.stop()
-        await asyncio.gather(*(group.stop() for group in self.groups))
-        if self.jobs is not None:
-            await self.jobs.stop()
+        web, jobs = self.groups.get("web"), self.jobs
+        if jobs is not None:
+            jobs.stop_ticking()
+        if web is not None:
+            await web.stop()
+        others = [g for g in self.groups.values() if g is not web and g is not jobs]
+        await asyncio.gather(*(group.stop() for group in others))
+        if jobs is not None:
+            await jobs.stop()
 
     async def _reload_on_change(self) -> None:
         """--reload: a rolling reload whenever a .py file under the current directory changes."""
@@ -196,7 +215,9 @@ class Manager:
         async for changes in awatch(os.getcwd(), watch_filter=PythonFilter()):
             changed = sorted({os.path.relpath(path) for _, path in changes})
             self.output.say(f"changed: {', '.join(changed)}")
-            self.reload()
+            self.reload(None)
+
+    # -- stopping ----------------------------------------------------------------------
 
     def _finish(self, code: int) -> None:
         if self.finished is not None and not self.finished.done():
@@ -212,8 +233,8 @@ class Manager:
         immediate = sig == signal.SIGQUIT or (self.stopping and sig == signal.SIGINT)
         if immediate:
             self.output.say(f"{name}: stopping at once")
-            if self.web is not None:
-                self.web.kill()
+            for group in self.groups.values():
+                group.kill()
         elif not self.stopping:
             web = self.system.web
             bound = f"up to {web.graceful_timeout:g}s; " if web is not None else ""
@@ -221,30 +242,147 @@ class Manager:
         self.stopping = True
         self._finish(OK)
 
-    def _on_reload_signal(self) -> None:
-        if not self.stopping:
-            self.output.say("SIGHUP: reloading")
-            self.reload()
-
-    def request_stop(self, why: str) -> None:
+    def request_stop(self, why: str) -> str:
         """A graceful stop, as on SIGTERM (`corral stop`)."""
         if not self.stopping:
             self.output.say(f"{why}: stopping gracefully")
         self.stopping = True
         self._finish(OK)
+        return "stopping gracefully"
 
-    def reload(self) -> None:
-        """Web workers roll over to a new zygote; replicas restart one at a time; jobs reload."""
+    # -- the verbs ---------------------------------------------------------------------
+
+    def group(self, name: str) -> Group:
+        """The group called `name`; Refused (unknown) if there is none."""
+        group = self.groups.get(name)
+        if group is None or (group is self.jobs and not self.system.jobs):
+            names = ", ".join(n for n in self.groups if n != "jobs" or self.system.jobs)
+            raise Refused(
+                f"no group named {name!r} (expected one of: {names or 'none'})", unknown=True
+            )
+        return group
+
+    def reload(self, name: str | None) -> str:
+        """Reload one group (its current code), or everything, re-reading the configuration."""
         if self.stopping:
-            return
-        self.reload_count += 1
-        if self.web is not None:
-            self.web.reload()
-        for group in self.groups:
-            self.reloads.start(group.reload())
+            return "not reloaded: corral is stopping"
+        if name is not None:
+            return self.group(name).reload()
+        self.background.start(self._reload_everything())
+        return "reloading everything"
+
+    async def _reload_everything(self) -> None:
+        async with self.reload_lock:
+            if self.stopping:
+                return
+            self.reload_count += 1
+            added: set[str] = set()
+            if self.reread is not None:
+                try:
+                    declared = self.reread()
+                except ConfigError as error:
+                    self.output.say("reload: the configuration does not validate; nothing changes:")
+                    for message in error.messages:
+                        self.output.say(f"  {message}")
+                    return
+                added = await self._apply(declared)
+            for name, group in list(self.groups.items()):
+                if name not in added:
+                    group.reload()
+
+    async def _apply(self, new: System) -> set[str]:
+        """Hand each group its part of `new`; start added groups, stop removed ones.
+
+        Returns the names of the groups started here (they need no reload).
+        """
+        old = self.system
+        self._say_what_needs_a_restart(old, new)
+        web = self.groups.get("web")
+        if web is not None and new.web is not None:
+            await web.apply(new.web, _web_env(new, new.web))
+        for name in [n for n in old.processes if n not in new.processes]:
+            self.output.say(
+                f"reload: [processes.{name}] is gone from the configuration: stopping it"
+            )
+            await self.groups.pop(name).stop()
+        added = set()
+        for name, config in new.processes.items():
+            if name in old.processes:
+                await self.groups[name].apply(config, new.env)
+            else:
+                self.output.say(f"reload: [processes.{name}] is new: starting it")
+                await self._add_process_group(name, config, new.env)
+                added.add(name)
+        jobs = new.jobs
         if self.jobs is not None:
-            self.reloads.start(self.jobs.reload())
+            try:
+                await self.jobs.apply(new.jobs, new.env)
+            except Refused as error:
+                self.output.say(f"reload: the jobs keep their old declaration: {error}")
+                jobs = old.jobs
+        web_now = old.web if new.web is None or old.web is None else new.web
+        self.system = System(web_now, new.processes, jobs, new.prestart, new.env, old.manager)
+        return added
+
+    def _say_what_needs_a_restart(self, old: System, new: System) -> None:
+        changed = []
+        if (old.web is None) != (new.web is None):
+            changed.append("[web] (added or removed)")
+        elif old.web is not None and new.web is not None:
+            changed += [
+                f"[web] {key}"
+                for key in RESTART_ONLY_WEB_SETTINGS
+                if getattr(old.web, key) != getattr(new.web, key)
+            ]
+        changed += [
+            f"[corral] {key}"
+            for key in type(old.manager).model_fields
+            if getattr(old.manager, key) != getattr(new.manager, key)
+        ]
+        if changed:
+            self.output.say(
+                f"reload: {', '.join(changed)} changed; that takes a restart of corral "
+                "(the rest of the configuration is applied)"
+            )
+
+    def restart(self, target: str) -> str:
+        """Restart a group (`web`, one member at a time) or one process (`web.2`)."""
+        name, dot, _ = target.partition(".")
+        return self.group(name).restart(target if dot else None)
+
+    def scale(self, counts: dict[str, int]) -> str:
+        """Set the size of each group named; unknown names are refused before anything changes."""
+        groups = {name: self.group(name) for name in counts}
+        return "; ".join(groups[name].scale(count) for name, count in counts.items())
+
+    def run_job(self, name: str) -> str:
+        if self.jobs is None:
+            raise Refused(f"no job named {name!r} (jobs: none declared)", unknown=True)
+        return self.jobs.run_now(name)
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.stopping:
+            return False, "stopping"
+        for group in self.groups.values():
+            ready, why = group.readiness()
+            if not ready:
+                return False, why
+        return True, ""
+
+    # -- signals -------------------------------------------------------------------------
+
+    def _on_reload_signal(self) -> None:
+        if not self.stopping:
+            self.output.say("SIGHUP: reloading")
+            self.reload(None)
 
     def _on_scale_signal(self, change: int) -> None:
-        if self.web is not None and not self.stopping:
-            self.web.scale(self.web.wanted + change)
+        web = self.groups.get("web")
+        if web is None or self.stopping:
+            return
+        with contextlib.suppress(Refused):  # TTOU below one worker does nothing
+            web.scale(web.size + change)
+
+
+def _web_env(system: System, web: WebConfig) -> dict[str, str]:
+    return {**system.env, **web.env}

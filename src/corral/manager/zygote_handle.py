@@ -1,10 +1,9 @@
 """The manager's side of one fork server (a zygote): one generation of loaded code.
 
 A zygote is forked by the launcher, gets its spec (and the descriptors the
-spec announces) from the manager, says "loaded" (or "failed"), then forks
-children on request and reports when they were forked and how they exited.
-The web group launches a new generation on each reload; the old one retires
-once its last worker has drained. The jobs zygote forks one child per run.
+spec announces) from the manager, says `Loaded` (or `LoadFailed`), then
+forks children on request and reports when they were forked (`Forked`) and
+how they exited (`Exited`). `ZygoteSlot` keeps a group's generations.
 """
 
 from __future__ import annotations
@@ -18,13 +17,14 @@ from collections.abc import Callable
 from typing import Any
 
 from corral.ipc import channel
+from corral.ipc.messages import Exit, Loaded, LoadFailed, Message
 from corral.manager.launcher_handle import Forked, LauncherHandle
 from corral.manager.output import Output
 from corral.posix import describe_exit
 
 EXIT_TIMEOUT = 5.0
 
-Listener = Callable[["ZygoteHandle", channel.Message], None]
+Listener = Callable[["ZygoteHandle", Message], None]
 ExitListener = Callable[["ZygoteHandle"], None]
 
 
@@ -43,14 +43,13 @@ class ZygoteHandle:
         self.decoder = channel.Decoder()
         self.loaded: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.started_at = time.monotonic()
-        self.retiring = False  # forks nothing more; exits once its workers are gone
+        self.retiring = False  # forks nothing more; exits once its children are gone
 
     async def launch(
         self,
         launcher: LauncherHandle,
-        name: str,
         module: str,
-        spec: dict[str, Any],
+        spec: Message,
         spec_fds: list[int],
         env: dict[str, str],
         identity: dict[str, Any],
@@ -58,9 +57,11 @@ class ZygoteHandle:
     ) -> None:
         """Have the launcher fork a zygote running `module`, and wait until it has loaded.
 
-        AppFailed if it cannot load. `spec` and `spec_fds` are the zygote's
-        to read first; `stop_timeout` in the spec bounds its graceful stop.
+        AppFailed if it cannot load. `spec` (a zygote spec message, with its
+        `name` and `stop_timeout` in seconds) and `spec_fds` are the
+        zygote's to read first.
         """
+        name: str = spec.name  # type: ignore[attr-defined]
         ours, theirs = socket.socketpair()
         log_read, log_write = os.pipe()
         try:
@@ -70,7 +71,7 @@ class ZygoteHandle:
                 [theirs.fileno(), log_write],
                 env,
                 identity,
-                stop_timeout=spec["stop_timeout"],
+                stop_timeout=spec.stop_timeout,  # type: ignore[attr-defined]
             )
         except ConnectionError:
             ours.close()
@@ -83,7 +84,7 @@ class ZygoteHandle:
         ours.setblocking(False)
         self.link = ours
         asyncio.get_running_loop().add_reader(ours.fileno(), self._on_readable)
-        channel.send(ours, {**spec, "name": name, "fds": len(spec_fds)}, spec_fds)
+        channel.send(ours, spec, spec_fds)
         exited = asyncio.ensure_future(self.process.wait())
         await asyncio.wait([self.loaded, exited], return_when=asyncio.FIRST_COMPLETED)
         if not (self.loaded.done() and self.loaded.result()):
@@ -102,11 +103,13 @@ class ZygoteHandle:
     def pid(self) -> int | None:
         return None if self.process is None else self.process.pid
 
-    def fork(self, key: int, name: str, fds: list[int], **details: Any) -> None:
-        """Ask for a child named `name`, handing it `fds` (closed here by the caller)."""
+    def can_fork(self) -> bool:
+        return self.link is not None and not self.retiring
+
+    def fork(self, request: Message, fds: list[int]) -> None:
+        """Ask for a child (`ForkWorker`, `ForkRun`), handing it `fds` (the caller closes them)."""
         assert self.link is not None
-        message = {"t": "fork", "key": key, "name": name, "fds": len(fds), **details}
-        channel.send(self.link, message, fds)
+        channel.send(self.link, request, fds)
 
     def _on_readable(self) -> None:
         assert self.link is not None
@@ -119,19 +122,19 @@ class ZygoteHandle:
                 self.loaded.set_result(False)
             return
         for message, _ in self.decoder.feed(data):
-            if message["t"] in ("loaded", "failed"):
+            if isinstance(message, (Loaded, LoadFailed)):
                 if not self.loaded.done():
-                    self.loaded.set_result(message["t"] == "loaded")
+                    self.loaded.set_result(isinstance(message, Loaded))
             else:
                 self.on_message(self, message)
 
     async def exit(self) -> None:
-        """Ask the zygote to exit (its workers must be gone); kill it if it does not."""
+        """Ask the zygote to exit (its children must be gone); kill it if it does not."""
         if self.process is None:
             return
         if self.process.returncode is None and self.link is not None:
             with contextlib.suppress(OSError):
-                channel.send(self.link, {"t": "exit"})
+                channel.send(self.link, Exit())
             try:
                 await asyncio.wait_for(self.process.wait(), EXIT_TIMEOUT)
             except asyncio.TimeoutError:

@@ -1,4 +1,4 @@
-"""Scheduled jobs ([jobs.NAME]): exactly one run per tick on this machine.
+"""The jobs ([jobs.NAME]): exactly one run per tick on this machine.
 
 The manager alone keeps the schedule, so a job runs once per tick however
 many web workers there are. A `call` job's run is forked from the jobs
@@ -20,15 +20,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from corral.exit_codes import FAILURE
-from corral.ipc import channel
+from corral.ipc.messages import Exited, Forked, ForkRun, JobsZygoteSpec, Message
 from corral.manager.background import Background
-from corral.manager.backoff import Backoff
+from corral.manager.child import status_row, unix_time
+from corral.manager.group import Group, Refused
 from corral.manager.launcher_handle import LauncherHandle
 from corral.manager.metrics import Metrics
 from corral.manager.output import Output
 from corral.manager.schedule import Schedule
 from corral.manager.spawn import argv_for, signal_group, spawn
-from corral.manager.zygote_handle import ZygoteHandle
+from corral.manager.zygote_handle import AppFailed, ZygoteHandle
+from corral.manager.zygote_slot import ZygoteSlot
 from corral.posix import describe_exit
 from corral.settings import JobConfig
 
@@ -59,7 +61,9 @@ class JobRecord:
     failures: int = 0
 
 
-class JobScheduler:
+class JobsGroup(Group):
+    name = "jobs"
+
     def __init__(
         self,
         jobs: dict[str, JobConfig],
@@ -69,57 +73,69 @@ class JobScheduler:
         metrics: Metrics,
     ) -> None:
         self.jobs = jobs
-        self.launcher = launcher
-        self.metrics = metrics
-        self.records = {name: JobRecord() for name in jobs}
         self.env = env
         self.output = output
+        self.metrics = metrics
+        self.records = {name: JobRecord() for name in jobs}
         self.schedules = {name: Schedule(config) for name, config in jobs.items()}
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.runs: dict[int, Run] = {}
         self.keys = itertools.count(1)
-        self.zygote: ZygoteHandle | None = None
-        self.zygote_backoff = Backoff()
+        self.zygotes: ZygoteSlot | None = None
+        if launcher is not None:
+            self.zygotes = ZygoteSlot(
+                "jobs",
+                "corral.child.jobs_zygote",
+                launcher,
+                output,
+                spec=self._zygote_spec,
+                env=lambda: self.env,
+                identity={},
+                on_message=self._on_zygote_message,
+                on_lost=self._on_zygote_lost,
+                on_replaced=lambda: None,
+                on_failed=lambda: None,
+            )
         self.background = Background()
         self.stopping = False
 
+    @property
+    def size(self) -> int:
+        return len(self.jobs)
+
     async def start(self) -> None:
-        if any(c.call is not None for c in self.jobs.values()):
+        if self._call_targets():
             await self._launch_zygote()
         for name in self.jobs:
             self._arm(name)
 
-    async def _launch_zygote(self) -> None:
-        targets = {name: c.call for name, c in self.jobs.items() if c.call is not None}
-        zygote = ZygoteHandle(1, self._on_zygote_message, self._on_zygote_exit)
-        spec = {"targets": targets, "stop_timeout": self._stop_timeout()}
-        assert self.launcher is not None
-        await zygote.launch(
-            self.launcher,
-            "jobs.zygote",
-            "corral.child.jobs_zygote",
-            spec,
-            [],
-            self.env,
-            {},
-            self.output,
-        )
-        self.zygote = zygote
+    def _call_targets(self) -> dict[str, str]:
+        return {name: c.call for name, c in self.jobs.items() if c.call is not None}
 
-    def _on_zygote_exit(self, zygote: ZygoteHandle) -> None:
-        """Replace a jobs zygote that died; its runs in flight died with it (counted failed)."""
-        zygote.close()
-        if self.stopping or zygote is not self.zygote:
-            return
-        self.output.say(
-            f"jobs.zygote exited unexpectedly ({zygote.exit_cause()}): starting a new one"
+    def _zygote_spec(self) -> tuple[Message, list[int]]:
+        spec = JobsZygoteSpec(
+            name="jobs.zygote", targets=self._call_targets(), stop_timeout=self._stop_timeout()
         )
-        self.zygote = None
-        for run in [r for r in self.runs.values() if r.process is None]:
-            self._finish(run, FAILURE)
-        delay = self.zygote_backoff.delay_after_death(time.monotonic() - zygote.started_at)
-        loop = asyncio.get_running_loop()
-        loop.call_later(delay, lambda: self.background.start(self._launch_zygote()))
+        return spec, []
+
+    async def _launch_zygote(self) -> None:
+        """A zygote with the current code and jobs; the previous one retires."""
+        if self.zygotes is None:
+            raise Refused("a `call` job needs corral to be restarted: no launcher runs")
+        old = self.zygotes.promote(await self.zygotes.launch())
+        if old is not None:
+            self.zygotes.retire_if_idle(old, self._has_runs(old))
+
+    def _on_zygote_lost(self, zygote: ZygoteHandle) -> None:
+        """Its runs in flight died with it (counted failed)."""
+        if self.zygotes is not None and zygote is self.zygotes.current:
+            for run in [r for r in self.runs.values() if r.zygote is zygote]:
+                self._finish(run, FAILURE)
+
+    def _has_runs(self, zygote: ZygoteHandle) -> bool:
+        return any(run.zygote is zygote for run in self.runs.values())
+
+    # -- the schedule ------------------------------------------------------------------
 
     def _arm(self, name: str) -> None:
         schedule = self.schedules[name]
@@ -127,6 +143,11 @@ class JobScheduler:
         delay = schedule.next_tick(now) - now + schedule.jitter()
         self.records[name].next_run = now + delay
         self.timers[name] = asyncio.get_running_loop().call_later(delay, self._tick, name)
+
+    def _disarm(self, name: str) -> None:
+        timer = self.timers.pop(name, None)
+        if timer is not None:
+            timer.cancel()
 
     def _tick(self, name: str) -> None:
         if self.stopping:
@@ -136,6 +157,9 @@ class JobScheduler:
 
     def run_now(self, name: str) -> str:
         """Run `name` now, outside its schedule (still respecting its overlap policy)."""
+        if name not in self.jobs:
+            known = ", ".join(self.jobs) or "none declared"
+            raise Refused(f"no job named {name!r} (jobs: {known})", unknown=True)
         if self.stopping:
             return f"{name}: not started, corral is stopping"
         if self._start_run(name, "run now"):
@@ -162,18 +186,19 @@ class JobScheduler:
         return True
 
     def _fork_run(self, run: Run, config: JobConfig) -> None:
-        if self.zygote is None or self.zygote.link is None:
+        zygote = self.zygotes.current if self.zygotes is not None else None
+        if zygote is None or not zygote.can_fork():
             self.runs.pop(run.key, None)
             self.output.say(f"{run.job}: tick missed, the jobs zygote is being replaced")
             return
         log_read, log_write = os.pipe()
         try:
-            details = {"job": run.job, "env": config.env, "cwd": str(config.cwd or "")}
-            self.zygote.fork(run.key, run.job, [log_write], **details)
+            request = ForkRun(run.key, run.job, run.job, config.env, str(config.cwd or ""))
+            zygote.fork(request, [log_write])
         finally:
             os.close(log_write)
         self.output.attach(log_read, run.job)
-        run.zygote = self.zygote
+        run.zygote = zygote
 
     async def _spawn_run(self, run: Run, config: JobConfig) -> None:
         env = {**self.env, **config.env}
@@ -188,18 +213,18 @@ class JobScheduler:
         run.pid = run.process.pid
         self._finish(run, await run.process.wait())
 
-    def _on_zygote_message(self, zygote: ZygoteHandle, message: channel.Message) -> None:
-        if message["t"] == "forked" and message["key"] in self.runs:
-            self.runs[message["key"]].pid = message["pid"]
-        elif message["t"] == "exited":
-            run = next((r for r in self.runs.values() if r.pid == message["pid"]), None)
+    def _on_zygote_message(self, zygote: ZygoteHandle, message: Message) -> None:
+        if isinstance(message, Forked) and message.key in self.runs:
+            self.runs[message.key].pid = message.pid
+        elif isinstance(message, Exited):
+            run = next((r for r in self.runs.values() if r.pid == message.pid), None)
             if run is not None:
-                self._finish(run, message["code"])
+                self._finish(run, message.code)
 
     def _finish(self, run: Run, code: int) -> None:
         self.runs.pop(run.key, None)
-        if run.zygote is not None and run.zygote.retiring:
-            self._retire_if_idle(run.zygote)
+        if run.zygote is not None and self.zygotes is not None:
+            self.zygotes.retire_if_idle(run.zygote, self._has_runs(run.zygote))
         took = time.monotonic() - run.started
         if run.timed_out:
             self.output.say(f"{run.job} run failed: killed at its timeout ({took:.2f}s)")
@@ -209,14 +234,99 @@ class JobScheduler:
             result = f"failed: {describe_exit(code)}"
         else:
             result = "ok"
-        record = self.records[run.job]
+        record = self.records.get(run.job)
+        if record is None:  # the job was removed from corral.toml while this run went on
+            return
         record.last_started, record.last_duration, record.last_result = run.started_at, took, result
         record.runs += 1
         record.failures += result != "ok"
         self.metrics.job_run(run.job, result.partition(":")[0], took, time.time())
 
+    def _time_out(self, run: Run) -> None:
+        if run.key in self.runs and run.pid is not None:
+            run.timed_out = True
+            self._kill(run)
+
+    def _kill(self, run: Run) -> None:
+        """A command run leads its own process group; a forked run is one process."""
+        if run.process is not None:
+            signal_group(run.process, signal.SIGKILL)
+        elif run.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(run.pid, signal.SIGKILL)
+
+    def _stop_timeout(self) -> float:
+        timeouts = [c.timeout for c in self.jobs.values() if c.timeout is not None]
+        return max(timeouts, default=DEFAULT_STOP_TIMEOUT)
+
+    # -- the group's verbs ---------------------------------------------------------------
+
+    def reload(self) -> str:
+        """Load the current code of the call jobs in a new zygote; the old one retires."""
+        if self.stopping:
+            return "jobs: not reloaded, corral is stopping"
+        self.background.start(self._reload())
+        return "reloading jobs"
+
+    async def _reload(self) -> None:
+        if not self._call_targets():
+            return
+        try:
+            await self._launch_zygote()
+        except (AppFailed, Refused) as error:
+            self.output.say(f"jobs not reloaded: {error}")
+            return
+        self.output.say("jobs reloaded: the next runs use the current code")
+
+    def restart(self, member: str | None) -> str:
+        if member is not None:
+            raise Refused(
+                f"{member!r}: a job has no process to restart; `corral jobs run NAME` runs it now"
+            )
+        return self.reload()
+
+    def scale(self, count: int) -> str:
+        raise Refused("jobs cannot be scaled: each runs once per tick")
+
+    async def apply(self, declaration: dict[str, JobConfig], env: dict[str, str]) -> None:
+        """Take the jobs of a changed corral.toml: added ones are armed, removed ones disarmed.
+
+        A job whose declaration changed is rescheduled; runs under way finish.
+        """
+        if any(c.call is not None for c in declaration.values()) and self.zygotes is None:
+            raise Refused("adding a `call` job needs a restart of corral (no launcher runs)")
+        old, self.jobs, self.env = self.jobs, declaration, env
+        for name in old:
+            if name not in declaration:
+                self._disarm(name)
+                self.records.pop(name, None)
+            elif declaration[name] != old[name]:
+                self._disarm(name)
+        for name, config in declaration.items():
+            if name not in old or config != old[name]:
+                self.records.setdefault(name, JobRecord())
+                self.schedules[name] = Schedule(config)
+                if not self.stopping:
+                    self._arm(name)
+
     def status(self) -> list[dict[str, Any]]:
-        """Each job as `corral status` shows it."""
+        """The jobs zygotes as processes (each run is short-lived and not listed)."""
+        if self.zygotes is None:
+            return []
+        return [
+            status_row(
+                "jobs.zygote",
+                "jobs",
+                "zygote",
+                zygote.pid,
+                "retiring" if zygote.retiring else "running",
+                unix_time(zygote.started_at),
+            )
+            for zygote in self.zygotes.live.values()
+        ]
+
+    def schedule_status(self) -> list[dict[str, Any]]:
+        """Each job as `corral status` shows it in its jobs table."""
         rows = []
         for name, config in self.jobs.items():
             record = self.records[name]
@@ -241,42 +351,11 @@ class JobScheduler:
             )
         return rows
 
-    async def reload(self) -> None:
-        """Load the current code of the call jobs in a new zygote; the old one retires."""
-        old = self.zygote
-        if old is None or self.stopping:
-            return
-        await self._launch_zygote()
-        old.retiring = True
-        self._retire_if_idle(old)
-        self.output.say("jobs reloaded: the next runs use the current code")
-
-    def _retire_if_idle(self, zygote: ZygoteHandle) -> None:
-        if not any(run.zygote is zygote for run in self.runs.values()):
-            self.background.start(zygote.exit())
-
-    def _time_out(self, run: Run) -> None:
-        if run.key in self.runs and run.pid is not None:
-            run.timed_out = True
-            self._kill(run)
-
-    def _kill(self, run: Run) -> None:
-        """A command run leads its own process group; a forked run is one process."""
-        if run.process is not None:
-            signal_group(run.process, signal.SIGKILL)
-        elif run.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(run.pid, signal.SIGKILL)
-
-    def _stop_timeout(self) -> float:
-        timeouts = [c.timeout for c in self.jobs.values() if c.timeout is not None]
-        return max(timeouts, default=DEFAULT_STOP_TIMEOUT)
-
     def stop_ticking(self) -> None:
         """No new run from now on (the first thing a stop does; running ones go on)."""
         self.stopping = True
-        for timer in self.timers.values():
-            timer.cancel()
+        for name in list(self.timers):
+            self._disarm(name)
 
     async def stop(self) -> None:
         """No new runs; running ones finish (up to their timeout, or 10 s), then are killed."""
@@ -287,5 +366,10 @@ class JobScheduler:
         for run in list(self.runs.values()):
             self._kill(run)
         await self.background.wait(timeout=5)
-        if self.zygote is not None:
-            await self.zygote.exit()
+        if self.zygotes is not None:
+            await self.zygotes.stop()
+
+    def kill(self) -> None:
+        self.stop_ticking()
+        for run in list(self.runs.values()):
+            self._kill(run)
