@@ -274,6 +274,26 @@ def test_reload_serves_the_new_code_from_every_worker(corral, tmp_path: Path, pr
         _served_only(seen, version, pids)
 
 
+
+def test_a_worker_that_dies_after_a_reload_is_replaced(corral, tmp_path: Path):
+    """The replacement a reload started is a worker like any other once it serves."""
+    _write_app(tmp_path, "v1")
+    server = corral("run", "deployed:app", "--workers", "2", "--port", "0", cwd=tmp_path)
+    url = server.url()
+    old = server.wait_workers(2)
+    _write_app(tmp_path, "v2")
+    mark = _reload(server, r"reload complete: 2 workers run the new code")
+    new = _retired(server, old, mark)
+    mark = server.mark()
+    psutil.Process(new["web.2"]).kill()
+    server.wait_for(r"web\.2 exited \(pid \d+, killed by SIGKILL\)", after=mark)
+    server.wait_for(r"web\.2 started \(pid \d+\)", after=mark)
+    replaced = server.wait_workers(2)
+    assert replaced["web.2"] != new["web.2"]
+    assert {httpx.get(url, headers=CLOSE).text.split()[0] for _ in range(10)} == {"v2"}
+    assert server.stop() == 0
+
+
 # -- 3. a broken deploy never takes the site down ----------------------------------------------
 
 BROKEN_CODE = {

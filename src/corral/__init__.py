@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from corral.version import __version__
@@ -9,15 +10,27 @@ from corral.version import __version__
 __all__ = ["__version__", "run"]
 
 
-def run(app: str, **settings: Any) -> int:
-    """Serve `app` ("module:attribute") as `corral run` would; return the exit code.
+def run(
+    app: str | None = None, *, config: str | os.PathLike[str] | None = None, **settings: Any
+) -> int:
+    """Run as `corral run` would; return the exit code.
 
-    Keyword arguments are the settings of `corral run --help`, by their Python
-    names (`workers=4`, `bind=["127.0.0.1:8000"]`, `graceful_timeout=10`).
-    Raises `corral.settings.ConfigError` for settings that do not validate.
+    `app` is "module:attribute" (or None: corral.toml's `[web] app`, if any).
+    Keyword arguments are the settings of `corral run --help` by their
+    Python names (`workers=4`, `bind=["127.0.0.1:8000"]`, `control="..."`),
+    and override corral.toml (or `config`, a path, as `-c` gives); `CORRAL_*`
+    variables override both. Raises `corral.settings.ConfigError` for
+    settings that do not validate. SIGHUP re-reads them all, as for `corral run`.
     """
-    from corral.manager.supervisor import Manager
-    from corral.settings import PrestartConfig, System, WebConfig
+    from pathlib import Path
 
-    config = WebConfig.from_sources({"app": app, **settings}, source="corral.run()")
-    return Manager(System(config, {}, {}, PrestartConfig(), {})).run()
+    from corral.manager.supervisor import Manager
+    from corral.settings import System, resolve
+
+    directory = Path.cwd()
+    path = Path(config) if config is not None else None
+
+    def load() -> System:
+        return resolve(app, settings, path, directory, lambda name: f"corral.run({name}=...)")
+
+    return Manager(load(), load).run()

@@ -16,6 +16,7 @@ from corral.exit_codes import FAILURE, USAGE
 from corral.settings import (
     ConfigError,
     ManagerConfig,
+    System,
     WebConfig,
     env_name,
     flagged_settings,
@@ -115,6 +116,17 @@ def spelling_of_settings() -> Callable[[str], str]:
     return lambda name: decls.get(name, name.upper())
 
 
+def config_option() -> GroupedOption:
+    """`-c/--config PATH`, the same for every command that reads the configuration."""
+    return GroupedOption(
+        ["-c", "--config", "config_path"],
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="The configuration file [default: corral.toml here, "
+        "else [tool.corral] in pyproject.toml]",
+        help_group="Configuration",
+    )
+
+
 def fail(messages: list[str]) -> None:
     for message in messages:
         click.echo(f"corral: error: {message}", err=True)
@@ -133,13 +145,7 @@ def main() -> None:
         DescribedArgument(
             ["app"], required=False, help="The ASGI app, as MODULE:ATTRIBUTE (main:app)."
         ),
-        GroupedOption(
-            ["-c", "--config", "config_path"],
-            type=click.Path(path_type=Path, dir_okay=False),
-            help="The configuration file [default: corral.toml here, "
-            "else [tool.corral] in pyproject.toml]",
-            help_group="Configuration",
-        ),
+        config_option(),
         *setting_options(WebConfig),
         *setting_options(ManagerConfig),
     ],
@@ -153,28 +159,34 @@ def run(ctx: click.Context, app: str | None, config_path: Path | None, **_: Any)
     option can also be set with the environment variable shown beside it,
     which takes precedence over the flag; flags take precedence over the file.
     """
+    flags, directory = given_settings(ctx), Path.cwd()
+
+    def load() -> System:
+        """The configuration as it is now: at start, and again on each SIGHUP."""
+        return resolve(app, flags, config_path, directory, spelling_of_settings())
+
     try:
-        system = resolve(app, given_settings(ctx), config_path, Path.cwd(), spelling_of_settings())
+        system = load()
     except ConfigError as error:
         fail(error.messages)
         return
     from corral.manager.supervisor import Manager
 
-    sys.exit(Manager(system).run())
+    sys.exit(Manager(system, load).run())
 
 
 for command in COMMANDS:
     main.add_command(command)
 
 
-@main.command(cls=GroupedCommand)
-@click.argument("app", required=False)
-@click.option(
-    "-c",
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="The configuration file [default: corral.toml here, else pyproject.toml's].",
+@main.command(
+    cls=GroupedCommand,
+    params=[
+        DescribedArgument(
+            ["app"], required=False, help="The ASGI app, as MODULE:ATTRIBUTE (main:app)."
+        ),
+        config_option(),
+    ],
 )
 def check(app: str | None, config_path: Path | None) -> None:
     """Validate the configuration and import every app and `call` target; start nothing.

@@ -55,7 +55,7 @@ class Group(abc.ABC):
 
     @abc.abstractmethod
     def scale(self, count: int) -> str:
-        """Run `count` members."""
+        """Run `count` members; returns what it scales, as "web to 4"."""
 
     @abc.abstractmethod
     async def apply(self, declaration: Any, env: dict[str, str]) -> None:

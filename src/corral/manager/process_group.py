@@ -157,7 +157,7 @@ class ProcessGroup(Group):
             raise Refused(f"{self.name}: the number of replicas cannot be negative")
         self.output.say(f"scaling {self.name} to {count} replicas")
         self.background.start(self._scale_to(count))
-        return f"scaling {self.name} to {count}"
+        return f"{self.name} to {count}"
 
     async def _scale_to(self, count: int) -> None:
         self.wanted = count

@@ -301,9 +301,7 @@ class Manager:
         if web is not None and new.web is not None:
             await web.apply(new.web, _web_env(new, new.web))
         for name in [n for n in old.processes if n not in new.processes]:
-            self.output.say(
-                f"reload: [processes.{name}] is gone from the configuration: stopping it"
-            )
+            self.output.say(f"reload: [processes.{name}] is no longer declared: stopping it")
             await self.groups.pop(name).stop()
         added = set()
         for name, config in new.processes.items():
@@ -353,7 +351,7 @@ class Manager:
     def scale(self, counts: dict[str, int]) -> str:
         """Set the size of each group named; unknown names are refused before anything changes."""
         groups = {name: self.group(name) for name in counts}
-        return "; ".join(groups[name].scale(count) for name, count in counts.items())
+        return "scaling " + ", ".join(groups[name].scale(count) for name, count in counts.items())
 
     def run_job(self, name: str) -> str:
         if self.jobs is None:

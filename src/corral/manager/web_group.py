@@ -456,7 +456,7 @@ class WebGroup(Group):
             raise Refused("web needs at least 1 worker")
         self.output.say(f"scaling web to {count} workers")
         self._scale_to(count)
-        return f"scaling web to {count} workers"
+        return f"web to {count}"
 
     def _scale_to(self, count: int) -> None:
         self.wanted = count
