@@ -29,8 +29,10 @@ class ProcessGroup:
         env: dict[str, str],
         output: Output,
         metrics: Metrics,
+        first: int = 1,
     ) -> None:
         self.name = name
+        self.first = first  # the first replica's number: `--only consumer.2` runs consumer.2
         self.config = config
         self.wanted = config.replicas
         self.metrics = metrics
@@ -45,12 +47,15 @@ class ProcessGroup:
         self.stopping = False
 
     async def start(self) -> None:
-        for index in range(1, self.wanted + 1):
+        for index in self._numbers(self.wanted):
             await self._start(index)
+
+    def _numbers(self, count: int) -> range:
+        return range(self.first, self.first + count)
 
     async def _start(self, index: int) -> None:
         self.respawns.pop(index, None)
-        if self.stopping or index > self.wanted:
+        if self.stopping or index not in self._numbers(self.wanted):
             return
         self.history.setdefault(index, History()).starts += 1
         name = f"{self.name}.{index}"
@@ -121,13 +126,13 @@ class ProcessGroup:
         """Run `wanted` replicas: start the missing ones, stop the highest-numbered extras."""
         self.wanted = wanted
         self.output.say(f"scaling {self.name} to {wanted} replicas")
-        extra = [index for index in self.processes if index > wanted]
+        extra = [index for index in self.processes if index not in self._numbers(wanted)]
         for index in extra:
             child = self.replicas.get(index)
             if child is not None:
                 child.stop_reason = "scale"
             self.metrics.restart(self.name, "scale")
-        for index in range(1, wanted + 1):
+        for index in self._numbers(wanted):
             if index not in self.processes and index not in self.respawns:
                 await self._start(index)
         await self._stop_processes([self.processes[index] for index in extra])
@@ -136,7 +141,7 @@ class ProcessGroup:
         """Each replica as `corral status` shows it (pid, state, uptime, restarts, last exit)."""
         rows = []
         for index in sorted(set(self.history) | set(self.replicas)):
-            if index > self.wanted and index not in self.replicas:
+            if index not in self._numbers(self.wanted) and index not in self.replicas:
                 continue
             child = self.replicas.get(index)
             history = self.history.get(index)

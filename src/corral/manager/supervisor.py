@@ -25,6 +25,7 @@ from corral.manager.control import ControlPlan, ManagerControl
 from corral.manager.job_scheduler import JobScheduler
 from corral.manager.launcher_handle import LauncherHandle
 from corral.manager.metrics import Metrics, prepare_multiprocess_dir, remove_multiprocess_dir
+from corral.manager.notify import Notifier
 from corral.manager.output import Output
 from corral.manager.prestart import run_prestart
 from corral.manager.process_group import ProcessGroup
@@ -44,6 +45,7 @@ class Manager:
         self.metrics = Metrics(None)
         self.finished: asyncio.Future[int] | None = None
         self.stopping = False
+        self.notify = Notifier.from_environment(self.output.say)  # systemd's Type=notify
 
     def run(self) -> int:
         """Run everything declared until stopped; return the exit code."""
@@ -51,7 +53,7 @@ class Manager:
         web = self.system.web
         try:
             identity = posix.identity(web.user, web.group) if web is not None else {}
-            control = ControlPlan(self.system.manager.control)
+            control = ControlPlan(self.system.manager.control, self.system.manager.probes)
         except ValueError as error:
             self.output.say(f"error: {error}")
             return USAGE
@@ -150,6 +152,7 @@ class Manager:
                 self.output,
                 self.metrics,
                 on_fatal=self._finish,
+                on_serving=self.notify.ready,
             )
             try:
                 await self.web.start()
@@ -158,7 +161,8 @@ class Manager:
                 await self.web.stop()
                 return APP_FAILED
         for name, config in self.system.processes.items():
-            group = ProcessGroup(name, config, self.system.env, self.output, self.metrics)
+            first = self.system.only_replica.get(name, 1)
+            group = ProcessGroup(name, config, self.system.env, self.output, self.metrics, first)
             self.groups.append(group)
             await group.start()
         if self.system.jobs:
@@ -166,9 +170,12 @@ class Manager:
                 self.system.jobs, launcher, self.system.env, self.output, self.metrics
             )
             await self.jobs.start()
+        if web is None:
+            self.notify.ready()
         reloading = web is not None and web.reload
         watching = loop.create_task(self._reload_on_change()) if reloading else None
         code = await self.finished
+        self.notify.stopping()
         if watching is not None:
             watching.cancel()
         await self._stop()
@@ -238,12 +245,16 @@ class Manager:
         if self.stopping:
             return
         self.reload_count += 1
+        self.notify.reloading()
+        parts = []
         if self.web is not None:
             self.web.reload()
+            parts.append(self.web.reloading)
         for group in self.groups:
-            self.reloads.start(group.reload())
+            parts.append(self.reloads.start(group.reload()))
         if self.jobs is not None:
-            self.reloads.start(self.jobs.reload())
+            parts.append(self.reloads.start(self.jobs.reload()))
+        self.reloads.start(self.notify.ready_after(part for part in parts if part is not None))
 
     def _on_scale_signal(self, change: int) -> None:
         if self.web is not None and not self.stopping:

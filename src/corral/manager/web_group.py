@@ -58,6 +58,7 @@ class WebGroup:
         output: Output,
         metrics: Metrics,
         on_fatal: Callable[[int], None],
+        on_serving: Callable[[], None] = lambda: None,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -68,6 +69,7 @@ class WebGroup:
         self.env = env  # the system's environment ([env], env_file), over the manager's
         self.output = output
         self.on_fatal = on_fatal
+        self.on_serving = on_serving  # called once, when the first worker is ready
         self.wanted = config.workers
         self.workers: dict[int, Child] = {}
         self.links: dict[int, socket.socket] = {}
@@ -204,6 +206,7 @@ class WebGroup:
         if not self.serving:
             self.serving = True
             self._announce()
+            self.on_serving()
             for index in range(2, self.wanted + 1):
                 self._spawn(f"web.{index}")
 
