@@ -252,14 +252,14 @@ def _expand(expression: str) -> list[list[int] | None]:
 
 
 def why_kept(config: JobConfig, cron: Cron | None) -> str:
-    """Why a job stays with corral rather than in a CronJob or a timer: what they cannot say."""
+    """What a job says that a CronJob or a timer cannot, so that it stays with corral."""
     if cron is None and config.every is not None:
         return (
-            f"every = {config.every:g}s is not a whole number of minutes dividing an hour "
-            "or of hours dividing a day"
+            f"every = {config.every:g}s: not whole minutes dividing an hour, "
+            "nor whole hours dividing a day"
         )
     if cron is None:
-        return f"schedule = {config.schedule!r} is not a five-field cron expression"
+        return f"schedule = {config.schedule!r}: not a five-field cron expression"
     return f"jitter = {config.jitter:g}s"
 
 

@@ -8,7 +8,11 @@ import yaml
 
 
 class _Dumper(yaml.SafeDumper):
-    """PyYAML's safe dumper; text of several lines as a `|` block, as people write it."""
+    """PyYAML's safe dumper; text of several lines as a `|` block, as people write it, and
+    no anchors: a value written twice (a Deployment's labels) is written out twice."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 def _text(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:

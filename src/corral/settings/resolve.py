@@ -122,7 +122,7 @@ def _name_problems(file: ConfigFile) -> list[str]:
                 problems.append(
                     f"{where}: {name!r} cannot name a process or a job: "
                     "use lowercase letters, digits, '-' and '_', starting with a letter "
-                    "(and not web, corral or jobs)"
+                    "(and not web, corral, jobs or prestart)"
                 )
     return problems
 
