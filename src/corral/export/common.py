@@ -134,16 +134,25 @@ def dns_names(prefix: str, names: list[str], what: str) -> dict[str, str]:
 # -- web -----------------------------------------------------------------------------
 
 
+def bind_addresses(web: WebConfig) -> list[Address]:
+    """Where web listens, as `corral run` reads its settings: --bind, else --uds, else host:port."""
+    if web.bind:
+        specs = web.bind
+    elif web.uds:
+        specs = [f"unix:{web.uds}"]
+    else:
+        specs = [f"[{web.host}]:{web.port}" if ":" in web.host else f"{web.host}:{web.port}"]
+    try:
+        return [parse_bind(spec) for spec in specs]
+    except BindError as error:
+        raise ExportError([str(error)]) from None
+
+
 def tcp_addresses(web: WebConfig, engine: str) -> list[Address]:
     """Where web listens, as TCP addresses; ExportError for what a container cannot publish."""
-    specs = web.bind or ([f"unix:{web.uds}"] if web.uds else [_host_port(web.host, web.port)])
     addresses = []
     problems = []
-    for spec in specs:
-        try:
-            address = parse_bind(spec)
-        except BindError as error:
-            raise ExportError([str(error)]) from None
+    for address in bind_addresses(web):
         if address.port is None:
             problems.append(
                 f"{engine}: web listens on {address}: a container publishes TCP ports only; "
@@ -160,10 +169,6 @@ def tcp_addresses(web: WebConfig, engine: str) -> list[Address]:
 
 def ports(addresses: list[Address]) -> list[int]:
     return sorted({address.port for address in addresses if address.port is not None})
-
-
-def _host_port(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def probes_port(system: System, taken: list[int], engine: str) -> int:

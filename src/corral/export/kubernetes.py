@@ -286,11 +286,8 @@ class _Objects:
         container["command"] = command
         if self.target.workdir is not None:
             container["workingDir"] = self.target.workdir
-        env_from = []
         if self.environment.table:
-            env_from.append({"configMapRef": {"name": self.name("env")}})
-        if env_from:
-            container["envFrom"] = env_from
+            container["envFrom"] = [{"configMapRef": {"name": self.name("env")}}]
         if self.mount is not None:
             container["volumeMounts"] = [
                 {"name": "env-file", "mountPath": self.mount, "subPath": "env", "readOnly": True}

@@ -22,13 +22,13 @@ from corral.export.common import (
     Export,
     ExportError,
     Target,
+    bind_addresses,
     cron_of,
     graceful_stop,
     seconds,
     why_kept,
 )
 from corral.manager.job_scheduler import DEFAULT_STOP_TIMEOUT
-from corral.manager.listeners import parse_bind
 from corral.settings import System
 
 ENGINE = "systemd"
@@ -276,17 +276,13 @@ class _Units:
     def _listen_streams(self) -> list[str]:
         web = self.system.web
         assert web is not None
-        specs = web.bind or ([f"unix:{web.uds}"] if web.uds else [f"{web.host}:{web.port}"])
-        if not web.bind and not web.uds and ":" in web.host:
-            specs = [f"[{web.host}]:{web.port}"]
         lines, problems = [], []
-        for spec in specs:
-            address = parse_bind(spec)
+        for address in bind_addresses(web):
             if address.path is not None:
                 lines.append(f"ListenStream={_escape(address.path)}")
             elif address.fd is not None or not _is_ip(address.host):
                 problems.append(
-                    f"systemd: web binds {spec}: a socket unit listens on an IP address "
+                    f"systemd: web binds {address}: a socket unit listens on an IP address "
                     "and a port, or a path"
                 )
             else:
