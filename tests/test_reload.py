@@ -274,7 +274,6 @@ def test_reload_serves_the_new_code_from_every_worker(corral, tmp_path: Path, pr
         _served_only(seen, version, pids)
 
 
-
 def test_a_worker_that_dies_after_a_reload_is_replaced(corral, tmp_path: Path):
     """The replacement a reload started is a worker like any other once it serves."""
     _write_app(tmp_path, "v1")

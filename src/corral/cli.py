@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -179,6 +180,16 @@ for command in COMMANDS:
     main.add_command(command)
 
 
+def resolve_or_exit(config_path: Path | None, code: int = FAILURE) -> System:
+    """The system corral.toml declares (no flags), or its problems on stderr and exit `code`."""
+    try:
+        return resolve(None, {}, config_path, Path.cwd(), spelling_of_settings())
+    except ConfigError as error:
+        for message in error.messages:
+            click.echo(f"corral: error: {message}", err=True)
+        sys.exit(code)
+
+
 @main.command(
     cls=GroupedCommand,
     params=[
@@ -207,3 +218,118 @@ def check(app: str | None, config_path: Path | None) -> None:
     if problems:
         sys.exit(FAILURE)
     click.echo("corral: configuration valid; every target imports")
+
+
+@main.command(params=[config_option()])
+def prestart(config_path: Path | None) -> None:
+    """Run the [prestart] steps once, in order, and exit: 0, or 4 at the first that fails.
+
+    For an engine that runs them before the rest: a Kubernetes Job, a oneshot
+    unit, a compose service the others wait for.
+    """
+    from corral.manager import once
+
+    sys.exit(once.prestart(resolve_or_exit(config_path, USAGE)))
+
+
+@main.command(params=[config_option()])
+@click.argument("name")
+def job(name: str, config_path: Path | None) -> None:
+    """Run job NAME once, here, and exit: 0 when it succeeds, 1 when it fails or times out.
+
+    For an engine that keeps the schedule: a CronJob, a systemd timer.
+    (`corral jobs run NAME` asks the corral running here instead.)
+    """
+    from corral.manager import once
+
+    system = resolve_or_exit(config_path, USAGE)
+    if name not in system.jobs:
+        fail([f"no job named {name!r} (jobs: {', '.join(system.jobs) or 'none declared'})"])
+    sys.exit(once.job(system, name))
+
+
+@main.command(name="export", params=[config_option()])
+@click.argument("engine", type=click.Choice(["kubernetes", "systemd", "compose"]))
+@click.option(
+    "-o",
+    "--output",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Write the files into DIR, created if need be [default: print them].",
+)
+@click.option(
+    "--image",
+    metavar="IMAGE",
+    help="kubernetes, compose: the image that holds the app, corral and corral.toml.",
+)
+@click.option(
+    "--name",
+    metavar="NAME",
+    help="The application's name, which prefixes every object and unit "
+    "[default: the configuration's folder].",
+)
+@click.option(
+    "--workdir",
+    metavar="DIR",
+    help="The folder holding corral.toml where the engine runs corral [default: systemd: "
+    "the configuration's folder; kubernetes, compose: the image's working directory].",
+)
+@click.option(
+    "--executable",
+    metavar="PATH",
+    help="The corral that the engine runs [default: systemd: the one running this command; "
+    "kubernetes, compose: corral, on the image's PATH].",
+)
+def export_command(
+    engine: str,
+    directory: Path | None,
+    image: str | None,
+    name: str | None,
+    workdir: str | None,
+    executable: str | None,
+    config_path: Path | None,
+) -> None:
+    """Write what runs corral.toml's system on ENGINE: kubernetes, systemd or compose.
+
+    From the file alone (never from a running corral), the same bytes for the
+    same file. What the engine cannot express is refused, or kept inside
+    corral; the notes on stderr say which, and where each part went.
+    Exits 1 when the engine cannot run the system as the file says.
+    """
+    from corral.export import ExportError, Target, app_name, check_name, export
+    from corral.settings.resolve import find
+
+    found = find(config_path, Path.cwd())
+    if found is None:
+        fail(["export reads corral.toml (or [tool.corral] in pyproject.toml): none here; give -c"])
+        return
+    system = resolve_or_exit(found.path)
+    try:
+        target = Target(
+            name=check_name(name or app_name(found.path)),
+            config=found.path,
+            image=image,
+            workdir=workdir or (str(found.path.resolve().parent) if engine == "systemd" else None),
+            executable=executable or (_this_corral() if engine == "systemd" else "corral"),
+        )
+        result = export(engine, system, target)
+    except ExportError as error:
+        for message in error.messages:
+            click.echo(f"corral: error: {message}", err=True)
+        sys.exit(FAILURE)
+    for note in result.notes:
+        click.echo(f"corral: {note}", err=True)
+    if directory is None:
+        separator = "\n" if engine == "systemd" else "---\n"
+        click.echo(separator.join(f"# {n}\n{text}" for n, text in result.files.items()), nl=False)
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    for file_name, text in result.files.items():
+        (directory / file_name).write_text(text)
+    click.echo(f"corral: wrote {', '.join(result.files)} in {directory}", err=True)
+
+
+def _this_corral() -> str:
+    """The corral executable beside this interpreter (a virtualenv's), else on PATH."""
+    beside = Path(sys.executable).parent / "corral"
+    return str(beside) if beside.exists() else shutil.which("corral") or "corral"

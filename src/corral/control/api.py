@@ -85,11 +85,19 @@ def make_app(controller: Controller, token: str | None) -> ControlApp:
     return ControlApp(controller, token)
 
 
+def make_probes_app(controller: Controller) -> ControlApp:
+    """/livez, /readyz and /metrics, and nothing else: a listener a container may expose."""
+    return ControlApp(controller, None, probes_only=True)
+
+
 class ControlApp:
     """The ASGI app. Routes: see `_routes`; /jobs/NAME/run besides."""
 
-    def __init__(self, controller: Controller, token: str | None) -> None:
+    def __init__(
+        self, controller: Controller, token: str | None, probes_only: bool = False
+    ) -> None:
         self.controller = controller
+        self.probes_only = probes_only
         self.token = token
         self._followers: set[Subscription] = set()
         self._ending = False
@@ -142,6 +150,8 @@ class ControlApp:
             )
 
     def _route(self, path: str) -> tuple[str, Handler]:
+        if self.probes_only and path not in PUBLIC_PATHS:
+            raise ControlError(404, f"no such endpoint: {path} (this listener serves probes)")
         if path in self._routes:
             return self._routes[path]
         prefix, suffix = "/jobs/", "/run"

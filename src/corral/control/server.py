@@ -65,25 +65,26 @@ class ControlServers:
 
 
 async def serve_control(
-    app: ControlApp, unix_path: Path, tcp: tuple[TcpAddress, ControlApp] | None = None
+    app: ControlApp, unix_path: Path, *tcp: tuple[TcpAddress, ControlApp]
 ) -> ControlServers:
-    """Serve `app` on the Unix socket `unix_path` and, when given, TCP's app on its address.
+    """Serve `app` on the Unix socket `unix_path` and each TCP app on its address, in order.
 
-    Two apps because the two listeners admit differently: the socket's mode
-    admits only our user, while TCP needs a token (`make_app(controller, token)`).
+    Several apps because the listeners admit differently: the socket's mode
+    admits only our user, while TCP needs a token (`make_app(controller, token)`),
+    and a probes listener serves only the probes (`make_probes_app`).
     Raises AlreadyRunning when a corral answers on `unix_path` (a socket file
     nobody answers on is a leftover of a killed corral, and is replaced), and
     corral.manager.listeners.BindError when an address cannot be listened on.
     """
     listening = [(app, _listen_unix(unix_path))]
-    if tcp is not None:
-        address, tcp_app = tcp
-        try:
+    try:
+        for address, tcp_app in tcp:
             listening.append((tcp_app, _listen_tcp(address)))
-        except listeners.BindError:
-            listening[0][1].close()
-            os.unlink(unix_path)
-            raise
+    except listeners.BindError:
+        for _, sock in listening:
+            sock.close()
+        os.unlink(unix_path)
+        raise
     return ControlServers(unix_path, listening)
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from corral.control.address import TcpAddress, UnixAddress, default_control_path, parse_control
-from corral.control.api import ControlError, make_app
+from corral.control.api import ControlError, make_app, make_probes_app
 from corral.control.server import ControlServers, serve_control
 from corral.control.token import load_or_create_token, token_path, write_token
 from corral.manager.child import status_row
@@ -146,11 +146,15 @@ def _answer(verb: Callable[[], str]) -> str:
 class ControlPlan:
     """Where the control API listens: the Unix socket always, TCP when asked, with its token."""
 
-    def __init__(self, setting: str | None) -> None:
-        """Read `--control`: a PATH for the socket, or HOST:PORT for TCP beside the default socket.
+    def __init__(self, setting: str | None, probes: str | None = None) -> None:
+        """Read `--control`: a PATH for the socket, or HOST:PORT for TCP beside the default socket;
+        and `--probes` HOST:PORT, a listener of its own for the probes and /metrics.
 
         ValueError (ControlPathError) names a setting that cannot work.
         """
+        self.probes = parse_control(probes) if probes is not None else None
+        if self.probes is not None and not isinstance(self.probes, TcpAddress):
+            raise ValueError(f"--probes {probes!r}: expected HOST:PORT, such as 0.0.0.0:9000")
         address = parse_control(setting) if setting is not None else None
         self.tcp = address if isinstance(address, TcpAddress) else None
         if isinstance(address, UnixAddress):
@@ -164,14 +168,18 @@ class ControlPlan:
 
     async def open(self, controller: ManagerControl, output: Output) -> ControlServers:
         """Start listening (AlreadyRunning, BindError if it cannot), and say where."""
-        tcp = None
+        tcp = []
         if self.tcp is not None:
-            tcp = (self.tcp, make_app(controller, self.token))
-        servers = await serve_control(make_app(controller, None), self.unix_path, tcp)
+            tcp.append((self.tcp, make_app(controller, self.token)))
+        if self.probes is not None:
+            tcp.append((self.probes, make_probes_app(controller)))
+        servers = await serve_control(make_app(controller, None), self.unix_path, *tcp)
         output.say(f"control socket: {self.unix_path}")
+        if self.probes is not None:
+            output.say(f"probes on http://{servers.addresses[-1]}: /livez, /readyz, /metrics")
         if self.token is not None:
             write_token(token_path(self.unix_path), self.token)
-            address = servers.addresses[-1]
+            address = servers.addresses[1]
             output.say(
                 f"control API on http://{address}: changes need the token"
                 + (

@@ -62,6 +62,10 @@ class Group(abc.ABC):
         """Take a changed declaration and environment (on SIGHUP); the next reload uses them."""
 
     @abc.abstractmethod
+    async def settle(self) -> None:
+        """Wait until the work this group has under way (a reload, a scale) is over."""
+
+    @abc.abstractmethod
     def status(self) -> list[dict[str, Any]]:
         """Each member as `corral status` shows it (`corral.manager.child.status_row`)."""
 

@@ -288,6 +288,9 @@ class JobsGroup(Group):
     def scale(self, count: int) -> str:
         raise Refused("jobs cannot be scaled: each runs once per tick")
 
+    async def settle(self) -> None:
+        await self.background.wait()
+
     async def apply(self, declaration: dict[str, JobConfig], env: dict[str, str]) -> None:
         """Take the jobs of a changed corral.toml: added ones are armed, removed ones disarmed.
 

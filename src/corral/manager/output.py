@@ -64,6 +64,14 @@ class Output:
         for fd in list(self._pumps):
             self.detach(fd)
 
+    async def drain(self, timeout: float) -> None:
+        """Copy what the children wrote until every pipe ends (at most `timeout` seconds: a
+        grandchild may hold one open), then close: for a command that exits after its child."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._pumps and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)
+        self.close()
+
 
 class Pump:
     """One child's pipe: complete lines go out at once, a partial line waits for its end."""

@@ -35,8 +35,10 @@ class ProcessGroup(Group):
         env: dict[str, str],
         output: Output,
         metrics: Metrics,
+        first: int = 1,
     ) -> None:
         self.name = name
+        self.first = first  # the first replica's number: `--only consumer.2` runs consumer.2
         self.config = config
         self.env = env  # the system's environment ([env], env_file)
         self.output = output
@@ -54,14 +56,18 @@ class ProcessGroup(Group):
         return self.wanted
 
     async def start(self) -> None:
-        for index in range(1, self.wanted + 1):
+        for index in self._numbers(self.wanted):
             await self._start(index)
 
     def _member(self, index: int) -> str:
         return f"{self.name}.{index}"
 
+    def _numbers(self, count: int) -> range:
+        """The replica numbers of `count` replicas: `--only consumer.2` runs consumer.2 alone."""
+        return range(self.first, self.first + count)
+
     async def _start(self, index: int, cause: str | None = None) -> None:
-        if self.stopping or index > self.wanted:
+        if self.stopping or index not in self._numbers(self.wanted):
             return
         name = self._member(index)
         history = self.history.setdefault(index, History())
@@ -161,17 +167,20 @@ class ProcessGroup(Group):
 
     async def _scale_to(self, count: int) -> None:
         self.wanted = count
-        extra = [child for index, child in self.children.items() if index > count]
+        extra = [c for index, c in self.children.items() if index not in self._numbers(count)]
         for child in extra:
             self.respawner.cancel(child.name)
             if child.state is State.BACKOFF:
                 child.to(State.STOPPED)
             elif child.serving():
                 self.metrics.restart(self.name, "scale")
-        for index in range(1, count + 1):
+        for index in self._numbers(count):
             if self._running(index) is None and not self.respawner.pending(self._member(index)):
                 await self._start(index)
         await self._stop_children([c for c in extra if c.serving()], "scale")
+
+    async def settle(self) -> None:
+        await self.background.wait()
 
     async def apply(self, declaration: ProcessConfig, env: dict[str, str]) -> None:
         """Take a changed declaration and environment; each replica gets it as it restarts.
@@ -189,7 +198,7 @@ class ProcessGroup(Group):
         return [
             child_row(child, self.name, "replica", self.history.get(index))
             for index, child in sorted(self.children.items())
-            if index <= self.wanted or child.is_live()
+            if index in self._numbers(self.wanted) or child.is_live()
         ]
 
     async def stop(self) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 import socket
@@ -33,6 +34,7 @@ from corral.manager.group import Group, Refused
 from corral.manager.jobs_group import JobsGroup
 from corral.manager.launcher_handle import LauncherHandle
 from corral.manager.metrics import Metrics, prepare_multiprocess_dir, remove_multiprocess_dir
+from corral.manager.notify import Notifier
 from corral.manager.output import Output
 from corral.manager.prestart import run_prestart
 from corral.manager.process_group import ProcessGroup
@@ -53,11 +55,12 @@ class Manager:
         self.jobs: JobsGroup | None = None
         self.launcher: LauncherHandle | None = None
         self.background = Background()
-        self.reload_lock = asyncio.Lock()
+        self.reloading: asyncio.Task[None] | None = None  # a reload of everything
         self.reload_count = 0
         self.metrics = Metrics(None)
         self.finished: asyncio.Future[int] | None = None
         self.stopping = False
+        self.notify = Notifier.from_environment(self.output.say)  # systemd's Type=notify
 
     def run(self) -> int:
         """Run everything declared until stopped; return the exit code."""
@@ -65,7 +68,7 @@ class Manager:
         web = self.system.web
         try:
             identity = posix.identity(web.user, web.group) if web is not None else {}
-            control = ControlPlan(self.system.manager.control)
+            control = ControlPlan(self.system.manager.control, self.system.manager.probes)
         except ValueError as error:
             self.output.say(f"error: {error}")
             return USAGE
@@ -159,6 +162,7 @@ class Manager:
                 self.output,
                 self.metrics,
                 on_fatal=self._finish,
+                on_serving=self.notify.ready,
             )
             self.groups["web"] = group
             try:
@@ -174,9 +178,12 @@ class Manager:
         )
         self.groups["jobs"] = self.jobs
         await self.jobs.start()
+        if web is None:
+            self.notify.ready()
         reloading = web is not None and web.reload
         watching = loop.create_task(self._reload_on_change()) if reloading else None
         code = await self.finished
+        self.notify.stopping()
         if watching is not None:
             watching.cancel()
         await self._stop()
@@ -186,7 +193,8 @@ class Manager:
     async def _add_process_group(
         self, name: str, config: ProcessConfig, env: dict[str, str]
     ) -> None:
-        group = ProcessGroup(name, config, env, self.output, self.metrics)
+        first = self.system.only_replica.get(name, 1)
+        group = ProcessGroup(name, config, env, self.output, self.metrics, first)
         self.groups[name] = group
         if self.jobs is not None:  # keep the jobs last: the stop order follows this order
             self.groups["jobs"] = self.groups.pop("jobs")
@@ -268,27 +276,36 @@ class Manager:
             return "not reloaded: corral is stopping"
         if name is not None:
             return self.group(name).reload()
-        self.background.start(self._reload_everything())
+        if self.reloading is not None and not self.reloading.done():
+            self.output.say("a reload is already under way; this one is ignored")
+            return "a reload is already under way"
+        self.reloading = self.background.start(self._reload_everything())
         return "reloading everything"
 
     async def _reload_everything(self) -> None:
-        async with self.reload_lock:
-            if self.stopping:
+        self.reload_count += 1
+        self.notify.reloading()
+        try:
+            await self._reload_groups()
+        finally:
+            self.notify.ready()  # over, whether it worked or not: the old code still serves
+
+    async def _reload_groups(self) -> None:
+        """Apply the configuration as it is now, then reload every group and wait for it."""
+        added: set[str] = set()
+        if self.reread is not None:
+            try:
+                declared = self.reread()
+            except ConfigError as error:
+                self.output.say("reload: the configuration does not validate; nothing changes:")
+                for message in error.messages:
+                    self.output.say(f"  {message}")
                 return
-            self.reload_count += 1
-            added: set[str] = set()
-            if self.reread is not None:
-                try:
-                    declared = self.reread()
-                except ConfigError as error:
-                    self.output.say("reload: the configuration does not validate; nothing changes:")
-                    for message in error.messages:
-                        self.output.say(f"  {message}")
-                    return
-                added = await self._apply(declared)
-            for name, group in list(self.groups.items()):
-                if name not in added:
-                    group.reload()
+            added = await self._apply(declared)
+        for name, group in list(self.groups.items()):
+            if name not in added:
+                group.reload()
+        await asyncio.gather(*(group.settle() for group in list(self.groups.values())))
 
     async def _apply(self, new: System) -> set[str]:
         """Hand each group its part of `new`; start added groups, stop removed ones.
@@ -319,7 +336,7 @@ class Manager:
                 self.output.say(f"reload: the jobs keep their old declaration: {error}")
                 jobs = old.jobs
         web_now = old.web if new.web is None or old.web is None else new.web
-        self.system = System(web_now, new.processes, jobs, new.prestart, new.env, old.manager)
+        self.system = dataclasses.replace(new, web=web_now, jobs=jobs, manager=old.manager)
         return added
 
     def _say_what_needs_a_restart(self, old: System, new: System) -> None:

@@ -84,6 +84,7 @@ class WebGroup(Group):
         output: Output,
         metrics: Metrics,
         on_fatal: Callable[[int], None],
+        on_serving: Callable[[], None] = lambda: None,
     ) -> None:
         self.config = config
         self.sockets = sockets
@@ -91,6 +92,7 @@ class WebGroup(Group):
         self.output = output
         self.metrics = metrics
         self.on_fatal = on_fatal
+        self.on_serving = on_serving  # called once, when the first worker is ready
         self.wanted = config.workers
         self.children: dict[int, Child] = {}  # the live workers, by key
         self.resting: dict[str, Child] = {}  # names waiting out a backoff, or failed
@@ -211,6 +213,7 @@ class WebGroup(Group):
         if not self.serving:
             self.serving = True
             self._announce()
+            self.on_serving()
             for index in range(2, self.wanted + 1):
                 self._spawn(f"web.{index}")
 
@@ -392,6 +395,10 @@ class WebGroup(Group):
                 f"reload failed part way: {rolled} workers run the new code, "
                 f"{len(self._older_than(new))} the old"
             )
+
+    async def settle(self) -> None:
+        if self.reloading is not None:
+            await asyncio.wait([self.reloading])
 
     async def apply(self, declaration: WebConfig, env: dict[str, str]) -> None:
         """Take changed [web] settings and environment; the next reload's zygote uses them.

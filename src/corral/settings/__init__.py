@@ -6,7 +6,8 @@ never the other way round.
 - `base`: the machinery (flags, variables, messages that name the setting);
 - `web`: `WebConfig` (`corral run` and `[web]`) and `ManagerConfig` (`[corral]`);
 - `declared`: `[processes.NAME]`, `[jobs.NAME]`, `[prestart]`, `[env]`;
-- `resolve`: finding the file and merging everything into one `System`.
+- `resolve`: finding the file and merging everything into one `System`;
+- `only`: the part of a `System` that `--only` names.
 """
 
 from corral.settings.base import ConfigError, env_name, flagged_settings

@@ -56,6 +56,7 @@ TLS = "HTTPS"
 LOGGING = "Logging"
 PROCESS = "Process"
 CONTROL = "Control"
+SELECTION = "Selection"
 DEVELOPMENT = "Development"
 
 

@@ -19,7 +19,7 @@ from corral.units import Duration
 
 CONFIG_FILE = "corral.toml"
 NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
-RESERVED_NAMES = {"web", "corral"}
+RESERVED_NAMES = {"web", "corral", "jobs", "prestart"}  # parts of --only and of exports
 
 
 def _target(value: str | None) -> str | None:

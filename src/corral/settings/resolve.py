@@ -10,15 +10,16 @@ key and what was expected; nothing starts.
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from corral.settings.base import ConfigError, explain
+from corral.settings.base import ConfigError, env_name, explain
 from corral.settings.declared import (
     CONFIG_FILE,
     NAME,
@@ -28,6 +29,7 @@ from corral.settings.declared import (
     PrestartConfig,
     ProcessConfig,
 )
+from corral.settings.only import select
 from corral.settings.web import ManagerConfig, WebConfig
 
 if sys.version_info >= (3, 11):
@@ -120,7 +122,7 @@ def _name_problems(file: ConfigFile) -> list[str]:
                 problems.append(
                     f"{where}: {name!r} cannot name a process or a job: "
                     "use lowercase letters, digits, '-' and '_', starting with a letter "
-                    "(and not web or corral)"
+                    "(and not web, corral, jobs or prestart)"
                 )
     return problems
 
@@ -135,6 +137,8 @@ class System:
     prestart: PrestartConfig
     env: dict[str, str]  # for every process: env_file's variables, then [env]
     manager: ManagerConfig = field(default_factory=ManagerConfig)  # [corral]: control, logs
+    # `--only NAME.N`: the process groups of which this corral runs one replica, and its number.
+    only_replica: dict[str, int] = field(default_factory=dict)
 
 
 def resolve(
@@ -143,8 +147,13 @@ def resolve(
     explicit: Path | None,
     directory: Path,
     describe_flag: Callable[[str], str],
+    environ: Mapping[str, str] | None = None,
 ) -> System:
-    """Merge the file (if any), the flags and the CORRAL_* variables; ConfigError if unsound."""
+    """Merge the file (if any), the flags and the CORRAL_* variables; ConfigError if unsound.
+
+    `environ` holds the CORRAL_* variables (default: this process's environment).
+    Keeps only the part that `--only` names (`corral.settings.only`).
+    """
     file = find(explicit, directory)
     problems: list[str] = []
     declared = FileConfig()
@@ -162,6 +171,7 @@ def resolve(
         manager = ManagerConfig.from_sources(
             manager_values,
             source="corral run",
+            environ=environ,
             describe=lambda name: (
                 describe_flag(name)
                 if name in manager_flags or file is None
@@ -183,7 +193,9 @@ def resolve(
             return file.where(["web"], name)
 
         try:
-            web = WebConfig.from_sources(web_values, source="corral run", describe=describe)
+            web = WebConfig.from_sources(
+                web_values, source="corral run", describe=describe, environ=environ
+            )
         except ConfigError as error:
             problems += error.messages
     elif raw_web is not None and file is not None:
@@ -202,7 +214,14 @@ def resolve(
             ]
         )
     env = _environment(declared, file)
-    return System(web, declared.processes, declared.jobs, declared.prestart, env, manager)
+    system = System(web, declared.processes, declared.jobs, declared.prestart, env, manager)
+    if env_name("only") in (os.environ if environ is None else environ):
+        where = env_name("only")
+    elif "only" in manager_flags or file is None:
+        where = describe_flag("only")
+    else:
+        where = file.where(["corral"], "only")
+    return select(system, manager.only, where)
 
 
 def _environment(declared: FileConfig, file: ConfigFile | None) -> dict[str, str]:

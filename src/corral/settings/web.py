@@ -19,6 +19,7 @@ from corral.settings.base import (
     HTTP,
     LOGGING,
     PROCESS,
+    SELECTION,
     TLS,
     WORKERS,
     Settings,
@@ -40,6 +41,21 @@ class ManagerConfig(Settings):
     log_format: Annotated[Literal["text", "json"], flag("--log-format", group=LOGGING)] = Field(
         "text", description="text (NAME | line) or json (one object per line)."
     )
+    probes: Annotated[str | None, flag("--probes", group=CONTROL, metavar="HOST:PORT")] = Field(
+        None,
+        description="Serve /livez, /readyz and /metrics, and nothing else, on HOST:PORT "
+        "(no token: for a container's probes and a metrics scraper).",
+    )
+    only: Annotated[list[str], flag("--only", group=SELECTION, metavar="GROUPS")] = Field(
+        default_factory=list,
+        description="Run only these groups, comma-separated: web, jobs (or jobs.NAME), "
+        "a process group (or one of its replicas, NAME.N); prestart is skipped.",
+    )
+
+    @field_validator("only")
+    @classmethod
+    def _comma_separated(cls, groups: list[str]) -> list[str]:
+        return [name.strip() for item in groups for name in item.split(",") if name.strip()]
 
 
 class WebConfig(Settings):
