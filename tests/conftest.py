@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import pytest
 
@@ -158,24 +159,55 @@ class Corral:
 
     def worker_pids(self) -> dict[str, int]:
         """web.N -> pid, from the running process tree (process titles)."""
-        found = {}
-        for proc in self.alive():
-            with _gone_ok():
-                title = " ".join(proc.cmdline())
-                match = re.match(r"corral: (web\.\d+)", title)
-                if match:
-                    found[match.group(1)] = proc.pid
-        return found
+        return dict(self._worker_titles())
+
+    def control_socket(self, timeout: float = 20) -> Path:
+        """The control socket the manager said it listens on (in text or JSON output)."""
+        return Path(self.wait_for(r"control socket: ([^\s\"]+)", timeout)[1])
+
+    def status(self) -> dict[str, Any]:
+        """`GET /status` over the control socket: what `corral status --json` prints."""
+        transport = httpx.HTTPTransport(uds=str(self.control_socket()))
+        with httpx.Client(transport=transport, timeout=10) as client:
+            answer = client.get("http://corral/status")
+        assert answer.status_code == 200, answer.text
+        status: dict[str, Any] = answer.json()
+        return status
 
     def wait_workers(self, count: int, timeout: float = 20) -> dict[str, int]:
-        """Wait until exactly `count` workers are up and ready; return their pids."""
+        """Wait until exactly `count` workers are up and ready; return their pids.
+
+        Ready as the manager says it (`corral status`: each worker's state is
+        `ready`, none starting or draining), and those same pids are the
+        workers in the process tree: nothing else titled `corral: web.N` is left.
+        """
         deadline = time.monotonic() + timeout
+        seen: object = None
         while time.monotonic() < deadline:
-            pids = self.worker_pids()
-            if len(pids) == count:
-                return pids
+            if self.proc.poll() is not None:
+                break
+            rows = [
+                row
+                for row in self.status()["processes"]
+                if row["group"] == "web" and row["kind"] == "worker"
+            ]
+            ready = {row["name"]: row["pid"] for row in rows if row["state"] == "ready"}
+            tree = sorted(self._worker_titles())
+            seen = (rows, tree)
+            if len(rows) == len(ready) == count and tree == sorted(ready.items()):
+                return ready
             time.sleep(0.05)
-        raise AssertionError(f"expected {count} workers, have {self.worker_pids()}:\n{self.output}")
+        raise AssertionError(f"expected {count} ready workers, have {seen}:\n{self.output}")
+
+    def _worker_titles(self) -> list[tuple[str, int]]:
+        """(web.N, pid) of every live process titled `corral: web.N`, duplicates included."""
+        found = []
+        for proc in self.alive():
+            with _gone_ok():
+                match = re.match(r"corral: (web\.\d+)", " ".join(proc.cmdline()))
+                if match:
+                    found.append((match.group(1), proc.pid))
+        return found
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int:
         """Send `sig`, wait for the manager to exit, check no process of its tree is left."""
