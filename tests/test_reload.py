@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 import signal
 import ssl
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -512,4 +514,57 @@ def test_slow_requests_in_flight_on_old_workers_complete_through_a_reload(corral
     assert {(name, pid) for _, name, pid in served} <= set(old.items()), (served, old)
     new = _retired(server, old, mark)
     _served_only(_sample(url, {"web.1", "web.2"}), "v2", new)
+    assert server.stop() == 0
+
+
+# -- 8. the old worker serves until its replacement is ready ------------------------------------
+
+
+def _replace_web_1(server, how: str, cwd: Path) -> None:
+    """Have web.1 replaced: by SIGHUP (a reload), or by `corral restart web.1`."""
+    if how == "SIGHUP":
+        server.send(signal.SIGHUP)
+        return
+    done = subprocess.run(
+        [sys.executable, "-m", "corral", "restart", "web.1"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "restarting web.1"), done
+
+
+@pytest.mark.parametrize("how", ["SIGHUP", "corral restart web.1"])
+def test_the_old_worker_serves_at_once_while_its_replacement_is_still_starting(
+    corral, tmp_path: Path, how: str
+):
+    """Capacity never drops: the old worker drains only once its replacement is ready.
+
+    The replacement runs v2, whose lifespan startup takes 2 s; 0.7 s into it, a fresh
+    connection is answered at once, by the old worker, running v1. (Without --preload
+    a restarted worker imports the current code too, so both ways start v2.)
+    """
+    _write_app(tmp_path, "v1")
+    server = corral("run", "deployed:app", "--port", "0", "--no-preload", cwd=tmp_path, env=NO_PYC)
+    url = server.url()
+    old = server.wait_workers(1)["web.1"]
+    assert _parse(httpx.get(url, headers=CLOSE, timeout=5)) == ("v1", "web.1", old)
+
+    _write_app(tmp_path, "v2", startup_delay=2.0)
+    mark = server.mark()
+    _replace_web_1(server, how, tmp_path)
+    server.wait_for(rf"web\.1 \(pid {old}\) .*: replacing it", after=mark, timeout=10)
+    new = int(server.wait_for(r"web\.1 started \(pid (\d+)\)", after=mark, timeout=10)[1])
+    time.sleep(0.7)  # into the replacement's 2 s startup: it cannot answer yet
+    sent = time.monotonic()
+    response = httpx.get(url, headers=CLOSE, timeout=5)
+    took = time.monotonic() - sent
+
+    assert response.status_code == 200, response.text
+    assert _parse(response) == ("v1", "web.1", old), f"{response.text}\n{server.output}"
+    assert took < 0.5, f"answered after {took:.2f}s: the old worker no longer accepted"
+    server.wait_for(rf"web\.1 stopped \(pid {old}, exit code 0\)", after=mark, timeout=15)
+    assert server.wait_workers(1) == {"web.1": new}
+    assert _parse(httpx.get(url, headers=CLOSE, timeout=5)) == ("v2", "web.1", new)
     assert server.stop() == 0
