@@ -250,6 +250,36 @@ def test_worker_stuck_in_a_blocking_call_is_aborted_with_its_stack_logged_then_r
     assert server.stop() == 0
 
 
+def test_stuck_worker_that_ignores_sigabrt_is_killed_by_sigkill_then_replaced(corral):
+    server = corral("run", "plain:app", "--port", "0", "--timeout", "2", "--graceful-timeout", "3")
+    url = server.url()
+    old_pid = server.wait_workers(1)["web.1"]
+    mark = server.mark()
+
+    with ThreadPoolExecutor(1) as pool:
+        sent = time.monotonic()
+        blocked = pool.submit(httpx.get, f"{url}/block-ignoring-abort?seconds=30", timeout=40)
+        server.wait_for(
+            rf"web\.1 \(pid {old_pid}\) has not answered for 2s: sending SIGABRT", after=mark
+        )
+        exited = server.line_index(
+            rf"web\.1 exited \(pid {old_pid}, killed by SIG\w+", after=mark, timeout=10
+        )
+        killed_after = time.monotonic() - sent
+        with pytest.raises(httpx.TransportError):  # its worker died under it
+            blocked.result(timeout=10)
+
+    # The clock runs from the last heartbeat, up to 1 s before the request: SIGABRT comes
+    # within 2 s (--timeout) of the request, SIGKILL 2 s later.
+    print(f"killed by SIGKILL {killed_after:.2f}s after the request")
+    assert "killed by SIGKILL (timeout" in server.lines[exited], server.lines[exited]
+    assert killed_after < 5.5, f"killed {killed_after:.1f}s after the request\n{server.output}"
+    new_pid = int(server.wait_for(r"web\.1 started \(pid (\d+)\)", after=exited)[1])
+    assert server.wait_workers(1) == {"web.1": new_pid}
+    assert _served_by(httpx.get(url, timeout=5)) == ("web.1", new_pid)
+    assert server.stop() == 0
+
+
 # -- 5. graceful stop --------------------------------------------------------------------
 
 
