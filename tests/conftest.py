@@ -165,11 +165,15 @@ class Corral:
         """The control socket the manager said it listens on (in text or JSON output)."""
         return Path(self.wait_for(r"control socket: ([^\s\"]+)", timeout)[1])
 
-    def status(self) -> dict[str, Any]:
-        """`GET /status` over the control socket: what `corral status --json` prints."""
+    def control_get(self, path: str) -> httpx.Response:
+        """`GET path` on the control API, over its Unix socket (which needs no token)."""
         transport = httpx.HTTPTransport(uds=str(self.control_socket()))
         with httpx.Client(transport=transport, timeout=10) as client:
-            answer = client.get("http://corral/status")
+            return client.get(f"http://corral{path}")
+
+    def status(self) -> dict[str, Any]:
+        """What `corral status --json` prints."""
+        answer = self.control_get("/status")
         assert answer.status_code == 200, answer.text
         status: dict[str, Any] = answer.json()
         return status

@@ -20,6 +20,7 @@ from pathlib import Path
 from textwrap import dedent
 
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from corral.manager.schedule import Schedule
 from corral.settings import JobConfig
@@ -379,6 +380,61 @@ def test_overlap_allow_lets_runs_overlap(corral, tmp_path):
     intervals = _slow_intervals(tmp_path / "slow.txt")
     assert any(start < end for (_, end), (start, _) in pairwise(intervals)), intervals
     assert server.count(r"tick skipped") == 0
+    assert server.stop() == 0
+
+
+def test_overlap_allow_starts_exactly_one_run_per_tick(corral, tmp_path):
+    _system(
+        tmp_path,
+        """
+        [jobs.tick]
+        call = "tasks:tick"
+        every = "1s"
+        overlap = "allow"
+        """,
+    )
+    server = corral("run", cwd=tmp_path)
+    _wait_records(tmp_path / "tick.txt", 4, server=server)
+    assert server.stop() == 0  # a run under way finishes first
+
+    records = _records(tmp_path / "tick.txt")
+    times = sorted(float(record[0]) for record in records)
+    ticks = [round(t - times[0]) for t in times]
+    assert ticks == list(range(len(times))), (times, server.output)  # one per grid point
+    assert len({record[1] for record in records}) == len(records)  # each run its own process
+
+
+def _job_runs(server, job: str, result: str) -> float:
+    """corral_job_runs_total{job, result} from /metrics (0 when there is no such sample)."""
+    text = server.control_get("/metrics").text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "corral_job_runs_total"
+        and sample.labels == {"job": job, "result": result}
+    )
+
+
+def test_under_the_default_overlap_runs_that_end_in_time_skip_no_tick(corral, tmp_path):
+    _system(
+        tmp_path,
+        """
+        [jobs.tick]
+        call = "tasks:tick"
+        every = "1s"
+        """,
+    )
+    server = corral("run", cwd=tmp_path)
+    deadline = time.monotonic() + 20
+    while (row := server.status()["jobs"][0])["runs"] < 3:  # three runs have ended
+        assert time.monotonic() < deadline, f"{row}\n{server.output}"
+        time.sleep(0.1)
+
+    assert row["failures"] == 0, row
+    assert _job_runs(server, "tick", "ok") >= 3
+    assert _job_runs(server, "tick", "skipped") == 0, server.control_get("/metrics").text
+    assert server.count(r"skipped") == 0, server.output
     assert server.stop() == 0
 
 
