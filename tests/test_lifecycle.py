@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from corral.manager.backoff import STABLE_AFTER, Backoff
+
 CLOSE = {"connection": "close"}
 
 
@@ -151,6 +153,36 @@ def test_repeated_deaths_of_a_worker_back_off_exponentially(corral):
     assert delays == [0.5, 1.0, 2.0], server.output
     assert last_wait >= 1.8, f"the 2s delay was not honoured: restarted after {last_wait:.2f}s"
     _request_until_served_by(server.url(), "web.1", pid)
+    assert server.stop() == 0
+
+
+def test_the_backoff_starts_over_after_a_stable_run():
+    backoff = Backoff()
+    never_ready = [backoff.delay_after_death(None) for _ in range(3)]
+    assert never_ready == [0.0, 0.5, 1.0]
+    assert backoff.delay_after_death(STABLE_AFTER - 1) == 2.0  # not stable yet: still doubling
+    assert backoff.delay_after_death(STABLE_AFTER) == 0.0  # a stable run: at once, as a first
+    assert backoff.delay_after_death(1.0) == 0.5  # and the doubling starts over
+
+
+def test_a_worker_that_dies_after_a_stable_run_restarts_at_once(corral):
+    server = corral("run", "plain:app", "--port", "0")
+    server.url()
+    pid = server.wait_workers(1)["web.1"]
+    delays = []
+    for stable in (False, False, True, False):
+        if stable:
+            time.sleep(STABLE_AFTER + 0.5)  # served long enough since it became ready
+        mark = server.mark()
+        os.kill(pid, signal.SIGKILL)
+        exited = server.line_index(rf"web\.1 exited \(pid {pid}, killed by SIGKILL\)", after=mark)
+        started = server.line_index(r"web\.1 started \(pid \d+\)", after=exited)
+        said = [re.search(r"restarts in ([\d.]+)s", line) for line in server.lines[exited:started]]
+        delays.append(next((float(m[1]) for m in said if m), 0.0))
+        pid = server.wait_workers(1)["web.1"]
+
+    # At once, then 0.5 s; after a stable run at once again, then 0.5 s (not 1 s, 2 s).
+    assert delays == [0.0, 0.5, 0.0, 0.5], server.output
     assert server.stop() == 0
 
 
