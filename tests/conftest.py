@@ -178,6 +178,25 @@ class Corral:
         status: dict[str, Any] = answer.json()
         return status
 
+    def worker_states(self) -> list[tuple[str, int | None, str]]:
+        """(web.N, pid, state) of each worker the manager knows, as `corral status` lists them."""
+        return [
+            (row["name"], row["pid"], row["state"])
+            for row in self.status()["processes"]
+            if row["group"] == "web" and row["kind"] == "worker"
+        ]
+
+    def wait_status(
+        self, what: str, done: Callable[[dict[str, Any]], bool], timeout: float = 15
+    ) -> dict[str, Any]:
+        """Ask `corral status` until `done(status)`; return that status. Fails on timeout."""
+        deadline = time.monotonic() + timeout
+        while not done(status := self.status()):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError(f"{what}: not within {timeout}s: {status}\n{self.output}")
+            time.sleep(0.05)
+        return status
+
     def wait_workers(self, count: int, timeout: float = 20) -> dict[str, int]:
         """Wait until exactly `count` workers are up and ready; return their pids.
 
@@ -187,19 +206,13 @@ class Corral:
         """
         deadline = time.monotonic() + timeout
         seen: object = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            rows = [
-                row
-                for row in self.status()["processes"]
-                if row["group"] == "web" and row["kind"] == "worker"
-            ]
-            ready = {row["name"]: row["pid"] for row in rows if row["state"] == "ready"}
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            states = self.worker_states()
+            ready = {name: pid for name, pid, state in states if state == "ready"}
             tree = sorted(self._worker_titles())
-            seen = (rows, tree)
-            if len(rows) == len(ready) == count and tree == sorted(ready.items()):
-                return ready
+            seen = (states, tree)
+            if len(states) == len(ready) == count and tree == sorted(ready.items()):
+                return {name: pid for name, pid in ready.items() if pid is not None}
             time.sleep(0.05)
         raise AssertionError(f"expected {count} ready workers, have {seen}:\n{self.output}")
 
