@@ -1,6 +1,7 @@
 """Rolling reloads, tested on real processes: SIGHUP under load, new code served, broken deploys
 that never take the site down, TLS certificates re-read, --reload, a reload refused while one is
-under way, and slow requests finishing on the old workers.
+under way, slow requests finishing on the old workers, and an old worker that keeps serving
+until its replacement is ready.
 
 The apps that change between reloads are written under tmp_path, where corral runs.
 """
