@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import pytest
 
@@ -159,24 +160,72 @@ class Corral:
 
     def worker_pids(self) -> dict[str, int]:
         """web.N -> pid, from the running process tree (process titles)."""
-        found = {}
-        for proc in self.alive():
-            with _gone_ok():
-                title = " ".join(proc.cmdline())
-                match = re.match(r"corral: (web\.\d+)", title)
-                if match:
-                    found[match.group(1)] = proc.pid
-        return found
+        return dict(self._worker_titles())
+
+    def control_socket(self, timeout: float = 20) -> Path:
+        """The control socket the manager said it listens on (in text or JSON output)."""
+        return Path(self.wait_for(r"control socket: ([^\s\"]+)", timeout)[1])
+
+    def control_get(self, path: str) -> httpx.Response:
+        """`GET path` on the control API, over its Unix socket (which needs no token)."""
+        transport = httpx.HTTPTransport(uds=str(self.control_socket()))
+        with httpx.Client(transport=transport, timeout=10) as client:
+            return client.get(f"http://corral{path}")
+
+    def status(self) -> dict[str, Any]:
+        """What `corral status --json` prints."""
+        answer = self.control_get("/status")
+        assert answer.status_code == 200, answer.text
+        status: dict[str, Any] = answer.json()
+        return status
+
+    def worker_states(self) -> list[tuple[str, int | None, str]]:
+        """(web.N, pid, state) of each worker the manager knows, as `corral status` lists them."""
+        return [
+            (row["name"], row["pid"], row["state"])
+            for row in self.status()["processes"]
+            if row["group"] == "web" and row["kind"] == "worker"
+        ]
+
+    def wait_status(
+        self, what: str, done: Callable[[dict[str, Any]], bool], timeout: float = 15
+    ) -> dict[str, Any]:
+        """Ask `corral status` until `done(status)`; return that status. Fails on timeout."""
+        deadline = time.monotonic() + timeout
+        while not done(status := self.status()):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError(f"{what}: not within {timeout}s: {status}\n{self.output}")
+            time.sleep(0.05)
+        return status
 
     def wait_workers(self, count: int, timeout: float = 20) -> dict[str, int]:
-        """Wait until exactly `count` workers are up and ready; return their pids."""
+        """Wait until exactly `count` workers are up and ready; return their pids.
+
+        Ready as the manager says it (`corral status`: each worker's state is
+        `ready`, none starting or draining), and those same pids are the
+        workers in the process tree: nothing else titled `corral: web.N` is left.
+        """
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            pids = self.worker_pids()
-            if len(pids) == count:
-                return pids
+        seen: object = None
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            states = self.worker_states()
+            ready = {name: pid for name, pid, state in states if state == "ready"}
+            tree = sorted(self._worker_titles())
+            seen = (states, tree)
+            if len(states) == len(ready) == count and tree == sorted(ready.items()):
+                return {name: pid for name, pid in ready.items() if pid is not None}
             time.sleep(0.05)
-        raise AssertionError(f"expected {count} workers, have {self.worker_pids()}:\n{self.output}")
+        raise AssertionError(f"expected {count} ready workers, have {seen}:\n{self.output}")
+
+    def _worker_titles(self) -> list[tuple[str, int]]:
+        """(web.N, pid) of every live process titled `corral: web.N`, duplicates included."""
+        found = []
+        for proc in self.alive():
+            with _gone_ok():
+                match = re.match(r"corral: (web\.\d+)", " ".join(proc.cmdline()))
+                if match:
+                    found.append((match.group(1), proc.pid))
+        return found
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int:
         """Send `sig`, wait for the manager to exit, check no process of its tree is left."""

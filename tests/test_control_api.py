@@ -266,6 +266,19 @@ def test_tcp_calls_without_the_right_token_are_refused_before_the_controller(
     assert running.controller.calls == []
 
 
+@pytest.mark.parametrize(
+    "credential",
+    [TOKEN[:-1], TOKEN[:1], "", f"{TOKEN}x", TOKEN.upper()],
+    ids=["all_but_its_last_character", "its_first_character", "empty", "longer", "upper_case"],
+)
+def test_only_the_whole_token_is_accepted_not_a_prefix_or_an_empty_credential(running, credential):
+    headers = {"Authorization": f"Bearer {credential}".rstrip()}  # HTTP drops trailing spaces
+    with running.http() as client:
+        answers = [client.post("/stop", headers=headers), client.get("/status", headers=headers)]
+    assert [answer.status_code for answer in answers] == [401, 401], headers
+    assert running.controller.calls == []
+
+
 def test_tcp_calls_with_the_token_reach_the_controller(running):
     with running.http() as client:
         client.headers["Authorization"] = f"Bearer {TOKEN}"

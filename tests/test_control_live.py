@@ -13,6 +13,7 @@ CLI and the API report.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 import psutil
@@ -684,6 +686,8 @@ def test_tcp_calls_need_the_token_from_corral_token_but_probes_and_metrics_do_no
     refusals = {
         "no token": _scale_web(base, 3),
         "a wrong token": _scale_web(base, 3, Authorization="Bearer wrong"),
+        "a prefix of the token": _scale_web(base, 3, Authorization="Bearer secre"),
+        "an empty credential": _scale_web(base, 3, Authorization="Bearer"),
         "another scheme": _scale_web(base, 3, Authorization="Basic secret"),
         "GET /status": httpx.get(f"{base}/status", timeout=REQUEST_TIMEOUT),
         "POST /stop": httpx.post(f"{base}/stop", timeout=REQUEST_TIMEOUT),
@@ -691,9 +695,10 @@ def test_tcp_calls_need_the_token_from_corral_token_but_probes_and_metrics_do_no
     for what, answer in refusals.items():
         assert answer.status_code == 401, f"{what}: {answer.status_code} {answer.text}"
         assert answer.headers["www-authenticate"] == "Bearer", what
-    time.sleep(1)  # a scale that got through would have forked web.3 by now
-    assert server.worker_pids() == before
+    # A scale that got through would have added web.3 before answering: the status, asked
+    # after the refusals, would list it (starting) already.
     assert _status_pids(_status(tmp_path), "web") == before
+    assert server.worker_pids() == before
     assert server.proc.poll() is None
 
     for probe in ("/livez", "/readyz", "/metrics"):
@@ -815,6 +820,71 @@ def test_request_metrics_add_up_every_workers_requests_and_survive_a_restart(cor
         text = _metrics(server)
         assert _metric(text, "corral_http_requests_total", **HTTP_OK) == sent, text
         time.sleep(0.6)
+    assert server.stop() == 0
+
+
+def _get_on(conn: http.client.HTTPConnection, close: bool = False) -> tuple[str, int]:
+    """GET / on the keep-alive connection `conn`; the worker name and pid that served it."""
+    conn.request("GET", "/", headers={"Connection": "close"} if close else {})
+    answer = conn.getresponse()
+    body = answer.read().decode()
+    assert answer.status == 200, body
+    name, pid = body.split()
+    return name, int(pid)
+
+
+def test_a_worker_scaled_away_brings_its_last_requests_into_the_totals(corral, tmp_path):
+    """A worker's last heartbeat, sent as it exits, carries what it served since the one before.
+
+    Read right after its exit is logged, the totals have every request: they never go down,
+    and nothing is waited for to catch up.
+    """
+    _project(tmp_path, _web(2))
+    server = _start(corral, tmp_path, "--control", "127.0.0.1:0")
+    base = _tcp_url(server)  # /metrics needs no token
+    workers = server.wait_workers(2)
+
+    def total() -> float:
+        text = httpx.get(f"{base}/metrics", timeout=REQUEST_TIMEOUT).text
+        return _metric(text, "corral_http_requests_total")
+
+    def until_total(wanted: int) -> float:
+        """Scrape until the total is `wanted`; return when it was seen (time.monotonic())."""
+        deadline = time.monotonic() + 10
+        while (seen := total()) != wanted:
+            assert time.monotonic() < deadline, f"total {seen}, wanted {wanted}\n{server.output}"
+            time.sleep(0.01)
+        return time.monotonic()
+
+    # A keep-alive connection that web.2 accepted (requests that reached web.1 count too).
+    parts = urlsplit(server.url())
+    sent = 0
+    while True:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=REQUEST_TIMEOUT)
+        served_by = _get_on(conn)
+        sent += 1
+        if served_by == ("web.2", workers["web.2"]):
+            break
+        conn.close()
+    until_total(sent)
+    # Right after one of web.2's heartbeats (one a second), so that it sends no other before
+    # it exits: the requests below reach the totals by its last heartbeat only.
+    _get_on(conn)
+    sent += 1
+    synced_at = until_total(sent)
+    for number in range(48):
+        assert _get_on(conn, close=number == 47) == ("web.2", workers["web.2"])
+        sent += 1
+    conn.close()  # 50 requests on it
+    mark = server.mark()
+    server.send(signal.SIGTTOU)
+    server.wait_for(rf"web\.2 stopped \(pid {workers['web.2']}, exit code 0\)", after=mark)
+    stopped_in = time.monotonic() - synced_at
+
+    text = httpx.get(f"{base}/metrics", timeout=REQUEST_TIMEOUT).text
+    print(f"web.2 stopped {stopped_in:.2f}s after its heartbeat; {sent} requests sent")
+    assert _metric(text, "corral_http_requests_total") == sent, text
+    assert _metric(text, "corral_http_requests_total", **HTTP_OK) == sent, text
     assert server.stop() == 0
 
 

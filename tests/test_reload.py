@@ -1,6 +1,7 @@
 """Rolling reloads, tested on real processes: SIGHUP under load, new code served, broken deploys
 that never take the site down, TLS certificates re-read, --reload, a reload refused while one is
-under way, and slow requests finishing on the old workers.
+under way, slow requests finishing on the old workers, and an old worker that keeps serving
+until its replacement is ready.
 
 The apps that change between reloads are written under tmp_path, where corral runs.
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 import re
 import signal
 import ssl
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -445,10 +448,8 @@ def test_dev_reload_follows_python_file_changes_and_ignores_other_files(corral, 
     _served_only(_sample(url, {"web.1", "web.2"}), "v1", old)
 
     mark = server.mark()
-    written = time.monotonic()
     _write_app(tmp_path, "v2")
     changed = server.wait_for(r"changed: (.*)$", after=mark, timeout=10).group(1)
-    noticed_after = time.monotonic() - written
     assert changed.split(", ") == ["deployed.py"], changed
     server.wait_for(r"reload complete: 2 workers run the new code", after=mark)
     new = _retired(server, old, mark)
@@ -456,13 +457,17 @@ def test_dev_reload_follows_python_file_changes_and_ignores_other_files(corral, 
     assert _count_after(server, r"changed:", mark) == 1, "one write, one reload"
     assert _count_after(server, r"reloading: loading", mark) == 1, server.output
 
-    # The watcher is running (it just saw the .py change): other files do not reload.
+    # Other files do not reload. A .py file written after them is noticed: by then they were
+    # seen and filtered out, not reported in its batch or in one of their own before it.
     mark = server.mark()
     (tmp_path / "notes.txt").write_text("not code\n")
     (tmp_path / "settings.toml").write_text("debug = true\n")
-    time.sleep(min(max(2.0, 3 * noticed_after), 6))  # well past how long the .py change took
-    assert _count_after(server, r"changed:|reloading", mark) == 0, server.output
-    assert server.worker_pids() == new
+    (tmp_path / "helpers.py").write_text("HELPING = True\n")
+    changed = server.wait_for(r"changed: (.*)$", after=mark, timeout=10).group(1)
+    assert changed.split(", ") == ["helpers.py"], server.output
+    server.wait_for(r"reload complete: 2 workers run the new code", after=mark)
+    assert _count_after(server, r"changed:", mark) == 1, server.output
+    assert _count_after(server, r"reloading: loading", mark) == 1, server.output
     assert server.stop() == 0
 
 
@@ -490,15 +495,15 @@ def test_sighup_during_a_reload_is_refused_and_the_first_reload_completes(corral
     )
 
     assert refused < complete, "the second SIGHUP came while the first reload was under way"
-    time.sleep(1)  # the refused reload must not start later either
-    assert _count_after(server, r"SIGHUP: reloading", mark) == 2, server.output
-    assert _count_after(server, r"reloading: loading", mark) == 1, server.output
-    assert _count_after(server, r"reload complete", mark) == 1, server.output
-    assert _count_after(server, r"web\.\d+ started", mark) == 2, server.output
     new = _retired(server, old, mark)
     _served_only(_sample(url, {"web.1", "web.2"}), "v2", new)
     assert _tree(server, 2) == _expected_tree(2)
     assert server.stop() == 0
+    # The refused reload did not start later either: not until the very end of the run.
+    assert _count_after(server, r"SIGHUP: reloading", mark) == 2, server.output
+    assert _count_after(server, r"reloading: loading", mark) == 1, server.output
+    assert _count_after(server, r"reload complete", mark) == 1, server.output
+    assert _count_after(server, r"web\.\d+ started", mark) == 2, server.output
 
 
 # -- 7. slow requests finish on the old workers ------------------------------------------------
@@ -531,4 +536,57 @@ def test_slow_requests_in_flight_on_old_workers_complete_through_a_reload(corral
     assert {(name, pid) for _, name, pid in served} <= set(old.items()), (served, old)
     new = _retired(server, old, mark)
     _served_only(_sample(url, {"web.1", "web.2"}), "v2", new)
+    assert server.stop() == 0
+
+
+# -- 8. the old worker serves until its replacement is ready ------------------------------------
+
+
+def _replace_web_1(server, how: str, cwd: Path) -> None:
+    """Have web.1 replaced: by SIGHUP (a reload), or by `corral restart web.1`."""
+    if how == "SIGHUP":
+        server.send(signal.SIGHUP)
+        return
+    done = subprocess.run(
+        [sys.executable, "-m", "corral", "restart", "web.1"],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "restarting web.1"), done
+
+
+@pytest.mark.parametrize("how", ["SIGHUP", "corral restart web.1"])
+def test_the_old_worker_serves_at_once_while_its_replacement_is_still_starting(
+    corral, tmp_path: Path, how: str
+):
+    """Capacity never drops: the old worker drains only once its replacement is ready.
+
+    The replacement runs v2, whose lifespan startup takes 2 s; 0.7 s into it, a fresh
+    connection is answered at once, by the old worker, running v1. (Without --preload
+    a restarted worker imports the current code too, so both ways start v2.)
+    """
+    _write_app(tmp_path, "v1")
+    server = corral("run", "deployed:app", "--port", "0", "--no-preload", cwd=tmp_path, env=NO_PYC)
+    url = server.url()
+    old = server.wait_workers(1)["web.1"]
+    assert _parse(httpx.get(url, headers=CLOSE, timeout=5)) == ("v1", "web.1", old)
+
+    _write_app(tmp_path, "v2", startup_delay=2.0)
+    mark = server.mark()
+    _replace_web_1(server, how, tmp_path)
+    server.wait_for(rf"web\.1 \(pid {old}\) .*: replacing it", after=mark, timeout=10)
+    new = int(server.wait_for(r"web\.1 started \(pid (\d+)\)", after=mark, timeout=10)[1])
+    time.sleep(0.7)  # into the replacement's 2 s startup: it cannot answer yet
+    sent = time.monotonic()
+    response = httpx.get(url, headers=CLOSE, timeout=5)
+    took = time.monotonic() - sent
+
+    assert response.status_code == 200, response.text
+    assert _parse(response) == ("v1", "web.1", old), f"{response.text}\n{server.output}"
+    assert took < 0.5, f"answered after {took:.2f}s: the old worker no longer accepted"
+    server.wait_for(rf"web\.1 stopped \(pid {old}, exit code 0\)", after=mark, timeout=15)
+    assert server.wait_workers(1) == {"web.1": new}
+    assert _parse(httpx.get(url, headers=CLOSE, timeout=5)) == ("v2", "web.1", new)
     assert server.stop() == 0

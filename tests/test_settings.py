@@ -102,6 +102,25 @@ def test_bad_input_exits_2_with_one_message_naming_it(corral, args, expected):
         assert fragment in line, line
 
 
+# A key like no setting: (where in corral.toml, what else that table needs to be sound).
+UNLIKE_ANY_SETTING = {
+    "top_level": ("", ""),
+    "web": ("[web] ", '[web]\napp = "plain:app"\n'),
+    "corral": ("[corral] ", "[corral]\n"),
+    "process": ("[processes.worker] ", '[processes.worker]\ncommand = "sleep 60"\n'),
+    "job": ("[jobs.beat] ", '[jobs.beat]\ncommand = "true"\nevery = "1h"\n'),
+    "prestart": ("[prestart] ", "[prestart]\n"),
+}
+
+
+@pytest.mark.parametrize("table", list(UNLIKE_ANY_SETTING))
+def test_a_key_like_no_setting_is_refused_without_a_did_you_mean(corral, tmp_path, table):
+    where, before = UNLIKE_ANY_SETTING[table]
+    (tmp_path / "corral.toml").write_text(before + 'colour = "red"\n')
+    line = fails_with_usage(corral("run", cwd=tmp_path))
+    assert line == f"corral: error: corral.toml: {where}colour: unknown setting", line
+
+
 # -- environment variables -----------------------------------------------------------
 
 
@@ -357,6 +376,12 @@ def test_python_api_raises_config_error_naming_the_setting(settings, named):
         corral_package.run("no_such_module_here:app", **settings)
     assert len(raised.value.messages) == 1
     assert named in raised.value.messages[0]
+
+
+def test_python_api_offers_no_did_you_mean_for_a_keyword_like_no_setting():
+    with pytest.raises(ConfigError) as raised:
+        corral_package.run("no_such_module_here:app", colour="red")
+    assert raised.value.messages == ["corral.run(): colour: unknown setting"]
 
 
 # -- durations ---------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import signal
 import time
 
 EVENTS = os.environ.get("PLAIN_EVENTS")  # a file where lifespan events are appended
@@ -35,6 +36,9 @@ async def app(scope, receive, send):
         await asyncio.sleep(float(query.get("seconds", "2")))
     elif path == "/block":
         stuck_in_a_blocking_call(float(query.get("seconds", "60")))
+    elif path == "/block-ignoring-abort":
+        signal.signal(signal.SIGABRT, signal.SIG_IGN)  # no stack dump, no death by SIGABRT
+        stuck_in_a_blocking_call(float(query.get("seconds", "30")))
     elif path == "/exit":
         os._exit(int(query.get("code", "1")))
     client = scope["client"][0] if scope.get("client") else "-"
