@@ -28,8 +28,8 @@ from corral.export.common import (
     tcp_addresses,
 )
 from corral.export.documents import dump
-from corral.manager.job_scheduler import DEFAULT_STOP_TIMEOUT
 from corral.settings import System
+from corral.settings.declared import jobs_stop_timeout
 
 ENGINE = "compose"
 FILE = "compose.yaml"
@@ -120,8 +120,8 @@ class _Services:
     def jobs(self) -> dict[str, Any]:
         names = sorted(self.system.jobs)
         service = self._service(self.target.corral("run", "--only", "jobs"))
-        timeouts = [self.system.jobs[name].timeout or DEFAULT_STOP_TIMEOUT for name in names]
-        service["stop_grace_period"] = f"{seconds(max(timeouts)) + STOP_MARGIN}s"
+        stop_timeout = jobs_stop_timeout(self.system.jobs[name] for name in names)
+        service["stop_grace_period"] = f"{seconds(stop_timeout) + STOP_MARGIN}s"
         self.notes.append(
             f"compose: jobs {', '.join(names)}: kept in corral, in service jobs "
             "(compose has no schedules)"

@@ -36,8 +36,8 @@ from corral.export.common import (
     why_kept,
 )
 from corral.export.documents import dump_all
-from corral.manager.job_scheduler import DEFAULT_STOP_TIMEOUT
 from corral.settings import System
+from corral.settings.declared import jobs_stop_timeout
 
 ENGINE = "kubernetes"
 PRESTOP_SLEEP = 5  # seconds for the endpoints to drop a stopping pod before it gets SIGTERM
@@ -244,8 +244,8 @@ class _Objects:
         command = self.target.corral("run", "--only", only)
         container = self._container("jobs", command, probes=True)
         container["livenessProbe"] = _probe("/livez", PROBE_PERIOD * 2, 3)
-        timeouts = [self.system.jobs[name].timeout or DEFAULT_STOP_TIMEOUT for name in kept]
-        grace = seconds(max(timeouts)) + STOP_MARGIN
+        stop_timeout = jobs_stop_timeout(self.system.jobs[name] for name in kept)
+        grace = seconds(stop_timeout) + STOP_MARGIN
         name = self.name("jobs")
         return self._deployment(name, "jobs", 1, container, grace, {"type": "Recreate"})
 

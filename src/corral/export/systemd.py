@@ -28,8 +28,8 @@ from corral.export.common import (
     seconds,
     why_kept,
 )
-from corral.manager.job_scheduler import DEFAULT_STOP_TIMEOUT
 from corral.settings import System
+from corral.settings.declared import jobs_stop_timeout
 
 ENGINE = "systemd"
 WEEKDAYS = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat")  # cron's 0..6
@@ -219,7 +219,7 @@ class _Units:
 
     def jobs(self, kept: list[str]) -> None:
         only = ",".join(f"jobs.{name}" for name in kept)
-        timeouts = [self.system.jobs[name].timeout or DEFAULT_STOP_TIMEOUT for name in kept]
+        stop_timeout = jobs_stop_timeout(self.system.jobs[name] for name in kept)
         self._add(
             "jobs.service",
             self._unit("jobs"),
@@ -230,7 +230,7 @@ class _Units:
                 self._exec(self.options.corral("run", "--only", only)),
                 f"ExecReload={RELOAD}",
                 "KillMode=mixed",
-                f"TimeoutStopSec={seconds(max(timeouts)) + STOP_MARGIN}s",
+                f"TimeoutStopSec={seconds(stop_timeout) + STOP_MARGIN}s",
                 "Restart=on-failure",
                 *self._where(),
                 *self.identity,

@@ -33,8 +33,7 @@ from corral.manager.zygote_handle import AppFailed, ZygoteHandle
 from corral.manager.zygote_slot import ZygoteSlot
 from corral.posix import describe_exit
 from corral.settings import JobConfig
-
-DEFAULT_STOP_TIMEOUT = 10.0
+from corral.settings.declared import jobs_stop_timeout
 
 
 @dataclass
@@ -256,8 +255,7 @@ class JobsGroup(Group):
                 os.kill(run.pid, signal.SIGKILL)
 
     def _stop_timeout(self) -> float:
-        timeouts = [c.timeout for c in self.jobs.values() if c.timeout is not None]
-        return max(timeouts, default=DEFAULT_STOP_TIMEOUT)
+        return jobs_stop_timeout(self.jobs.values())
 
     # -- the group's verbs ---------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import signal
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -149,3 +150,13 @@ class FileConfig(_Strict):
     prestart: PrestartConfig = Field(default_factory=PrestartConfig)
     env: dict[str, str] = Field(default_factory=dict)
     env_file: Path | None = None
+
+
+JOB_STOP_TIMEOUT = 10.0
+"""Seconds a stop waits for a run of a job that has no `timeout`, before killing it."""
+
+
+def jobs_stop_timeout(jobs: Iterable[JobConfig]) -> float:
+    """How long a stop waits for running jobs, in seconds: the longest of their timeouts,
+    a job without one counting JOB_STOP_TIMEOUT."""
+    return max((job.timeout or JOB_STOP_TIMEOUT for job in jobs), default=JOB_STOP_TIMEOUT)
