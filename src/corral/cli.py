@@ -12,9 +12,9 @@ from click.core import ParameterSource
 from pydantic import BaseModel
 
 from corral.control.commands import COMMANDS
+from corral.errors import UsageError
 from corral.exit_codes import FAILURE, USAGE
 from corral.settings import (
-    ConfigError,
     ManagerConfig,
     WebConfig,
     env_name,
@@ -155,7 +155,7 @@ def run(ctx: click.Context, app: str | None, config_path: Path | None, **_: Any)
     """
     try:
         system = resolve(app, given_settings(ctx), config_path, Path.cwd(), spelling_of_settings())
-    except ConfigError as error:
+    except UsageError as error:
         fail(error.messages)
         return
     from corral.manager.supervisor import Manager
@@ -185,7 +185,7 @@ def check(app: str | None, config_path: Path | None) -> None:
 
     try:
         system = resolve(app, {}, config_path, Path.cwd(), spelling_of_settings())
-    except ConfigError as error:
+    except UsageError as error:
         for message in error.messages:
             click.echo(f"corral: error: {message}", err=True)
         sys.exit(FAILURE)

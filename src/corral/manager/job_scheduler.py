@@ -67,8 +67,10 @@ class JobScheduler:
         env: dict[str, str],
         output: Output,
         metrics: Metrics,
+        identity: dict[str, Any],  # corral.posix.identity: who the runs (and the zygote) run as
     ) -> None:
         self.jobs = jobs
+        self.identity = identity
         self.launcher = launcher
         self.metrics = metrics
         self.records = {name: JobRecord() for name in jobs}
@@ -101,7 +103,7 @@ class JobScheduler:
             spec,
             [],
             self.env,
-            {},
+            self.identity,
             self.output,
         )
         self.zygote = zygote
@@ -179,7 +181,12 @@ class JobScheduler:
         env = {**self.env, **config.env}
         try:
             run.process = await spawn(
-                run.job, argv_for(run.job, config), self.output, env, config.cwd
+                run.job,
+                argv_for(run.job, config),
+                self.output,
+                env,
+                config.cwd,
+                identity=self.identity,
             )
         except OSError as error:
             self.output.say(f"{run.job}: cannot start: {error}")

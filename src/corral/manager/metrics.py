@@ -34,6 +34,7 @@ import itertools
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -44,6 +45,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psutil
 
 from corral.child.request_stats import BUCKETS
+from corral.posix import is_manager
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -56,6 +58,7 @@ RESTART_CAUSES = frozenset(
 RELOAD_RESULTS = ("ok", "failed")
 JOB_RESULTS = frozenset({"ok", "failed", "timeout", "skipped"})
 
+_OWN_DIR_PREFIX = "corral-metrics-"  # then the manager's pid: corral-metrics-PID-XXXXXXXX
 # prometheus_client's per-process files: counter_<pid>.db, gauge_livesum_<pid>.db, ...
 _PROCESS_FILE = re.compile(r"(?:counter|histogram|summary|gauge_[a-z]+)_(\d+)\.db")
 
@@ -302,7 +305,9 @@ def prepare_multiprocess_dir(
 
     The user's PROMETHEUS_MULTIPROC_DIR (or the older lower-case name) wins,
     created if missing; corral does not own it and never removes it. Else a
-    fresh private directory (mode 0700), which corral owns and removes.
+    fresh private directory (mode 0700) named after the manager's pid, which
+    corral owns and removes (and a later corral, should this one be killed:
+    `remove_dead_managers_dirs`).
 
     prometheus_client wants the directory emptied between runs: files left
     by a previous run would add its counts to this run's. In a directory
@@ -325,7 +330,7 @@ def prepare_multiprocess_dir(
         _remove_stale_files(path)
         owned = False
     else:
-        path = Path(tempfile.mkdtemp(prefix="corral-metrics-"))
+        path = Path(tempfile.mkdtemp(prefix=f"{_OWN_DIR_PREFIX}{os.getpid()}-"))
         created = owned = True
     if created and owner is not None:
         os.chown(path, *owner)
@@ -338,6 +343,32 @@ def _remove_stale_files(path: Path) -> None:
         if match and not psutil.pid_exists(int(match[1])):
             with contextlib.suppress(FileNotFoundError):
                 entry.unlink()
+
+
+def remove_dead_managers_dirs(parent: Path | None = None) -> list[Path]:
+    """Remove the private directories (in the temp folder) of managers that are gone; list them.
+
+    A manager removes its own at exit, but one killed with SIGKILL cannot.
+    Each name carries its manager's pid (`corral-metrics-PID-XXXXXXXX`): a
+    directory whose pid is no live corral manager (exited, or reused by
+    another program) is a leftover. Only directories, never symbolic links;
+    and when not root, only our own (another user's are theirs to clean).
+    """
+    parent = Path(tempfile.gettempdir()) if parent is None else parent
+    removed = []
+    for entry in parent.glob(f"{_OWN_DIR_PREFIX}*-*"):
+        pid = entry.name.removeprefix(_OWN_DIR_PREFIX).partition("-")[0]
+        try:
+            info = entry.lstat()
+        except FileNotFoundError:
+            continue
+        mine = os.geteuid() in (0, info.st_uid)
+        if not (pid.isdigit() and stat.S_ISDIR(info.st_mode) and mine):
+            continue
+        if not is_manager(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 def remove_multiprocess_dir(path: Path, owned: bool) -> None:

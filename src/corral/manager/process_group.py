@@ -29,8 +29,10 @@ class ProcessGroup:
         env: dict[str, str],
         output: Output,
         metrics: Metrics,
+        identity: dict[str, Any],  # corral.posix.identity: who the replicas run as
     ) -> None:
         self.name = name
+        self.identity = identity
         self.config = config
         self.wanted = config.replicas
         self.metrics = metrics
@@ -57,7 +59,12 @@ class ProcessGroup:
         env = {**self.env, **self.config.env, "CORRAL_REPLICA": str(index)}
         try:
             process = await spawn(
-                name, argv_for(name, self.config), self.output, env, self.config.cwd
+                name,
+                argv_for(name, self.config),
+                self.output,
+                env,
+                self.config.cwd,
+                identity=self.identity,
             )
         except OSError as error:
             self.output.say(f"{name} cannot start: {error}")

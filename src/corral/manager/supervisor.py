@@ -2,30 +2,41 @@
 
 Its life: fork the launcher (`corral.child.launcher`) -> bind (exit 2 if an
 address is taken) -> write the pidfile -> run prestart -> start
-the web group, whose processes run as --user/--group (exit 3 if the app cannot
-start) -> wait for a signal -> stop: web first, gracefully unless told otherwise -> clean up.
+the web group (exit 3 if the app cannot start), the processes and the jobs,
+every child as --user/--group -> wait for a signal -> stop: web first,
+gracefully unless told otherwise -> clean up.
+
+A mistake of the user's (`corral.errors.UsageError`) is one message and exit
+2. Any other exception, raised or left in a callback, is a bug in corral:
+everything started is stopped in order, the traceback is printed, exit 1.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import socket
+import traceback
 from typing import Any
 
 from corral import posix
 from corral.child.launcher import fork_launcher
-from corral.control.server import AlreadyRunning
+from corral.errors import UsageError
 from corral.exit_codes import APP_FAILED, FAILURE, OK, PRESTART_FAILED, USAGE
 from corral.manager import listeners
 from corral.manager.background import Background
 from corral.manager.control import ControlPlan, ManagerControl
 from corral.manager.job_scheduler import JobScheduler
 from corral.manager.launcher_handle import LauncherHandle
-from corral.manager.metrics import Metrics, prepare_multiprocess_dir, remove_multiprocess_dir
+from corral.manager.metrics import (
+    Metrics,
+    prepare_multiprocess_dir,
+    remove_dead_managers_dirs,
+    remove_multiprocess_dir,
+)
 from corral.manager.output import Output
+from corral.manager.pidfile import pidfile
 from corral.manager.prestart import run_prestart
 from corral.manager.process_group import ProcessGroup
 from corral.manager.web_group import AppFailed, WebGroup
@@ -44,28 +55,61 @@ class Manager:
         self.metrics = Metrics(None)
         self.finished: asyncio.Future[int] | None = None
         self.stopping = False
+        self.bug = False  # an exception went uncaught: whatever happens next, exit 1
+        self.listening: list[str] = []  # the web app's addresses, as URLs
 
     def run(self) -> int:
         """Run everything declared until stopped; return the exit code."""
-        posix.set_title("corral: manager")
-        web = self.system.web
+        posix.set_title(posix.MANAGER_TITLE)
         try:
-            identity = posix.identity(web.user, web.group) if web is not None else {}
-            control = ControlPlan(self.system.manager.control)
-        except ValueError as error:
-            self.output.say(f"error: {error}")
-            return USAGE
-        owner = (identity.get("user", -1), identity.get("group", -1)) if identity else None
-        metrics_dir, owned = prepare_multiprocess_dir(os.environ, owner)
+            return self._run_everything()
+        except Exception as error:
+            return self._fail(error)
+
+    def _run_everything(self) -> int:
+        manager, web = self.system.manager, self.system.web
+        # Computed once: every child runs as [corral]'s user, web as [web]'s where it has one.
+        identity = posix.identity(manager.user, manager.group)
+        web_identity = identity
+        if web is not None and (web.user or web.group):
+            web_identity = posix.identity(web.user or manager.user, web.group or manager.group)
+        control = ControlPlan(manager.control)
+        remove_dead_managers_dirs()
+        owner = web_identity if web is not None else identity
+        metrics_dir, owned = prepare_multiprocess_dir(
+            os.environ, (owner.get("user", -1), owner.get("group", -1)) if owner else None
+        )
         # Before anything imports prometheus_client, so the app's metrics are per-process files.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         self.metrics = Metrics(metrics_dir)
         try:
-            return self._run(identity, control)
+            return self._run((identity, web_identity), control)
         finally:
             remove_multiprocess_dir(metrics_dir, owned)
 
-    def _run(self, identity: dict[str, Any], control: ControlPlan) -> int:
+    def _fail(self, error: Exception) -> int:
+        """Report `error`: a UsageError's messages (exit 2), else a bug's traceback (exit 1)."""
+        if isinstance(error, UsageError):
+            for message in error.messages:
+                self.output.say(f"error: {message}")
+            return USAGE
+        self.bug = True
+        self.output.say("error: an unexpected error (a bug in corral); its traceback:")
+        for line in "".join(traceback.format_exception(error)).splitlines():
+            self.output.say(line)
+        return FAILURE
+
+    def _on_uncaught(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """An exception no one caught in a callback or a task: a bug; stop everything in order."""
+        error = context.get("exception")
+        if not isinstance(error, Exception):
+            loop.default_exception_handler(context)
+            return
+        self._fail(error)
+        self.stopping = True
+        self._finish(FAILURE)
+
+    def _run(self, identities: tuple[dict[str, Any], dict[str, Any]], control: ControlPlan) -> int:
         needs_zygotes = self.system.web is not None or any(
             job.call is not None for job in self.system.jobs.values()
         )
@@ -74,45 +118,32 @@ class Manager:
         addresses: list[listeners.Address] = []
         sockets: list[socket.socket] = []
         if web is not None:
-            try:
-                addresses, sockets = listeners.listen(
-                    web.bind, web.uds, web.host, web.port, web.backlog
-                )
-            except listeners.BindError as error:
-                self.output.say(f"error: {error}")
-                return USAGE
-        pidfile = web.pidfile if web is not None else None
+            addresses, sockets = listeners.listen(
+                web.bind, web.uds, web.host, web.port, web.backlog
+            )
+            tls = web.certfile is not None
+            bound = zip(addresses, sockets, strict=True)
+            self.listening = [listeners.url(address, sock, tls) for address, sock in bound]
         try:
-            if pidfile is not None:
-                pidfile.write_text(f"{os.getpid()}\n")
-            return asyncio.run(self._serve(launcher, control, sockets, identity))
-        except (ValueError, PermissionError) as error:
-            self.output.say(f"error: {error}")
-            return USAGE
+            with pidfile(self.system.manager.pidfile):
+                return asyncio.run(self._serve(launcher, control, sockets, identities))
         finally:
             listeners.close(sockets, addresses)
-            if pidfile is not None:
-                with contextlib.suppress(OSError):
-                    pidfile.unlink()
 
     async def _serve(
         self,
         forked: tuple[int, socket.socket] | None,
         control: ControlPlan,
         sockets: list[socket.socket],
-        identity: dict[str, Any],
+        identities: tuple[dict[str, Any], dict[str, Any]],
     ) -> int:
         loop = asyncio.get_running_loop()
         self.finished = loop.create_future()
         launcher = None if forked is None else LauncherHandle(*forked, self._on_launcher_lost)
         try:
+            servers = await control.open(ManagerControl(self, self.output.logs), self.output)
             try:
-                servers = await control.open(ManagerControl(self, self.output.logs), self.output)
-            except (AlreadyRunning, listeners.BindError) as error:
-                self.output.say(f"error: {error}")
-                return USAGE
-            try:
-                return await self._supervise(launcher, sockets, identity)
+                return await self._supervise(launcher, sockets, identities)
             finally:
                 await servers.close()
                 control.close()
@@ -124,16 +155,34 @@ class Manager:
         self,
         launcher: LauncherHandle | None,
         sockets: list[socket.socket],
-        identity: dict[str, Any],
+        identities: tuple[dict[str, Any], dict[str, Any]],
     ) -> int:
         assert self.finished is not None
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self._on_uncaught)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         loop.add_signal_handler(signal.SIGTTIN, self._on_scale_signal, +1)
         loop.add_signal_handler(signal.SIGTTOU, self._on_scale_signal, -1)
-        if not await run_prestart(self.system.prestart, self.system.env, self.output):
+        try:
+            code = await self._start_and_wait(launcher, sockets, identities)
+        except Exception as error:  # stop what has started, in order, before anything else
+            code = self._fail(error)
+        await self._stop()
+        self.output.say("stopped")
+        return FAILURE if self.bug else code
+
+    async def _start_and_wait(
+        self,
+        launcher: LauncherHandle | None,
+        sockets: list[socket.socket],
+        identities: tuple[dict[str, Any], dict[str, Any]],
+    ) -> int:
+        """Start everything declared, then wait for the exit code (a signal, a stop, a failure)."""
+        assert self.finished is not None
+        identity, web_identity = identities
+        if not await run_prestart(self.system.prestart, self.system.env, self.output, identity):
             return PRESTART_FAILED
         if self.finished.done():
             return self.finished.result()
@@ -145,7 +194,7 @@ class Manager:
                 web,
                 sockets,
                 launcher,
-                identity,
+                web_identity,
                 env,
                 self.output,
                 self.metrics,
@@ -155,25 +204,23 @@ class Manager:
                 await self.web.start()
             except AppFailed:
                 self.output.say("error: the app cannot start; see web.zygote's output above")
-                await self.web.stop()
                 return APP_FAILED
         for name, config in self.system.processes.items():
-            group = ProcessGroup(name, config, self.system.env, self.output, self.metrics)
+            group = ProcessGroup(name, config, self.system.env, self.output, self.metrics, identity)
             self.groups.append(group)
             await group.start()
         if self.system.jobs:
             self.jobs = JobScheduler(
-                self.system.jobs, launcher, self.system.env, self.output, self.metrics
+                self.system.jobs, launcher, self.system.env, self.output, self.metrics, identity
             )
             await self.jobs.start()
-        reloading = web is not None and web.reload
-        watching = loop.create_task(self._reload_on_change()) if reloading else None
-        code = await self.finished
-        if watching is not None:
+        if web is None or not web.reload:
+            return await self.finished
+        watching = asyncio.get_running_loop().create_task(self._reload_on_change())
+        try:
+            return await self.finished
+        finally:
             watching.cancel()
-        await self._stop()
-        self.output.say("stopped")
-        return code
 
     async def _stop(self) -> None:
         """Web first (so a load balancer drains), then the processes, then running jobs.
