@@ -47,7 +47,7 @@ class ManagerConfig(Settings):
     )
     group: Annotated[str | None, flag("--group", group=PROCESS)] = Field(
         None,
-        description="Run every child as this group (name or gid) [default: the user's group].",
+        description="Run every child as this group (name or gid); by default, the user's own.",
     )
     pidfile: Annotated[Path | None, flag("--pidfile", group=PROCESS, metavar="PATH")] = Field(
         None, description="Write the manager's pid to this file (removed at exit)."
