@@ -102,6 +102,18 @@ def test_a_second_corral_on_a_control_socket_in_use_exits_2_and_leaves_nothing(c
     assert first.stop() == 0
 
 
+def test_a_metrics_directory_that_cannot_be_one_exits_2_naming_it(corral, tmp_path):
+    _project(tmp_path, WEB_AND_A_REPLICA)
+    taken = tmp_path / "taken"
+    taken.write_text("a file, not a directory")
+    server = corral("run", cwd=tmp_path, env={"PROMETHEUS_MULTIPROC_DIR": str(taken)})
+    errors = _refused(server)
+    assert len(errors) == 1, server.output
+    assert errors[0].endswith(
+        f"| error: PROMETHEUS_MULTIPROC_DIR={taken}: cannot use it as a directory: File exists"
+    ), errors
+
+
 STOPPED = ("web.1", "replica.1")
 PLANT_A_BUG = """
 import sys

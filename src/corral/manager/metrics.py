@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psutil
 
 from corral.child.request_stats import BUCKETS
+from corral.errors import UsageError
 from corral.posix import is_manager
 
 if TYPE_CHECKING:
@@ -320,14 +321,20 @@ def prepare_multiprocess_dir(
 
     `owner` (uid, gid; -1 leaves one unchanged) is the user the app runs
     as, if not corral's: a directory corral creates is handed to it, or the
-    workers could not write their files.
+    workers could not write their files. UsageError if the user's directory
+    cannot be made or read.
     """
     given = environ.get("PROMETHEUS_MULTIPROC_DIR") or environ.get("prometheus_multiproc_dir")
     if given:
         path = Path(given).absolute()
         created = not path.exists()
-        path.mkdir(parents=True, exist_ok=True)
-        _remove_stale_files(path)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            _remove_stale_files(path)
+        except OSError as error:
+            raise UsageError(
+                f"PROMETHEUS_MULTIPROC_DIR={given}: cannot use it as a directory: {error.strerror}"
+            ) from None
         owned = False
     else:
         path = Path(tempfile.mkdtemp(prefix=f"{_OWN_DIR_PREFIX}{os.getpid()}-"))
