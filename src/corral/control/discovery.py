@@ -34,7 +34,6 @@ class SeveralRunning(UsageError):
             f"{len(running)} corrals are running in {project}; "
             "pick one with --control PATH (or CORRAL_CONTROL=PATH):\n" + table
         )
-        self.running = running
 
 
 def running_in(project: Path, root: Path = ROOT) -> dict[int, Path]:
