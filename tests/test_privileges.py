@@ -191,9 +191,14 @@ def test_a_killed_launcher_still_stops_zygotes_that_run_as_the_user(
         _, alive = psutil.wait_procs(zygotes, timeout=10)
     finally:
         server.send(signal.SIGCONT)
+    resumed = time.monotonic()
     assert not alive, f"still running while the manager was frozen: {alive}\n{server.output}"
     assert server.wait(30) == 1  # the manager finds its launcher gone and stops
     assert not server.wait_until_gone(5)
+    # Its job ticks, due while it was frozen, find the jobs zygote gone: missed, not a crash.
+    assert server.count(r"error: the launcher exited \(killed by SIGKILL\); stopping") == 1
+    assert server.count(r"a bug in corral|Traceback") == 0, server.output
+    assert time.monotonic() - resumed < 5, server.output
 
 
 def test_a_pidfile_under_corral_works_without_a_web_app(corral, tmp_path):

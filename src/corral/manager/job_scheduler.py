@@ -165,17 +165,24 @@ class JobScheduler:
 
     def _fork_run(self, run: Run, config: JobConfig) -> None:
         if self.zygote is None or self.zygote.link is None:
-            self.runs.pop(run.key, None)
-            self.output.say(f"{run.job}: tick missed, the jobs zygote is being replaced")
+            self._missed(run)
             return
         log_read, log_write = os.pipe()
         try:
             details = {"job": run.job, "env": config.env, "cwd": str(config.cwd or "")}
             self.zygote.fork(run.key, run.job, [log_write], **details)
+        except OSError:  # it has just died; its exit, on its way, starts a new one
+            os.close(log_read)
+            self._missed(run)
+            return
         finally:
             os.close(log_write)
         self.output.attach(log_read, run.job)
         run.zygote = self.zygote
+
+    def _missed(self, run: Run) -> None:
+        self.runs.pop(run.key, None)
+        self.output.say(f"{run.job}: tick missed, the jobs zygote is being replaced")
 
     async def _spawn_run(self, run: Run, config: JobConfig) -> None:
         env = {**self.env, **config.env}

@@ -168,6 +168,10 @@ class WebGroup:
         log_read, log_write = os.pipe()
         try:
             zygote.fork(child.key, name, [theirs.fileno(), log_write])
+        except OSError:  # it has just died; its exit, on its way, starts every worker again
+            ours.close()
+            os.close(log_read)
+            return None
         finally:
             theirs.close()
             os.close(log_write)
