@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -375,3 +377,64 @@ def load_result(load: subprocess.Popen[str], timeout: float = 60) -> LoadResult:
     report, _ = load.communicate(timeout=timeout)
     assert load.returncode == 0, report
     return LoadResult(report)
+
+
+# -- an interpreter another user can run ---------------------------------------------------
+
+SYSTEM_PYTHON = Path("/usr/bin/python3")  # Debian's; the test venv's may sit under /root
+REPOSITORY = Path(__file__).parent.parent
+
+
+@pytest.fixture(scope="session")
+def nobody_python() -> Iterator[Path]:
+    """A Python with corral installed that the user nobody can run, for tests that drop to it.
+
+    A virtual environment made from the system's python3 in a folder of /tmp
+    that everyone can read, with corral installed from a copy of this source
+    tree (pip takes the dependencies from its cache when it has them): the
+    interpreter of the tests' own environment may sit where nobody cannot
+    read it (/root). Skipped where a test cannot change user (not root, or
+    no user nobody).
+    """
+    if os.geteuid() != 0:
+        pytest.skip("changing user needs root")
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user nobody here")
+    if not SYSTEM_PYTHON.is_file():
+        pytest.fail(f"{SYSTEM_PYTHON} is missing: the tests of --user need the system's python3")
+    base = Path(tempfile.mkdtemp(prefix="corral-nobody-", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        source = base / "source"
+        shutil.copytree(
+            REPOSITORY / "src",
+            source / "src",
+            ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"),
+        )
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy(REPOSITORY / name, source / name)
+        venv = base / "venv"
+        python = venv / "bin" / "python"
+        _must_run([str(SYSTEM_PYTHON), "-m", "venv", str(venv)], base)
+        _must_run([str(python), "-m", "pip", "install", "--quiet", "--no-input", str(source)], base)
+        _must_run([str(python), "-c", "import corral.child.worker"], base, user="nobody")
+        yield python
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _must_run(command: list[str], cwd: Path, user: str | None = None) -> None:
+    done = subprocess.run(command, cwd=cwd, user=user, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        pytest.fail(f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
+
+
+@pytest.fixture
+def public_dir() -> Iterator[Path]:
+    """A folder everyone can read and enter (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="corral-public-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -28,12 +28,11 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from corral.control.address import TcpAddress, UnixAddress, default_control_path
+from corral.control.address import TcpAddress, UnixAddress, control_folder
 from corral.control.api import ControlError, make_app
 from corral.control.client import ControlClient, ControlFailed, NotRunning
 from corral.control.commands import jobs, logs, reload, restart, scale, status, stop
 from corral.control.server import AlreadyRunning, ControlServers, serve_control
-from corral.control.token import token_path, write_token
 from corral.manager.logbuffer import LogBuffer
 
 T = TypeVar("T")
@@ -552,9 +551,11 @@ def test_a_refusal_is_one_error_line_and_exit_1(cli):
 
 def test_no_corral_here_is_one_line_and_exit_1(cli, tmp_path):
     result = cli(status, control=None)
-    expected = default_control_path(Path.cwd())
     assert result.exit_code == 1
-    assert result.stderr == f"corral: no corral is running here (no control socket at {expected})\n"
+    assert result.stderr == (
+        f"corral: no corral is running here (no control socket for {Path.cwd()} "
+        f"in {control_folder()})\n"
+    )
 
 
 def test_a_bad_control_address_is_a_usage_error(cli):
@@ -563,17 +564,12 @@ def test_a_bad_control_address_is_a_usage_error(cli):
     assert "[::1:9000" in result.stderr
 
 
-def test_tcp_verbs_take_the_token_from_the_option_or_the_file_beside_the_socket(cli, running):
+def test_tcp_verbs_take_the_token_from_the_option(cli, running):
+    """The file beside the socket of the corral running here: test_control_live.py."""
     tcp = str(running.tcp)
     assert cli(reload, "web", control=tcp).exit_code == 1  # no token anywhere
     assert cli(reload, "web", "--token", TOKEN, control=tcp).exit_code == 0
-    written = token_path(default_control_path(Path.cwd()))
-    write_token(written, TOKEN)
-    try:
-        assert cli(reload, "worker", control=tcp).exit_code == 0
-    finally:
-        written.unlink()
-    assert running.controller.calls == [("reload", "web"), ("reload", "worker")]
+    assert running.controller.calls == [("reload", "web")]
 
 
 def test_logs_prints_each_line_after_its_process(cli, loop, running):

@@ -37,7 +37,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Corral
-from corral.control.address import default_control_path
+from corral.control.address import control_folder, control_path, control_paths
 
 T = TypeVar("T")
 
@@ -130,9 +130,9 @@ def _clean_slate(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[No
     monkeypatch.delenv("CORRAL_CONTROL", raising=False)
     monkeypatch.delenv("CORRAL_TOKEN", raising=False)
     yield
-    socket_path = default_control_path(tmp_path)
-    for leftover in (socket_path, socket_path.with_name(socket_path.name + ".token")):
-        leftover.unlink(missing_ok=True)
+    for socket_path in control_paths(tmp_path).values():
+        for leftover in (socket_path, socket_path.with_name(socket_path.name + ".token")):
+            leftover.unlink(missing_ok=True)
 
 
 # -- the system under test ------------------------------------------------------------------------
@@ -631,7 +631,7 @@ def test_unknown_names_are_refused_with_one_line_and_exit_1(corral, tmp_path):
 def test_with_no_corral_running_each_verb_says_so_in_one_line_and_exits_1(tmp_path, verb):
     line = _refused(tmp_path, *verb)
     assert "no corral is running here" in line, line
-    assert str(default_control_path(tmp_path)) in line, line
+    assert f"no control socket for {tmp_path} in {control_folder()}" in line, line
 
 
 # -- 3. the control socket ------------------------------------------------------------------------
@@ -649,7 +649,7 @@ def test_the_control_socket_is_mode_0600_and_gone_after_a_stop(corral, tmp_path,
     assert stat.S_ISSOCK(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o600, oct(info.st_mode)
     assert info.st_uid == os.geteuid()
     if where == "default":
-        assert path == default_control_path(tmp_path)
+        assert path == control_path(tmp_path, server.pid)
         folder = path.parent.stat()
         assert stat.S_IMODE(folder.st_mode) == 0o700, oct(folder.st_mode)
         assert _status(tmp_path)["corral"]["pid"] == server.pid
@@ -727,7 +727,7 @@ def test_a_generated_token_is_printed_written_mode_0600_and_removed_at_stop(corr
     )
     base, token, token_file = found[1], found[2], Path(found[3])
     assert len(token) >= 32, token
-    socket_path = default_control_path(tmp_path)
+    socket_path = control_path(tmp_path, server.pid)
     assert token_file == socket_path.with_name(socket_path.name + ".token")
     assert stat.S_IMODE(token_file.stat().st_mode) == 0o600, oct(token_file.stat().st_mode)
     assert token_file.read_text().strip() == token

@@ -17,7 +17,8 @@ from corral.control.address import (
     ControlPathError,
     TcpAddress,
     UnixAddress,
-    default_control_path,
+    control_path,
+    control_paths,
     parse_control,
 )
 from corral.control.table import (
@@ -258,7 +259,7 @@ def test_parse_control_tells_tcp_from_a_path(value, address):
     ],
 )
 def test_parse_control_names_the_value_and_what_was_expected(value, message):
-    with pytest.raises(ValueError) as raised:
+    with pytest.raises(ControlPathError) as raised:
         parse_control(value)
     assert message in str(raised.value)
     assert value == "" or repr(value) in str(raised.value)
@@ -270,7 +271,7 @@ def test_addresses_show_as_typed():
     assert str(UnixAddress(Path("/run/c.sock"))) == "/run/c.sock"
 
 
-# -- the default socket path -------------------------------------------------------------
+# -- the socket paths -----------------------------------------------------------------
 
 
 @pytest.fixture
@@ -284,26 +285,38 @@ def _folder(root: Path) -> Path:
     return root / f"corral-{os.geteuid()}"
 
 
-def test_the_default_path_is_per_directory_short_and_in_a_private_folder(runtime_dir, tmp_path):
+def test_each_manager_has_its_own_short_path_named_after_its_directory(runtime_dir, tmp_path):
     long_name = tmp_path / ("a-project-with-a-very-long-name" * 6)
     twins = [tmp_path / "one" / "app", tmp_path / "two" / "app"]
     for directory in (long_name, *twins):
         directory.mkdir(parents=True)
-    first, second = (default_control_path(d, runtime_dir) for d in twins)
+    first, second = (control_path(d, 4242, runtime_dir) for d in twins)
     assert first.parent == _folder(runtime_dir)
-    assert first.name.startswith("app-") and first.name.endswith(".sock")
+    assert first.name.startswith("app-") and first.name.endswith(".4242.sock")
     assert first != second
-    assert default_control_path(twins[0] / ".." / "app", runtime_dir) == first  # the real path
-    assert len(os.fsencode(default_control_path(long_name, runtime_dir))) <= UNIX_PATH_MAX
+    assert control_path(twins[0], 4343, runtime_dir) != first  # another manager, same directory
+    assert control_path(twins[0] / ".." / "app", 4242, runtime_dir) == first  # the real path
+    assert len(os.fsencode(control_path(long_name, 4194304, runtime_dir))) <= UNIX_PATH_MAX
     assert stat.S_IMODE(first.parent.stat().st_mode) == 0o700
 
 
-def test_the_default_path_is_under_tmp_whatever_the_environment(monkeypatch, tmp_path):
+def test_the_sockets_of_a_directory_are_found_by_manager_pid_and_no_others(runtime_dir, tmp_path):
+    here, elsewhere = tmp_path / "app", tmp_path / "other" / "app"
+    for directory in (here, elsewhere):
+        directory.mkdir(parents=True)
+    made = {pid: control_path(here, pid, runtime_dir) for pid in (11, 12)}
+    for path in (*made.values(), control_path(elsewhere, 13, runtime_dir)):
+        path.touch()
+    (made[11].parent / (made[11].name + ".token")).touch()  # a token is not a socket
+    assert control_paths(here, runtime_dir) == made
+
+
+def test_the_socket_folder_is_under_tmp_whatever_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))  # a shell has it, a service not
     folder = Path(f"/tmp/corral-{os.geteuid()}")
     existed = folder.exists()
     try:
-        path = default_control_path(tmp_path)
+        path = control_path(tmp_path, os.getpid())
         assert path.parent == folder
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
     finally:
@@ -315,14 +328,14 @@ def test_a_path_too_long_for_a_socket_is_refused(monkeypatch, tmp_path):
     runtime = tmp_path / ("r" * UNIX_PATH_MAX)
     runtime.mkdir()
     with pytest.raises(ControlPathError, match="longer than a Unix socket allows"):
-        default_control_path(tmp_path, runtime)
+        control_path(tmp_path, 4242, runtime)
 
 
 def test_a_folder_others_can_enter_is_refused(runtime_dir, tmp_path):
     _folder(runtime_dir).mkdir()
     _folder(runtime_dir).chmod(0o770)
     with pytest.raises(ControlPathError) as refused:
-        default_control_path(tmp_path, runtime_dir)
+        control_path(tmp_path, 4242, runtime_dir)
     assert f"refusing {_folder(runtime_dir)}" in str(refused.value)
     assert "mode 0770" in str(refused.value)
 
@@ -333,7 +346,7 @@ def test_a_folder_of_another_user_is_refused(runtime_dir, tmp_path):
     folder.mkdir(mode=0o700)
     os.chown(folder, 65534, 65534)
     with pytest.raises(ControlPathError, match="it belongs to uid 65534, not to you"):
-        default_control_path(tmp_path, runtime_dir)
+        control_path(tmp_path, 4242, runtime_dir)
 
 
 def test_a_symlink_in_place_of_the_folder_is_refused(runtime_dir, tmp_path):
@@ -341,7 +354,7 @@ def test_a_symlink_in_place_of_the_folder_is_refused(runtime_dir, tmp_path):
     elsewhere.mkdir(mode=0o700)
     _folder(runtime_dir).symlink_to(elsewhere)
     with pytest.raises(ControlPathError, match="it is not a directory"):
-        default_control_path(tmp_path, runtime_dir)
+        control_path(tmp_path, 4242, runtime_dir)
 
 
 # -- the token ---------------------------------------------------------------------------

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import pwd
 import re
+import shutil
 import signal
 import socket
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -258,50 +257,16 @@ def test_pidfile_holds_the_manager_pid_while_running(corral, tmp_path):
     assert not pidfile.exists()
 
 
-def _nobody_can_run_python() -> str | None:
-    """Why `--user nobody` cannot work on this machine, or None if it can."""
-    if os.geteuid() != 0:
-        return "needs root to change user"
-    try:
-        pwd.getpwnam("nobody")
-    except KeyError:
-        return "no user nobody"
-    try:
-        probe = subprocess.run(
-            [sys.executable, "-c", "import corral.child.worker"],
-            user="nobody",
-            group="nogroup",
-            extra_groups=[],
-            cwd="/",
-            capture_output=True,
-            timeout=20,
-        )
-    except (PermissionError, KeyError, ValueError) as error:
-        return f"user nobody cannot run {sys.executable}: {error}"
-    if probe.returncode != 0:
-        return f"user nobody cannot import corral: {probe.stderr.decode()[-300:]}"
-    return None
-
-
-def test_user_and_group_drop_privileges_after_writing_the_pidfile(corral, tmp_path):
-    reason = _nobody_can_run_python()
-    if reason:
-        pytest.skip(reason)
+def test_user_and_group_drop_privileges_after_writing_the_pidfile(
+    launch, tmp_path, nobody_python, public_dir
+):
+    shutil.copy(APPS / "plain.py", public_dir)  # where nobody can read it
     private = tmp_path / "run"
     private.mkdir(mode=0o700)  # only root can write here: the pidfile comes before the drop
     pidfile = private / "corral.pid"
-    server = corral(
-        "run",
-        "plain:app",
-        "--port",
-        "0",
-        "--user",
-        "nobody",
-        "--group",
-        "nogroup",
-        "--pidfile",
-        str(pidfile),
-    )
+    identity = ["--user", "nobody", "--group", "nogroup", "--pidfile", str(pidfile)]
+    corral = [str(nobody_python), "-m", "corral", "run", "plain:app", "--port", "0", *identity]
+    server = launch(corral, public_dir)
     url = server.url()
     server.wait_workers(1)
     assert seen(httpx.get(url)).uid == pwd.getpwnam("nobody").pw_uid

@@ -13,9 +13,9 @@ from click.core import ParameterSource
 from pydantic import BaseModel
 
 from corral.control.commands import COMMANDS
+from corral.errors import UsageError
 from corral.exit_codes import FAILURE, USAGE
 from corral.settings import (
-    ConfigError,
     ManagerConfig,
     System,
     WebConfig,
@@ -168,7 +168,7 @@ def run(ctx: click.Context, app: str | None, config_path: Path | None, **_: Any)
 
     try:
         system = load()
-    except ConfigError as error:
+    except UsageError as error:
         fail(error.messages)
         return
     from corral.manager.supervisor import Manager
@@ -184,7 +184,7 @@ def resolve_or_exit(config_path: Path | None, code: int = FAILURE) -> System:
     """The system corral.toml declares (no flags), or its problems on stderr and exit `code`."""
     try:
         return resolve(None, {}, config_path, Path.cwd(), spelling_of_settings())
-    except ConfigError as error:
+    except UsageError as error:
         for message in error.messages:
             click.echo(f"corral: error: {message}", err=True)
         sys.exit(code)
@@ -208,7 +208,7 @@ def check(app: str | None, config_path: Path | None) -> None:
 
     try:
         system = resolve(app, {}, config_path, Path.cwd(), spelling_of_settings())
-    except ConfigError as error:
+    except UsageError as error:
         for message in error.messages:
             click.echo(f"corral: error: {message}", err=True)
         sys.exit(FAILURE)

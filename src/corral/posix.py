@@ -1,13 +1,12 @@
 """What corral asks of the operating system: process titles, parent-death signals, privileges,
 the length of a listening socket's queue.
 
-Used by the manager and the children alike; it imports nothing of corral's.
+Used by the manager and the children alike; it imports nothing of corral's but its error type.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import grp
 import os
 import pwd
@@ -18,7 +17,18 @@ from typing import Any
 
 import setproctitle
 
+from corral.errors import UsageError
+
 _PR_SET_PDEATHSIG = 1
+# The C library, loaded once: `CDLL(None)` is the running program's own symbols, libc among
+# them, so nothing is searched for (ctypes.util.find_library runs `ldconfig -p`, a process).
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+MANAGER_TITLE = "corral: manager"
+
+
+class IdentityError(UsageError):
+    """A user or group that does not exist, or that corral cannot run its children as."""
 
 
 def set_title(title: str) -> None:
@@ -30,21 +40,38 @@ def die_with_parent(expected_parent: int, sig: int = signal.SIGTERM) -> bool:
     """Ask the kernel to send `sig` when our parent exits; False if it has already gone.
 
     Linux only (prctl); elsewhere the channel to the parent closing is the
-    signal, which every child also watches.
+    signal, which every child also watches. A change of user or group
+    clears the request (the kernel's rule), so call this after `assume_identity`.
     """
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     return os.getppid() == expected_parent
+
+
+def is_manager(pid: int) -> bool:
+    """Whether `pid` is a live corral manager (by its title), whose files are not leftovers."""
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return " ".join(process.cmdline()).startswith(MANAGER_TITLE)
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True  # not ours to look at, so not ours to clean up after either
 
 
 def identity(user: str | None, group: str | None) -> dict[str, Any]:
     """The `user`, `group` and `extra_groups` ids for running a child as `user`/`group`.
 
     The manager keeps its own identity (so it can remove its pidfile and
-    socket files, and bind again on reload); the children that run the
-    app are started as the user. Names or numeric ids; ValueError names
-    one that does not exist.
+    socket files, and bind again on reload); the children, which run the
+    user's code, are started as the user. Names or numeric ids.
+    IdentityError names one that does not exist, or one that only root
+    could become: not being root, corral can only keep its own identity
+    (then nothing needs changing, and {} is returned).
     """
     if user is None and group is None:
         return {}
@@ -56,6 +83,14 @@ def identity(user: str | None, group: str | None) -> dict[str, Any]:
         gid = chosen.setdefault("group", entry.pw_gid)
         chosen["user"] = entry.pw_uid
         chosen["extra_groups"] = os.getgrouplist(entry.pw_name, gid)
+    if os.geteuid() != 0:
+        if (chosen.get("user", os.geteuid()), chosen["group"]) == (os.geteuid(), os.getegid()):
+            return {}
+        asked = " ".join(f"{k} {v!r}" for k, v in (("user", user), ("group", group)) if v)
+        raise IdentityError(
+            f"{asked}: only root can run the children as another user or group "
+            f"(corral runs as uid {os.geteuid()}, gid {os.getegid()})"
+        )
     return chosen
 
 
@@ -73,7 +108,7 @@ def _passwd(user: str) -> pwd.struct_passwd:
     try:
         return pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
     except KeyError:
-        raise ValueError(f"--user: no such user {user!r}") from None
+        raise IdentityError(f"user {user!r}: no such user") from None
 
 
 def _gid(group: str) -> int:
@@ -82,7 +117,7 @@ def _gid(group: str) -> int:
     try:
         return grp.getgrnam(group).gr_gid
     except KeyError:
-        raise ValueError(f"--group: no such group {group!r}") from None
+        raise IdentityError(f"group {group!r}: no such group") from None
 
 
 def describe_exit(code: int) -> str:

@@ -48,8 +48,6 @@ class Launcher(ForkServer):
 
     def become(self, message: LaunchZygote, fds: list[int]) -> int:  # type: ignore[override]
         link_fd, log_fd = fds
-        if not posix.die_with_parent(self.pid):
-            return OK
         os.setsid()  # signals for the terminal's process group do not reach the app
         _stdin_from_devnull()
         redirect_output(log_fd)
@@ -59,6 +57,8 @@ class Launcher(ForkServer):
         except PermissionError as error:
             print(f"cannot run as --user/--group: {error.strerror}", file=sys.stderr)
             return USAGE
+        if not posix.die_with_parent(self.pid):  # after the change of user, which clears it
+            return OK
         sys.path.insert(0, os.getcwd())  # as `python -m` would: the app imports from here
         module = importlib.import_module(message.module)
         code: int = module.main(link_fd)

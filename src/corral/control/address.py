@@ -1,7 +1,13 @@
-"""Where the control API listens: a Unix socket per project directory, and TCP when asked."""
+"""Where the control API listens: a Unix socket per manager, and TCP when asked.
+
+Each manager's socket is named after its project directory and its pid
+(`/tmp/corral-UID/NAME-HASH.PID.sock`), so several corrals can run from one
+directory; `corral.control.discovery` finds them.
+"""
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import re
@@ -9,12 +15,15 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from corral.errors import UsageError
+
 UNIX_PATH_MAX = 107  # bytes: sun_path holds 108, the last for the terminating NUL
 _NAME_MAX = 32  # of the project directory's name in the socket's name; the hash keeps it unique
+ROOT = Path("/tmp")
 
 
-class ControlPathError(ValueError):
-    """The control socket's path cannot be used; the message says why and what to do."""
+class ControlPathError(UsageError):
+    """The control address or socket path cannot be used; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
@@ -38,57 +47,87 @@ class TcpAddress:
 def parse_control(value: str) -> UnixAddress | TcpAddress:
     """HOST:PORT or [IPV6]:PORT is TCP; anything else (anything with a '/' too) is a socket path."""
     if not value:
-        raise ValueError(
+        raise ControlPathError(
             "an empty control address: expected a socket PATH, HOST:PORT or [IPV6]:PORT"
         )
     host, colon, port = value.rpartition(":")
     if not colon or "/" in value or not (port.isascii() and port.isdigit()):
         return _unix_address(value)
     if int(port) > 65535:
-        raise ValueError(f"{value!r}: the port must be a number from 0 to 65535")
+        raise ControlPathError(f"{value!r}: the port must be a number from 0 to 65535")
     if host.startswith("[") and host.endswith("]") and len(host) > 2:
         return TcpAddress(host[1:-1], int(port))
     if not host or "[" in host or "]" in host:
-        raise ValueError(f"{value!r}: expected HOST:PORT or [IPV6]:PORT, such as 127.0.0.1:9000")
+        raise ControlPathError(
+            f"{value!r}: expected HOST:PORT or [IPV6]:PORT, such as 127.0.0.1:9000"
+        )
     if ":" in host:
-        raise ValueError(f"{value!r}: write an IPv6 address in brackets, as [::1]:9000")
+        raise ControlPathError(f"{value!r}: write an IPv6 address in brackets, as [::1]:9000")
     return TcpAddress(host, int(port))
 
 
 def _unix_address(value: str) -> UnixAddress:
     size = len(os.fsencode(value))
     if size > UNIX_PATH_MAX:
-        raise ValueError(
+        raise ControlPathError(
             f"{value!r}: a Unix socket path can have at most {UNIX_PATH_MAX} bytes, "
             f"this one has {size}"
         )
     return UnixAddress(Path(value))
 
 
-def default_control_path(project: Path, root: Path = Path("/tmp")) -> Path:
-    """The control socket of the corral run in `project`: one per directory, private to its user.
+def control_path(project: Path, pid: int, root: Path = ROOT) -> Path:
+    """The control socket of the manager `pid` run in `project`, in a folder private to its user.
 
-    `/tmp/corral-UID/NAME-HASH.sock`, where NAME is the directory's name
-    (readable in `ls`) and HASH comes from its real path (so two checkouts
-    named `app` get two sockets). Not under $XDG_RUNTIME_DIR: a service and
-    its user's shell rarely agree on that variable, and the CLI must find
-    the socket from either. The folder
-    is created mode 0700; an existing one that another user owns, or that
-    others can enter, is refused: whoever controls the folder could put a
-    socket of theirs where the CLI would send its commands.
+    `/tmp/corral-UID/NAME-HASH.PID.sock`, where NAME is the directory's name
+    (readable in `ls`), HASH comes from its real path (so two checkouts
+    named `app` differ) and PID is the manager's (so two corrals can run
+    from one directory). Not under $XDG_RUNTIME_DIR: a service and its
+    user's shell rarely agree on that variable, and the CLI must find the
+    socket from either. ControlPathError if the folder cannot be trusted
+    (see `control_folder`) or the path is too long for a socket.
     """
-    real = os.path.realpath(project)
-    digest = hashlib.sha256(os.fsencode(real)).hexdigest()[:10]
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(real))[:_NAME_MAX] or "root"
-    directory = root / f"corral-{os.geteuid()}"
-    _make_private_directory(directory)
-    path = directory / f"{name}-{digest}.sock"
+    path = control_folder(root) / f"{project_key(project)}.{pid}.sock"
     if len(os.fsencode(path)) > UNIX_PATH_MAX:
         raise ControlPathError(
             f"the control socket path {path} is longer than a Unix socket allows "
             f"({UNIX_PATH_MAX} bytes): pass --control PATH"
         )
     return path
+
+
+def control_paths(project: Path, root: Path = ROOT) -> dict[int, Path]:
+    """The control sockets in the folder that managers run in `project` made, by manager pid.
+
+    Some may be leftovers of managers that were killed: see `corral.control.discovery`.
+    """
+    key = project_key(project)
+    found = {}
+    for path in control_folder(root).glob(f"{glob.escape(key)}.*.sock"):
+        pid = path.name.removeprefix(f"{key}.").removesuffix(".sock")
+        if pid.isdigit():
+            found[int(pid)] = path
+    return found
+
+
+def project_key(project: Path) -> str:
+    """NAME-HASH: what every control socket of `project` is named after."""
+    real = os.path.realpath(project)
+    digest = hashlib.sha256(os.fsencode(real)).hexdigest()[:10]
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", os.path.basename(real))[:_NAME_MAX] or "root"
+    return f"{name}-{digest}"
+
+
+def control_folder(root: Path = ROOT) -> Path:
+    """`root`/corral-UID, where this user's managers put their control sockets.
+
+    Created mode 0700; an existing one that another user owns, or that
+    others can enter, is refused (ControlPathError): whoever controls the
+    folder could put a socket of theirs where the CLI would send its commands.
+    """
+    directory = root / f"corral-{os.geteuid()}"
+    _make_private_directory(directory)
+    return directory
 
 
 def _make_private_directory(directory: Path) -> None:

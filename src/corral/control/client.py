@@ -23,11 +23,10 @@ class ClientError(Exception):
 
 
 class NotRunning(ClientError):
-    """Nothing listens at the address: no corral runs for this directory."""
+    """No corral answers: none runs in this directory, or none at the address given."""
 
-    def __init__(self, address: UnixAddress | TcpAddress) -> None:
-        super().__init__(f"corral: no corral is running here (no control socket at {address})")
-        self.address = address
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"corral: no corral is running here ({detail})")
 
 
 class Unreachable(ClientError):
@@ -66,11 +65,20 @@ class _UnixConnection(http.client.HTTPConnection):
 
 
 class ControlClient:
-    """Calls to the control API at `address`, with `token` as bearer when given."""
+    """Calls to the control API at `address`, with `token` as bearer when given.
 
-    def __init__(self, address: UnixAddress | TcpAddress, token: str | None = None) -> None:
+    `timeout` (seconds) bounds the wait for each answer to begin.
+    """
+
+    def __init__(
+        self,
+        address: UnixAddress | TcpAddress,
+        token: str | None = None,
+        timeout: float = CALL_TIMEOUT,
+    ) -> None:
         self.address = address
         self.token = token
+        self.timeout = timeout
 
     def get(self, path: str) -> bytes:
         """The body of GET `path`, as sent."""
@@ -131,21 +139,22 @@ class ControlClient:
             headers["Content-Type"] = "application/json"
         try:
             connection.request(method, path, body=data, headers=headers)
-            connection.sock.settimeout(CALL_TIMEOUT)
+            connection.sock.settimeout(self.timeout)
             response = connection.getresponse()
             if response.status >= 400:
                 raise ControlFailed(response.status, _error_message(response))
         except (FileNotFoundError, ConnectionRefusedError):
-            raise NotRunning(self.address) from None
+            raise NotRunning(f"no control socket at {self.address}") from None
         except (OSError, http.client.HTTPException) as error:
             raise Unreachable(self.address, str(error) or type(error).__name__) from None
         return response
 
     def _connection(self) -> http.client.HTTPConnection:
+        connect_timeout = min(CONNECT_TIMEOUT, self.timeout)
         if isinstance(self.address, UnixAddress):
-            return _UnixConnection(str(self.address.path), CONNECT_TIMEOUT)
+            return _UnixConnection(str(self.address.path), connect_timeout)
         return http.client.HTTPConnection(
-            self.address.host, self.address.port, timeout=CONNECT_TIMEOUT
+            self.address.host, self.address.port, timeout=connect_timeout
         )
 
 

@@ -1,7 +1,9 @@
 """The CLI verbs that talk to a running corral: status, reload, restart, scale, stop, jobs, logs.
 
-Each is a thin client of the control API. Exit codes: 0 done, 1 when no
-corral runs here or it refused (the message on stderr), 2 for a usage error.
+Each is a thin client of the control API, by default of the corral running
+in the current directory (`corral.control.discovery`). Exit codes: 0 done, 1
+when no corral runs here or it refused (the message on stderr), 2 for a
+usage error (several corrals run here and none was chosen, say).
 """
 
 from __future__ import annotations
@@ -17,18 +19,14 @@ from urllib.parse import quote, urlencode
 
 import click
 
-from corral.control.address import (
-    ControlPathError,
-    TcpAddress,
-    UnixAddress,
-    default_control_path,
-    parse_control,
-)
+from corral.control.address import TcpAddress, UnixAddress, parse_control
 from corral.control.api import DEFAULT_LOG_LINES
 from corral.control.client import ClientError, ControlClient
+from corral.control.discovery import the_one_running, token_here
 from corral.control.table import render_status
-from corral.control.token import TOKEN_VARIABLE, read_token, token_path
-from corral.exit_codes import FAILURE
+from corral.control.token import TOKEN_VARIABLE
+from corral.errors import UsageError
+from corral.exit_codes import FAILURE, USAGE
 from corral.logformat import prefix_for
 
 
@@ -39,20 +37,20 @@ def _parse_address(
         return None
     try:
         return parse_control(value)
-    except ValueError as error:
+    except UsageError as error:
         raise click.BadParameter(str(error), ctx, param) from None
 
 
 def _client(address: UnixAddress | TcpAddress | None, token: str | None) -> ControlClient:
-    """The client for `address`, by default this directory's corral's socket.
+    """The client for `address`, by default the socket of the corral running here.
 
-    TCP calls need the token: given, else the one the corral of this
-    directory wrote beside its socket.
+    TCP calls need the token: given, else the one the corral running here
+    wrote beside its socket.
     """
     if address is None:
-        address = UnixAddress(default_control_path(Path.cwd()))
+        address = UnixAddress(the_one_running(Path.cwd()))
     elif token is None and isinstance(address, TcpAddress):
-        token = read_token(token_path(default_control_path(Path.cwd())))
+        token = token_here(Path.cwd())
     return ControlClient(address, token)
 
 
@@ -66,14 +64,14 @@ def control_command(function: Callable[..., None]) -> Callable[..., None]:
         envvar="CORRAL_CONTROL",
         callback=_parse_address,
         help="The control API: a socket PATH or HOST:PORT "
-        "[default: this directory's corral's socket; env: CORRAL_CONTROL]",
+        "[default: the socket of the corral running here; env: CORRAL_CONTROL]",
     )
     @click.option(
         "--token",
         metavar="TOKEN",
         envvar=TOKEN_VARIABLE,
-        help="The token for a TCP address [default: the one beside this directory's "
-        f"socket; env: {TOKEN_VARIABLE}]",
+        help="The token for a TCP address [default: the one beside the socket of the corral "
+        f"running here; env: {TOKEN_VARIABLE}]",
     )
     @functools.wraps(function)
     def command(address: UnixAddress | TcpAddress | None, token: str | None, **kwargs: Any) -> None:
@@ -82,9 +80,10 @@ def control_command(function: Callable[..., None]) -> Callable[..., None]:
         except ClientError as error:
             click.echo(str(error), err=True)
             sys.exit(FAILURE)
-        except ControlPathError as error:
-            click.echo(f"corral: error: {error}", err=True)
-            sys.exit(FAILURE)
+        except UsageError as error:
+            for message in error.messages:
+                click.echo(f"corral: error: {message}", err=True)
+            sys.exit(USAGE)
 
     return command
 

@@ -14,6 +14,7 @@ import uvicorn
 
 from corral.control.address import TcpAddress, UnixAddress
 from corral.control.api import ControlApp
+from corral.errors import UsageError
 from corral.manager import listeners
 from corral.manager.listeners import remove_stale_unix_socket
 
@@ -22,8 +23,8 @@ BACKLOG = 64
 SHUTDOWN_TIMEOUT = 5
 
 
-class AlreadyRunning(Exception):
-    """Another corral answers on this control socket: this directory's system already runs."""
+class AlreadyRunning(UsageError):
+    """Another corral answers on this control socket (one given with --control PATH)."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(f"a corral is already running with control socket {path}")

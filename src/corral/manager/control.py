@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from corral.control.address import TcpAddress, UnixAddress, default_control_path, parse_control
+from corral.control.address import TcpAddress, UnixAddress, control_path, parse_control
 from corral.control.api import ControlError, make_app, make_probes_app
+from corral.control.discovery import running_in
 from corral.control.server import ControlServers, serve_control
 from corral.control.token import load_or_create_token, token_path, write_token
 from corral.manager.child import status_row
@@ -56,6 +57,9 @@ class ManagerControl:
                 "project": self.project,
                 "started": self.started,
                 "reloads": manager.reload_count,
+                "app": manager.system.web.app if manager.system.web is not None else None,
+                "config": str(manager.system.config) if manager.system.config else None,
+                "listening": manager.listening,
             },
             "processes": rows,
             "jobs": manager.jobs.schedule_status() if manager.jobs is not None else [],
@@ -150,7 +154,9 @@ class ControlPlan:
         """Read `--control`: a PATH for the socket, or HOST:PORT for TCP beside the default socket;
         and `--probes` HOST:PORT, a listener of its own for the probes and /metrics.
 
-        ValueError (ControlPathError) names a setting that cannot work.
+        The default socket is this manager's own in the folder, whose
+        leftovers of killed managers go. ControlPathError (a UsageError)
+        names a setting that cannot work.
         """
         self.probes = parse_control(probes) if probes is not None else None
         if self.probes is not None and not isinstance(self.probes, TcpAddress):
@@ -160,7 +166,8 @@ class ControlPlan:
         if isinstance(address, UnixAddress):
             self.unix_path = address.path
         else:
-            self.unix_path = default_control_path(Path.cwd())
+            running_in(Path.cwd())  # removes what killed managers left here
+            self.unix_path = control_path(Path.cwd(), os.getpid())
         self.token: str | None = None
         self.token_generated = False
         if self.tcp is not None:

@@ -70,8 +70,10 @@ class JobsGroup(Group):
         env: dict[str, str],
         output: Output,
         metrics: Metrics,
+        identity: dict[str, Any],  # corral.posix.identity: who the runs (and the zygote) run as
     ) -> None:
         self.jobs = jobs
+        self.identity = identity
         self.env = env
         self.output = output
         self.metrics = metrics
@@ -89,7 +91,7 @@ class JobsGroup(Group):
                 output,
                 spec=self._zygote_spec,
                 env=lambda: self.env,
-                identity={},
+                identity=identity,
                 on_message=self._on_zygote_message,
                 on_lost=self._on_zygote_lost,
                 on_replaced=lambda: None,
@@ -187,23 +189,35 @@ class JobsGroup(Group):
     def _fork_run(self, run: Run, config: JobConfig) -> None:
         zygote = self.zygotes.current if self.zygotes is not None else None
         if zygote is None or not zygote.can_fork():
-            self.runs.pop(run.key, None)
-            self.output.say(f"{run.job}: tick missed, the jobs zygote is being replaced")
+            self._missed(run)
             return
         log_read, log_write = os.pipe()
         try:
             request = ForkRun(run.key, run.job, run.job, config.env, str(config.cwd or ""))
             zygote.fork(request, [log_write])
+        except OSError:  # it has just died; its exit, on its way, starts a new one
+            os.close(log_read)
+            self._missed(run)
+            return
         finally:
             os.close(log_write)
         self.output.attach(log_read, run.job)
         run.zygote = zygote
 
+    def _missed(self, run: Run) -> None:
+        self.runs.pop(run.key, None)
+        self.output.say(f"{run.job}: tick missed, the jobs zygote is being replaced")
+
     async def _spawn_run(self, run: Run, config: JobConfig) -> None:
         env = {**self.env, **config.env}
         try:
             run.process = await spawn(
-                run.job, argv_for(run.job, config), self.output, env, config.cwd
+                run.job,
+                argv_for(run.job, config),
+                self.output,
+                env,
+                config.cwd,
+                identity=self.identity,
             )
         except OSError as error:
             self.output.say(f"{run.job}: cannot start: {error}")

@@ -3,14 +3,16 @@
 The launcher is the zygotes' parent, so it reaps them and reports each exit
 with its status. Should the launcher itself die, its zygotes get the
 parent-death signal and stop their workers; the manager then watches each
-one's pidfd to know when it is gone, and stops everything (the launcher
-cannot be forked again from a process that runs an event loop).
+one (`corral.manager.exit_watch`) to know when it is gone, and stops
+everything (the launcher cannot be forked again from a process that runs an
+event loop).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import os
 import signal
@@ -21,6 +23,7 @@ from typing import Any
 from corral.ipc import channel
 from corral.ipc.messages import Exited, LaunchZygote
 from corral.ipc.messages import Forked as ForkedMessage
+from corral.manager.exit_watch import watch_exit
 from corral.posix import describe_exit
 
 
@@ -96,7 +99,7 @@ class LauncherHandle:
                     child.ended(message.code)
 
     def _lost(self) -> None:
-        """The launcher died: its zygotes are stopping; note each one's end by its pidfd."""
+        """The launcher died: its zygotes are stopping; note each one's end when it comes."""
         loop = asyncio.get_running_loop()
         loop.remove_reader(self.link.fileno())
         self.lost = True
@@ -104,7 +107,8 @@ class LauncherHandle:
             answer.set_exception(ConnectionError("the launcher has gone"))
         self.pending.clear()
         for child in self.forked.values():
-            _watch_end(child)
+            # Its exit status was the launcher's to collect: 0 stands for "gone".
+            watch_exit(child.pid, functools.partial(child.ended, 0))
         self.forked.clear()
         self.on_lost(describe_exit(self._reap()))
 
@@ -121,20 +125,3 @@ class LauncherHandle:
             self.link.close()
             self.lost = True
             self._reap()
-
-
-def _watch_end(child: Forked) -> None:
-    """Resolve `child`'s exit when its pidfd says it has gone (its status is the launcher's)."""
-    try:
-        pidfd = os.pidfd_open(child.pid)
-    except ProcessLookupError:
-        child.ended(0)
-        return
-    loop = asyncio.get_running_loop()
-
-    def gone() -> None:
-        loop.remove_reader(pidfd)
-        os.close(pidfd)
-        child.ended(0)
-
-    loop.add_reader(pidfd, gone)

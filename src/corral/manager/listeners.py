@@ -13,10 +13,12 @@ import socket
 import stat
 from dataclasses import dataclass
 
+from corral.errors import UsageError
+
 SYSTEMD_FIRST_FD = 3
 
 
-class BindError(Exception):
+class BindError(UsageError):
     """An address that cannot be listened on; the message names it."""
 
 

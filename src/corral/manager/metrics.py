@@ -34,6 +34,7 @@ import itertools
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping
@@ -44,6 +45,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psutil
 
 from corral.child.request_stats import BUCKETS
+from corral.errors import UsageError
+from corral.posix import is_manager
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -56,6 +59,7 @@ RESTART_CAUSES = frozenset(
 RELOAD_RESULTS = ("ok", "failed")
 JOB_RESULTS = frozenset({"ok", "failed", "timeout", "skipped"})
 
+_OWN_DIR_PREFIX = "corral-metrics-"  # then the manager's pid: corral-metrics-PID-XXXXXXXX
 # prometheus_client's per-process files: counter_<pid>.db, gauge_livesum_<pid>.db, ...
 _PROCESS_FILE = re.compile(r"(?:counter|histogram|summary|gauge_[a-z]+)_(\d+)\.db")
 
@@ -302,7 +306,9 @@ def prepare_multiprocess_dir(
 
     The user's PROMETHEUS_MULTIPROC_DIR (or the older lower-case name) wins,
     created if missing; corral does not own it and never removes it. Else a
-    fresh private directory (mode 0700), which corral owns and removes.
+    fresh private directory (mode 0700) named after the manager's pid, which
+    corral owns and removes (and a later corral, should this one be killed:
+    `remove_dead_managers_dirs`).
 
     prometheus_client wants the directory emptied between runs: files left
     by a previous run would add its counts to this run's. In a directory
@@ -315,17 +321,23 @@ def prepare_multiprocess_dir(
 
     `owner` (uid, gid; -1 leaves one unchanged) is the user the app runs
     as, if not corral's: a directory corral creates is handed to it, or the
-    workers could not write their files.
+    workers could not write their files. UsageError if the user's directory
+    cannot be made or read.
     """
     given = environ.get("PROMETHEUS_MULTIPROC_DIR") or environ.get("prometheus_multiproc_dir")
     if given:
         path = Path(given).absolute()
         created = not path.exists()
-        path.mkdir(parents=True, exist_ok=True)
-        _remove_stale_files(path)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            _remove_stale_files(path)
+        except OSError as error:
+            raise UsageError(
+                f"PROMETHEUS_MULTIPROC_DIR={given}: cannot use it as a directory: {error.strerror}"
+            ) from None
         owned = False
     else:
-        path = Path(tempfile.mkdtemp(prefix="corral-metrics-"))
+        path = Path(tempfile.mkdtemp(prefix=f"{_OWN_DIR_PREFIX}{os.getpid()}-"))
         created = owned = True
     if created and owner is not None:
         os.chown(path, *owner)
@@ -338,6 +350,32 @@ def _remove_stale_files(path: Path) -> None:
         if match and not psutil.pid_exists(int(match[1])):
             with contextlib.suppress(FileNotFoundError):
                 entry.unlink()
+
+
+def remove_dead_managers_dirs(parent: Path | None = None) -> list[Path]:
+    """Remove the private directories (in the temp folder) of managers that are gone; list them.
+
+    A manager removes its own at exit, but one killed with SIGKILL cannot.
+    Each name carries its manager's pid (`corral-metrics-PID-XXXXXXXX`): a
+    directory whose pid is no live corral manager (exited, or reused by
+    another program) is a leftover. Only directories, never symbolic links;
+    and when not root, only our own (another user's are theirs to clean).
+    """
+    parent = Path(tempfile.gettempdir()) if parent is None else parent
+    removed = []
+    for entry in parent.glob(f"{_OWN_DIR_PREFIX}*-*"):
+        pid = entry.name.removeprefix(_OWN_DIR_PREFIX).partition("-")[0]
+        try:
+            info = entry.lstat()
+        except FileNotFoundError:
+            continue
+        mine = os.geteuid() in (0, info.st_uid)
+        if not (pid.isdigit() and stat.S_ISDIR(info.st_mode) and mine):
+            continue
+        if not is_manager(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 def remove_multiprocess_dir(path: Path, owned: bool) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import signal
 import time
 
+from corral import posix
 from corral.exit_codes import FAILURE, OK, PRESTART_FAILED
 from corral.manager.output import Output
 from corral.manager.prestart import run_prestart
@@ -29,7 +30,8 @@ def prestart(system: System) -> int:
         output = _output(system)
         if not system.prestart.steps:
             output.say("prestart: no steps declared")
-        succeeded = await run_prestart(system.prestart, system.env, output)
+        identity = posix.identity(system.manager.user, system.manager.group)
+        succeeded = await run_prestart(system.prestart, system.env, output, identity)
         await output.drain(DRAIN_TIMEOUT)
         return OK if succeeded else PRESTART_FAILED
 
@@ -49,7 +51,10 @@ def job(system: System, name: str) -> int:
         output = _output(system)
         started = time.monotonic()
         env = {**system.env, **config.env}
-        process = await spawn(name, argv_for(name, config), output, env, config.cwd)
+        identity = posix.identity(system.manager.user, system.manager.group)
+        process = await spawn(
+            name, argv_for(name, config), output, env, config.cwd, identity=identity
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, signal_group, process, sig)

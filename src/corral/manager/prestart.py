@@ -8,24 +8,28 @@ the step's output shown and exit code 4; no web worker ever starts.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from corral.manager.output import Output
 from corral.manager.spawn import spawn
 from corral.posix import describe_exit
 from corral.settings import PrestartCall, PrestartConfig
+from corral.settings.declared import SHELL
 
 
-async def run_prestart(config: PrestartConfig, env: dict[str, str], output: Output) -> bool:
-    """Run every step in order; False (and a message) at the first that fails."""
+async def run_prestart(
+    config: PrestartConfig, env: dict[str, str], output: Output, identity: dict[str, Any]
+) -> bool:
+    """Run every step in order, as `identity`; False (and a message) at the first that fails."""
     for number, step in enumerate(config.steps, start=1):
         if isinstance(step, PrestartCall):
             what = f"{{ call = {step.call!r} }}"
             argv = [sys.executable, "-m", "corral.child.runner", "prestart", step.call]
         else:
             what = repr(step)
-            argv = ["/bin/sh", "-c", step]
+            argv = [SHELL, "-c", step]
         output.say(f"prestart step {number}: {what}")
-        process = await spawn("prestart", argv, output, env)
+        process = await spawn("prestart", argv, output, env, identity=identity)
         code = await process.wait()
         if code != 0:
             output.say(f"prestart step {number} failed ({describe_exit(code)}): nothing starts")

@@ -35,9 +35,11 @@ class ProcessGroup(Group):
         env: dict[str, str],
         output: Output,
         metrics: Metrics,
+        identity: dict[str, Any],  # corral.posix.identity: who the replicas run as
         first: int = 1,
     ) -> None:
         self.name = name
+        self.identity = identity
         self.first = first  # the first replica's number: `--only consumer.2` runs consumer.2
         self.config = config
         self.env = env  # the system's environment ([env], env_file)
@@ -78,7 +80,12 @@ class ProcessGroup(Group):
         env = {**self.env, **self.config.env, "CORRAL_REPLICA": str(index)}
         try:
             process = await spawn(
-                name, argv_for(name, self.config), self.output, env, self.config.cwd
+                name,
+                argv_for(name, self.config),
+                self.output,
+                env,
+                self.config.cwd,
+                identity=self.identity,
             )
         except OSError as error:
             self.output.say(f"{name} cannot start: {error}")

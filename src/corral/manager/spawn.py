@@ -1,4 +1,4 @@
-"""Starting a declared child (a process replica, a prestart step): argv, environment, output."""
+"""Starting a declared child (a process replica, a command job run, a prestart step)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import shlex
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from corral import posix
 from corral.manager.output import Output
@@ -29,8 +30,15 @@ async def spawn(
     output: Output,
     env: dict[str, str],
     cwd: Path | None = None,
+    *,
+    identity: dict[str, Any],
 ) -> asyncio.subprocess.Process:
-    """Start `argv` in its own session, its output prefixed with `name`; it dies with us."""
+    """Start `argv` in its own session, its output prefixed with `name`; it dies with us.
+
+    It runs as `identity` (`corral.posix.identity`: the user of --user), which
+    Popen takes on before `preexec_fn` runs, as the parent-death signal must
+    be asked for after the change of user. OSError if it cannot start.
+    """
     log_read, log_write = os.pipe()
     manager = os.getpid()
     try:
@@ -42,6 +50,9 @@ async def spawn(
             cwd=cwd,
             env={**os.environ, **env, "CORRAL_MANAGER_PID": str(manager)},
             start_new_session=True,
+            user=identity.get("user"),
+            group=identity.get("group"),
+            extra_groups=identity.get("extra_groups"),
             preexec_fn=lambda: posix.die_with_parent(manager, signal.SIGTERM),
         )
     except OSError:

@@ -2,14 +2,19 @@
 
 Its life: fork the launcher (`corral.child.launcher`) -> bind (exit 2 if an
 address is taken) -> write the pidfile -> run prestart -> start the groups
-(web first: exit 3 if the app cannot start) -> serve signals and the control
-API -> stop: web first, then the processes, then the jobs -> clean up.
+(web first: exit 3 if the app cannot start), every child as --user/--group ->
+serve signals and the control API -> stop: web first, then the processes,
+then the jobs -> clean up.
 
 Signals (HUP, TTIN/TTOU, TERM...), the control API and the CLI verbs all go
 through the same methods here, which call the groups' (`corral.manager.group`).
 A reload re-reads the configuration first and hands each group its new
 declaration (`Group.apply`); a configuration that does not validate changes
 nothing.
+
+A mistake of the user's (`corral.errors.UsageError`) is one message and exit
+2. Any other exception, raised or left in a callback, is a bug in corral:
+everything started is stopped in order, the traceback is printed, exit 1.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ import dataclasses
 import os
 import signal
 import socket
+import traceback
 from collections.abc import Callable
 from typing import Any
 
 from corral import posix
 from corral.child.launcher import fork_launcher
-from corral.control.server import AlreadyRunning
+from corral.errors import UsageError
 from corral.exit_codes import APP_FAILED, FAILURE, OK, PRESTART_FAILED, USAGE
 from corral.manager import listeners
 from corral.manager.background import Background
@@ -33,15 +39,21 @@ from corral.manager.control import ControlPlan, ManagerControl
 from corral.manager.group import Group, Refused
 from corral.manager.jobs_group import JobsGroup
 from corral.manager.launcher_handle import LauncherHandle
-from corral.manager.metrics import Metrics, prepare_multiprocess_dir, remove_multiprocess_dir
+from corral.manager.metrics import (
+    Metrics,
+    prepare_multiprocess_dir,
+    remove_dead_managers_dirs,
+    remove_multiprocess_dir,
+)
 from corral.manager.notify import Notifier
 from corral.manager.output import Output
+from corral.manager.pidfile import pidfile
 from corral.manager.prestart import run_prestart
 from corral.manager.process_group import ProcessGroup
 from corral.manager.web_group import AppFailed, WebGroup
-from corral.settings import ConfigError, ProcessConfig, System, WebConfig
+from corral.settings import ProcessConfig, System, WebConfig
 
-RESTART_ONLY_WEB_SETTINGS = ("bind", "host", "port", "uds", "backlog", "user", "group", "pidfile")
+RESTART_ONLY_WEB_SETTINGS = ("bind", "host", "port", "uds", "backlog", "user", "group")
 """[web] settings a reload cannot change: the sockets are bound, the identity is set."""
 
 
@@ -54,35 +66,69 @@ class Manager:
         self.groups: dict[str, Group] = {}  # web, then the process groups, then jobs
         self.jobs: JobsGroup | None = None
         self.launcher: LauncherHandle | None = None
+        self.identity: dict[str, Any] = {}  # who every child runs as ([corral] user, group)
         self.background = Background()
         self.reloading: asyncio.Task[None] | None = None  # a reload of everything
         self.reload_count = 0
         self.metrics = Metrics(None)
         self.finished: asyncio.Future[int] | None = None
         self.stopping = False
+        self.bug = False  # an exception went uncaught: whatever happens next, exit 1
+        self.listening: list[str] = []  # the web app's addresses, as URLs
         self.notify = Notifier.from_environment(self.output.say)  # systemd's Type=notify
 
     def run(self) -> int:
         """Run everything declared until stopped; return the exit code."""
-        posix.set_title("corral: manager")
-        web = self.system.web
+        posix.set_title(posix.MANAGER_TITLE)
         try:
-            identity = posix.identity(web.user, web.group) if web is not None else {}
-            control = ControlPlan(self.system.manager.control, self.system.manager.probes)
-        except ValueError as error:
-            self.output.say(f"error: {error}")
-            return USAGE
-        owner = (identity.get("user", -1), identity.get("group", -1)) if identity else None
-        metrics_dir, owned = prepare_multiprocess_dir(os.environ, owner)
+            return self._run_everything()
+        except Exception as error:
+            return self._fail(error)
+
+    def _run_everything(self) -> int:
+        manager, web = self.system.manager, self.system.web
+        # Computed once: every child runs as [corral]'s user, web as [web]'s where it has one.
+        self.identity = posix.identity(manager.user, manager.group)
+        web_identity = self.identity
+        if web is not None and (web.user or web.group):
+            web_identity = posix.identity(web.user or manager.user, web.group or manager.group)
+        control = ControlPlan(manager.control, manager.probes)
+        remove_dead_managers_dirs()
+        owner = web_identity if web is not None else self.identity
+        metrics_dir, owned = prepare_multiprocess_dir(
+            os.environ, (owner.get("user", -1), owner.get("group", -1)) if owner else None
+        )
         # Before anything imports prometheus_client, so the app's metrics are per-process files.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         self.metrics = Metrics(metrics_dir)
         try:
-            return self._run(identity, control)
+            return self._run(web_identity, control)
         finally:
             remove_multiprocess_dir(metrics_dir, owned)
 
-    def _run(self, identity: dict[str, Any], control: ControlPlan) -> int:
+    def _fail(self, error: Exception) -> int:
+        """Report `error`: a UsageError's messages (exit 2), else a bug's traceback (exit 1)."""
+        if isinstance(error, UsageError):
+            for message in error.messages:
+                self.output.say(f"error: {message}")
+            return USAGE
+        self.bug = True
+        self.output.say("error: an unexpected error (a bug in corral); its traceback:")
+        for line in "".join(traceback.format_exception(error)).splitlines():
+            self.output.say(line)
+        return FAILURE
+
+    def _on_uncaught(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """An exception no one caught in a callback or a task: a bug; stop everything in order."""
+        error = context.get("exception")
+        if not isinstance(error, Exception):
+            loop.default_exception_handler(context)
+            return
+        self._fail(error)
+        self.stopping = True
+        self._finish(FAILURE)
+
+    def _run(self, web_identity: dict[str, Any], control: ControlPlan) -> int:
         needs_zygotes = self.system.web is not None or any(
             job.call is not None for job in self.system.jobs.values()
         )
@@ -91,46 +137,33 @@ class Manager:
         addresses: list[listeners.Address] = []
         sockets: list[socket.socket] = []
         if web is not None:
-            try:
-                addresses, sockets = listeners.listen(
-                    web.bind, web.uds, web.host, web.port, web.backlog
-                )
-            except listeners.BindError as error:
-                self.output.say(f"error: {error}")
-                return USAGE
-        pidfile = web.pidfile if web is not None else None
+            addresses, sockets = listeners.listen(
+                web.bind, web.uds, web.host, web.port, web.backlog
+            )
+            tls = web.certfile is not None
+            bound = zip(addresses, sockets, strict=True)
+            self.listening = [listeners.url(address, sock, tls) for address, sock in bound]
         try:
-            if pidfile is not None:
-                pidfile.write_text(f"{os.getpid()}\n")
-            return asyncio.run(self._serve(launcher, control, sockets, identity))
-        except (ValueError, PermissionError) as error:
-            self.output.say(f"error: {error}")
-            return USAGE
+            with pidfile(self.system.manager.pidfile):
+                return asyncio.run(self._serve(launcher, control, sockets, web_identity))
         finally:
             listeners.close(sockets, addresses)
-            if pidfile is not None:
-                with contextlib.suppress(OSError):
-                    pidfile.unlink()
 
     async def _serve(
         self,
         forked: tuple[int, socket.socket] | None,
         control: ControlPlan,
         sockets: list[socket.socket],
-        identity: dict[str, Any],
+        web_identity: dict[str, Any],
     ) -> int:
         loop = asyncio.get_running_loop()
         self.finished = loop.create_future()
         if forked is not None:
             self.launcher = LauncherHandle(*forked, self._on_launcher_lost)
         try:
+            servers = await control.open(ManagerControl(self, self.output.logs), self.output)
             try:
-                servers = await control.open(ManagerControl(self, self.output.logs), self.output)
-            except (AlreadyRunning, listeners.BindError) as error:
-                self.output.say(f"error: {error}")
-                return USAGE
-            try:
-                return await self._supervise(sockets, identity)
+                return await self._supervise(sockets, web_identity)
             finally:
                 await servers.close()
                 control.close()
@@ -138,15 +171,31 @@ class Manager:
             if self.launcher is not None:
                 self.launcher.close()
 
-    async def _supervise(self, sockets: list[socket.socket], identity: dict[str, Any]) -> int:
+    async def _supervise(self, sockets: list[socket.socket], web_identity: dict[str, Any]) -> int:
         assert self.finished is not None
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(self._on_uncaught)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         loop.add_signal_handler(signal.SIGTTIN, self._on_scale_signal, +1)
         loop.add_signal_handler(signal.SIGTTOU, self._on_scale_signal, -1)
-        if not await run_prestart(self.system.prestart, self.system.env, self.output):
+        try:
+            code = await self._start_and_wait(sockets, web_identity)
+        except Exception as error:  # stop what has started, in order, before anything else
+            code = self._fail(error)
+        self.notify.stopping()
+        await self._stop()
+        self.output.say("stopped")
+        return FAILURE if self.bug else code
+
+    async def _start_and_wait(
+        self, sockets: list[socket.socket], web_identity: dict[str, Any]
+    ) -> int:
+        """Start everything declared, then wait for the exit code (a signal, a stop, a failure)."""
+        assert self.finished is not None
+        prestart = self.system.prestart
+        if not await run_prestart(prestart, self.system.env, self.output, self.identity):
             return PRESTART_FAILED
         if self.finished.done():
             return self.finished.result()
@@ -157,7 +206,7 @@ class Manager:
                 web,
                 sockets,
                 self.launcher,
-                identity,
+                web_identity,
                 _web_env(self.system, web),
                 self.output,
                 self.metrics,
@@ -169,32 +218,34 @@ class Manager:
                 await group.start()
             except AppFailed:
                 self.output.say("error: the app cannot start; see web.zygote's output above")
-                await group.stop()
                 return APP_FAILED
         for name, config in self.system.processes.items():
             await self._add_process_group(name, config, self.system.env)
         self.jobs = JobsGroup(
-            self.system.jobs, self.launcher, self.system.env, self.output, self.metrics
+            self.system.jobs,
+            self.launcher,
+            self.system.env,
+            self.output,
+            self.metrics,
+            self.identity,
         )
         self.groups["jobs"] = self.jobs
         await self.jobs.start()
         if web is None:
             self.notify.ready()
-        reloading = web is not None and web.reload
-        watching = loop.create_task(self._reload_on_change()) if reloading else None
-        code = await self.finished
-        self.notify.stopping()
-        if watching is not None:
+        if web is None or not web.reload:
+            return await self.finished
+        watching = asyncio.get_running_loop().create_task(self._reload_on_change())
+        try:
+            return await self.finished
+        finally:
             watching.cancel()
-        await self._stop()
-        self.output.say("stopped")
-        return code
 
     async def _add_process_group(
         self, name: str, config: ProcessConfig, env: dict[str, str]
     ) -> None:
         first = self.system.only_replica.get(name, 1)
-        group = ProcessGroup(name, config, env, self.output, self.metrics, first)
+        group = ProcessGroup(name, config, env, self.output, self.metrics, self.identity, first)
         self.groups[name] = group
         if self.jobs is not None:  # keep the jobs last: the stop order follows this order
             self.groups["jobs"] = self.groups.pop("jobs")
@@ -296,7 +347,7 @@ class Manager:
         if self.reread is not None:
             try:
                 declared = self.reread()
-            except ConfigError as error:
+            except UsageError as error:
                 self.output.say("reload: the configuration does not validate; nothing changes:")
                 for message in error.messages:
                     self.output.say(f"  {message}")

@@ -176,18 +176,22 @@ class WebGroup(Group):
         if zygote is None or zygote.link is None:
             return  # the zygote is being replaced; its successor starts every worker
         child = Child(next(self.keys), name, zygote.generation)
+        ours, theirs = socket.socketpair()
+        log_read, log_write = os.pipe()
+        try:
+            zygote.fork(ForkWorker(key=child.key, name=name), [theirs.fileno(), log_write])
+        except OSError:  # it has just died; its exit, on its way, starts every worker again
+            ours.close()
+            os.close(log_read)
+            return
+        finally:
+            theirs.close()
+            os.close(log_write)
         history = self.history.setdefault(name, History())
         history.starts += 1
         if cause is not None:
             history.last_cause = cause
         self.resting.pop(name, None)
-        ours, theirs = socket.socketpair()
-        log_read, log_write = os.pipe()
-        try:
-            zygote.fork(ForkWorker(key=child.key, name=name), [theirs.fileno(), log_write])
-        finally:
-            theirs.close()
-            os.close(log_write)
         if replaces is not None:
             child.replaces, replaces.replaced_by = replaces, child
         self.children[child.key] = child

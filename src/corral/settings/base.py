@@ -25,6 +25,8 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from corral.errors import UsageError
+
 ENV_PREFIX = "CORRAL_"
 
 
@@ -41,12 +43,11 @@ def flag(*decls: str, group: str, metavar: str | None = None) -> Flag:
     return Flag(decls, group, metavar)
 
 
-class ConfigError(Exception):
+class ConfigError(UsageError):
     """Settings that do not validate; each message names the setting and what was expected."""
 
     def __init__(self, messages: list[str]) -> None:
-        super().__init__("\n".join(messages))
-        self.messages = messages
+        super().__init__(*messages)
 
 
 BINDING = "Binding"

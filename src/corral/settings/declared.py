@@ -9,7 +9,9 @@
 from __future__ import annotations
 
 import re
+import shlex
 import signal
+import subprocess
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +47,21 @@ class Runnable(_Strict):
 
     _call_is_a_target = field_validator("call")(_target)
 
+    @field_validator("command")
+    @classmethod
+    def _splits_into_arguments(cls, value: str | None) -> str | None:
+        """A command is split as a shell would, then run without one: it must split, into words."""
+        if value is None:
+            return value
+        try:
+            argv = shlex.split(value)
+        except ValueError as error:
+            reason = str(error)[:1].lower() + str(error)[1:]
+            raise ValueError(f"{value!r} cannot be split into arguments: {reason}") from None
+        if not argv:
+            raise ValueError("expected a program and its arguments, got an empty command")
+        return value
+
     @model_validator(mode="after")
     def _one_of_call_or_command(self) -> Runnable:
         if (self.call is None) == (self.command is None):
@@ -78,10 +95,15 @@ class JobConfig(Runnable):
     @field_validator("schedule")
     @classmethod
     def _a_cron_expression(cls, value: str | None) -> str | None:
-        from croniter import croniter
+        from croniter import CroniterBadDateError, croniter
 
         if value is not None and not croniter.is_valid(value):
             raise ValueError(f"expected a cron expression such as '*/5 * * * *', got {value!r}")
+        if value is not None:
+            try:
+                croniter(value).get_next(float)
+            except CroniterBadDateError:
+                raise ValueError(f"{value!r} never fires (no such date)") from None
         return value
 
     @field_validator("timezone")
@@ -126,6 +148,9 @@ class PrestartConfig(_Strict):
         for number, step in enumerate(steps, start=1):
             if isinstance(step, str):
                 checked.append(step)
+                problem = shell_syntax_error(step)
+                if problem:
+                    problems.append(f"step {number}: {SHELL} cannot parse it: {problem}")
             elif isinstance(step, dict) and set(step) == {"call"}:
                 try:
                     checked.append(PrestartCall.model_validate(step))
@@ -140,6 +165,29 @@ class PrestartConfig(_Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return checked
+
+
+SHELL = "/bin/sh"
+
+
+def shell_syntax_error(command: str) -> str | None:
+    """What `sh` says is wrong with `command`'s syntax, or None; nothing is run (`sh -n`).
+
+    Prestart steps run through `sh -c`, so the shell that will run them
+    judges them: an unclosed quote is refused when the file is read,
+    rather than after the steps before it have run.
+    """
+    checked = subprocess.run(
+        [SHELL, "-n", "-c", command],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    if checked.returncode == 0:
+        return None
+    said = checked.stderr.strip().splitlines()
+    return said[-1].removeprefix(f"{SHELL}: ").removeprefix("1: ") if said else "a syntax error"
 
 
 class FileConfig(_Strict):

@@ -1,6 +1,6 @@
 """The whole system, resolved: corral.toml (or [tool.corral] in pyproject.toml), flags, env.
 
-    [corral]           the manager's own settings (control, log_format...)
+    [corral]           the manager's own settings (control, log_format, user, group, pidfile)
     [web]              everything `corral run APP` takes (flags override it)
     [processes.NAME], [jobs.NAME], [prestart], [env], env_file: see `declared`
 
@@ -136,7 +136,8 @@ class System:
     jobs: dict[str, JobConfig]
     prestart: PrestartConfig
     env: dict[str, str]  # for every process: env_file's variables, then [env]
-    manager: ManagerConfig = field(default_factory=ManagerConfig)  # [corral]: control, logs
+    manager: ManagerConfig = field(default_factory=ManagerConfig)  # [corral]: control, user...
+    config: Path | None = None  # the file it came from, if any
     # `--only NAME.N`: the process groups of which this corral runs one replica, and its number.
     only_replica: dict[str, int] = field(default_factory=dict)
 
@@ -182,6 +183,9 @@ def resolve(
         problems += error.messages
     raw_web = file.table.get("web") if file is not None else None
     web_values = {**(raw_web if isinstance(raw_web, dict) else {}), **flags}
+    if file is not None and web_values.pop("pidfile", None) is not None:  # [web] had it once
+        where = file.where(["web"], "pidfile")
+        problems.append(f"{where}: the pid file is the manager's: set pidfile under [corral]")
     if app is not None:
         web_values["app"] = app
     web = None
@@ -214,7 +218,8 @@ def resolve(
             ]
         )
     env = _environment(declared, file)
-    system = System(web, declared.processes, declared.jobs, declared.prestart, env, manager)
+    config = file.path if file is not None else None
+    system = System(web, declared.processes, declared.jobs, declared.prestart, env, manager, config)
     if env_name("only") in (os.environ if environ is None else environ):
         where = env_name("only")
     elif "only" in manager_flags or file is None:

@@ -41,6 +41,18 @@ class ManagerConfig(Settings):
     log_format: Annotated[Literal["text", "json"], flag("--log-format", group=LOGGING)] = Field(
         "text", description="text (NAME | line) or json (one object per line)."
     )
+    user: Annotated[str | None, flag("--user", group=PROCESS)] = Field(
+        None,
+        description="Run every child (web, processes, jobs, prestart) as this user "
+        "(name or uid); the manager keeps its own identity.",
+    )
+    group: Annotated[str | None, flag("--group", group=PROCESS)] = Field(
+        None,
+        description="Run every child as this group (name or gid); by default, the user's own.",
+    )
+    pidfile: Annotated[Path | None, flag("--pidfile", group=PROCESS, metavar="PATH")] = Field(
+        None, description="Write the manager's pid to this file (removed at exit)."
+    )
     probes: Annotated[str | None, flag("--probes", group=CONTROL, metavar="HOST:PORT")] = Field(
         None,
         description="Serve /livez, /readyz and /metrics, and nothing else, on HOST:PORT "
@@ -175,14 +187,13 @@ class WebConfig(Settings):
         "directory changes. For development.",
     )
 
-    pidfile: Annotated[Path | None, flag("--pidfile", group=PROCESS, metavar="PATH")] = Field(
-        None, description="Write the manager's pid to this file."
+    user: str | None = Field(
+        None,
+        description="Run the web processes as this user instead of [corral]'s user (file only).",
     )
-    user: Annotated[str | None, flag("--user", group=PROCESS)] = Field(
-        None, description="Run as this user (name or uid) once the sockets are bound."
-    )
-    group: Annotated[str | None, flag("--group", group=PROCESS)] = Field(
-        None, description="Run as this group (name or gid) once the sockets are bound."
+    group: str | None = Field(
+        None,
+        description="Run the web processes as this group instead of [corral]'s group (file only).",
     )
     env_file: Annotated[Path | None, flag("--env-file", group=PROCESS, metavar="PATH")] = Field(
         None, description="Load environment variables for the app from this .env file."

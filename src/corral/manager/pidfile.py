@@ -1,0 +1,32 @@
+"""The pid file: the manager's pid, written before any child starts, removed at exit."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from corral.errors import UsageError
+
+
+@contextlib.contextmanager
+def pidfile(path: Path | None) -> Iterator[None]:
+    """Hold the manager's pid in `path` (if given) while the block runs.
+
+    Written by the manager, which keeps the identity it started with, so a
+    folder only root can write is fine even when the children run as
+    --user. UsageError if it cannot be written.
+    """
+    if path is None:
+        yield
+        return
+    try:
+        path.write_text(f"{os.getpid()}\n")
+    except OSError as error:
+        raise UsageError(f"--pidfile {path}: cannot write it: {error.strerror}") from None
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()
