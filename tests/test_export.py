@@ -439,7 +439,7 @@ def test_the_generated_web_unit_serves_under_socket_activation(system, launch):
     assert notify.recv(4096) == b"READY=1"
     assert server.wait_for(r"listening on (\S+)")[1] == f"http://127.0.0.1:{port}"
     assert "cannot listen" not in server.output
-    assert server.stop() == 0
+    assert server.stop() == 0, server.output
     assert notify.recv(4096) == b"STOPPING=1"
     notify.close()
 

@@ -278,7 +278,8 @@ def test_restart_policy_decides_whether_an_exited_replica_starts_again(
     else:
         server.wait_for(rf"worker\.1 is not restarted \(restart = '{restart}'\)")
         (row,) = [row for row in server.status()["processes"] if row["name"] == "worker.1"]
-        assert (row["state"], row["pid"]) == ("stopped", None), row
+        given_up = "failed" if code != 0 else "stopped"  # a crash not restarted has failed
+        assert (row["state"], row["pid"]) == (given_up, None), row
     assert server.stop() == 0
     if not restarted:  # not until the very end of the run
         assert server.count(r"worker\.1 started") == 1, server.output

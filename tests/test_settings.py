@@ -346,7 +346,7 @@ def test_python_api_raises_config_error_naming_the_setting(settings, named):
 def test_python_api_offers_no_did_you_mean_for_a_keyword_like_no_setting():
     with pytest.raises(ConfigError) as raised:
         corral_package.run("no_such_module_here:app", colour="red")
-    assert raised.value.messages == ["corral.run(): colour: unknown setting"]
+    assert raised.value.messages == ["corral.run(colour=...): unknown setting"]
 
 
 # -- durations ---------------------------------------------------------------------------

@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from corral.control.address import TcpAddress, UnixAddress, control_path, parse_control
+from corral.control.address import (
+    ControlPathError,
+    TcpAddress,
+    UnixAddress,
+    control_path,
+    parse_control,
+)
 from corral.control.api import ControlError, make_app, make_probes_app
 from corral.control.discovery import running_in
 from corral.control.server import ControlServers, serve_control
@@ -160,7 +166,7 @@ class ControlPlan:
         """
         self.probes = parse_control(probes) if probes is not None else None
         if self.probes is not None and not isinstance(self.probes, TcpAddress):
-            raise ValueError(f"--probes {probes!r}: expected HOST:PORT, such as 0.0.0.0:9000")
+            raise ControlPathError(f"--probes {probes!r}: expected HOST:PORT, such as 0.0.0.0:9000")
         address = parse_control(setting) if setting is not None else None
         self.tcp = address if isinstance(address, TcpAddress) else None
         if isinstance(address, UnixAddress):
