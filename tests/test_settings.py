@@ -18,7 +18,22 @@ import pytest
 
 import corral as corral_package
 from conftest import APPS, Corral
-from corral.settings import ConfigError, WebConfig, env_name, flagged_settings
+from corral.settings import (
+    ConfigError,
+    JobConfig,
+    ManagerConfig,
+    PrestartConfig,
+    ProcessConfig,
+    WebConfig,
+    env_name,
+    flagged_settings,
+)
+from corral.settings.declared import FileConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 README = Path(__file__).parent.parent / "README.md"
 
@@ -394,3 +409,37 @@ def test_graceful_timeout_takes_a_duration_or_a_number(corral, value):
     assert cut_off != 200, "the 30 s request was not cut off at the graceful timeout"
     assert server.count(r"stopping gracefully \(up to 2s") == 1, server.output
     assert took < 6, f"a 2s graceful timeout took {took:.1f}s to stop"
+
+
+FILE_MODELS = {
+    "corral": ManagerConfig,
+    "processes": ProcessConfig,
+    "jobs": JobConfig,
+    "prestart": PrestartConfig,
+}
+
+
+def test_the_readme_reference_of_corral_toml_matches_the_models():
+    """Every key the README's corral.toml names exists; every setting of the file is named."""
+    section = README.read_text().split("## The whole system: `corral.toml`", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    example = tomllib.loads(section.split("```toml", 1)[1].split("```", 1)[0])
+    assert set(example) <= set(FileConfig.model_fields), set(example) - set(FileConfig.model_fields)
+    assert set(example["web"]) <= set(WebConfig.model_fields)
+    for table, model in FILE_MODELS.items():
+        entries = example[table].values() if table in ("processes", "jobs") else [example[table]]
+        for entry in entries:
+            assert set(entry) <= set(model.model_fields), (
+                table,
+                set(entry) - set(model.model_fields),
+            )
+    named = set(re.findall(r"\b([a-z][a-z_]*)\b", section))
+    for table, model in {**FILE_MODELS, "": FileConfig}.items():
+        missing = set(model.model_fields) - named
+        assert not missing, f"README's corral.toml reference does not name [{table}] {missing}"
+
+
+def test_every_setting_of_the_file_has_a_description():
+    for model in (*FILE_MODELS.values(), FileConfig, WebConfig):
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no description"

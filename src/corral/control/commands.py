@@ -28,6 +28,8 @@ from corral.control.token import TOKEN_VARIABLE
 from corral.errors import UsageError
 from corral.exit_codes import FAILURE, USAGE
 from corral.logformat import prefix_for
+from corral.settings import ManagerConfig, env_name
+from corral.settings.base import setting_flag
 
 
 def _parse_address(
@@ -54,17 +56,22 @@ def _client(address: UnixAddress | TcpAddress | None, token: str | None) -> Cont
     return ControlClient(address, token)
 
 
+# `--control` is declared once, as `corral run`'s setting; a verb spells it and reads it the same.
+CONTROL_FLAG = setting_flag(ManagerConfig, "control")
+CONTROL_VARIABLE = env_name("control")
+
+
 def control_command(function: Callable[..., None]) -> Callable[..., None]:
     """Give a verb --control and --token, a ControlClient as first argument, and its exit codes."""
 
     @click.option(
-        "--control",
+        *CONTROL_FLAG.decls,
         "address",
-        metavar="ADDRESS",
-        envvar="CORRAL_CONTROL",
+        metavar=CONTROL_FLAG.metavar,
+        envvar=CONTROL_VARIABLE,
         callback=_parse_address,
         help="The control API: a socket PATH or HOST:PORT "
-        "[default: the socket of the corral running here; env: CORRAL_CONTROL]",
+        f"[default: the socket of the corral running here; env: {CONTROL_VARIABLE}]",
     )
     @click.option(
         "--token",

@@ -110,6 +110,14 @@ def flagged_settings(model: type[BaseModel]) -> Iterator[tuple[str, FieldInfo, F
                 yield name, info, marker
 
 
+def setting_flag(model: type[BaseModel], name: str) -> Flag:
+    """The command-line spelling of setting `name` of `model` (KeyError if it has none)."""
+    for setting, _, spelling in flagged_settings(model):
+        if setting == name:
+            return spelling
+    raise KeyError(f"{model.__name__}.{name} has no flag")
+
+
 def env_name(setting: str) -> str:
     return ENV_PREFIX + setting.upper()
 

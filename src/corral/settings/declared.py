@@ -40,10 +40,20 @@ class _Strict(BaseModel):
 class Runnable(_Strict):
     """What a process or a job runs: a Python callable (sync or async) or a command."""
 
-    call: str | None = None
-    command: str | None = None
-    env: dict[str, str] = Field(default_factory=dict)
-    cwd: Path | None = None
+    call: str | None = Field(
+        None,
+        description="A Python callable to run, as MODULE:ATTRIBUTE; sync or async "
+        "(exactly one of call and command).",
+    )
+    command: str | None = Field(
+        None,
+        description="A command to run, split as a shell would and run without one, so that "
+        "signals reach it.",
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Environment variables for it, over [env]'s."
+    )
+    cwd: Path | None = Field(None, description="The directory it runs in (default: corral's own).")
 
     _call_is_a_target = field_validator("call")(_target)
 
@@ -70,10 +80,20 @@ class Runnable(_Strict):
 
 
 class ProcessConfig(Runnable):
-    replicas: int = Field(1, ge=0)
-    restart: Literal["always", "on-failure", "never"] = "always"
-    stop_signal: str = "SIGTERM"
-    stop_timeout: Duration = 10.0
+    replicas: int = Field(
+        1, ge=0, description="How many run at once: NAME.1..NAME.N, each with CORRAL_REPLICA=i."
+    )
+    restart: Literal["always", "on-failure", "never"] = Field(
+        "always",
+        description="When a replica that exited starts again (with a backoff): always, "
+        "on-failure (a non-zero exit), or never.",
+    )
+    stop_signal: str = Field(
+        "SIGTERM", description="The signal that asks a replica to stop (SIGTERM, INT...)."
+    )
+    stop_timeout: Duration = Field(
+        10.0, description="Seconds a replica has to stop after stop_signal, before SIGKILL."
+    )
 
     @field_validator("stop_signal")
     @classmethod
@@ -85,12 +105,26 @@ class ProcessConfig(Runnable):
 
 
 class JobConfig(Runnable):
-    every: Duration | None = Field(None, gt=0)
-    schedule: str | None = None
-    timezone: str | None = None
-    overlap: Literal["skip", "allow"] = "skip"
-    timeout: Duration | None = Field(None, gt=0)
-    jitter: Duration = 0.0
+    every: Duration | None = Field(
+        None, gt=0, description='Run at this interval ("1s", "5m"); or give schedule.'
+    )
+    schedule: str | None = Field(
+        None, description='Run on this cron schedule ("*/5 * * * *"); or give every.'
+    )
+    timezone: str | None = Field(
+        None, description="The time zone of schedule, such as Europe/Paris (default: UTC)."
+    )
+    overlap: Literal["skip", "allow"] = Field(
+        "skip",
+        description="What a tick does while the previous run still goes: skip it, or allow "
+        "a second run.",
+    )
+    timeout: Duration | None = Field(
+        None, gt=0, description="Seconds after which a run is killed and counted failed."
+    )
+    jitter: Duration = Field(
+        0.0, description="A random delay of up to this many seconds before each run."
+    )
 
     @field_validator("schedule")
     @classmethod
@@ -130,13 +164,17 @@ class JobConfig(Runnable):
 
 
 class PrestartCall(_Strict):
-    call: str
+    call: str = Field(description="A Python callable to run once, as MODULE:ATTRIBUTE.")
 
     _call_is_a_target = field_validator("call")(_target)
 
 
 class PrestartConfig(_Strict):
-    steps: list[str | PrestartCall] = Field(default_factory=list)
+    steps: list[str | PrestartCall] = Field(
+        default_factory=list,
+        description="Run once, in order, before anything starts: a command (run by sh -c) "
+        'or { call = "module:function" }; the first that fails stops corral (exit 4).',
+    )
 
     @field_validator("steps", mode="before")
     @classmethod
@@ -191,13 +229,27 @@ def shell_syntax_error(command: str) -> str | None:
 
 
 class FileConfig(_Strict):
-    corral: dict[str, Any] | None = None  # validated as ManagerConfig, merged with the flags
-    web: dict[str, Any] | None = None  # validated as WebConfig, once merged with the flags
-    processes: dict[str, ProcessConfig] = Field(default_factory=dict)
-    jobs: dict[str, JobConfig] = Field(default_factory=dict)
-    prestart: PrestartConfig = Field(default_factory=PrestartConfig)
-    env: dict[str, str] = Field(default_factory=dict)
-    env_file: Path | None = None
+    """corral.toml's tables; [corral] and [web] are validated once merged with the flags."""
+
+    corral: dict[str, Any] | None = Field(
+        None, description="The manager's own settings (ManagerConfig): control, user, ..."
+    )
+    web: dict[str, Any] | None = Field(
+        None, description="The web app: every `corral run` setting by its name (WebConfig)."
+    )
+    processes: dict[str, ProcessConfig] = Field(
+        default_factory=dict, description="Long-running processes, by group name."
+    )
+    jobs: dict[str, JobConfig] = Field(default_factory=dict, description="Scheduled jobs, by name.")
+    prestart: PrestartConfig = Field(
+        default_factory=PrestartConfig, description="Steps that run once before anything starts."
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict, description="Environment variables for every process."
+    )
+    env_file: Path | None = Field(
+        None, description="A .env file whose variables every process gets, under [env]'s."
+    )
 
 
 JOB_STOP_TIMEOUT = 10.0
