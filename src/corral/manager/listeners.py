@@ -11,11 +11,13 @@ import errno
 import os
 import socket
 import stat
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 
 from corral.errors import UsageError
 
 SYSTEMD_FIRST_FD = 3
+UPGRADE_FDS_VARIABLE = "CORRAL_UPGRADE_FDS"
 
 
 class BindError(UsageError):
@@ -69,6 +71,18 @@ def _port(spec: str, text: str) -> int:
     if not text.isdigit() or int(text) > 65535:
         raise BindError(f"--bind {spec!r}: expected a port number from 0 to 65535")
     return int(text)
+
+
+def upgrade_sockets(environ: MutableMapping[str, str]) -> list[socket.socket]:
+    """The listening sockets an upgrading manager handed over (`corral.manager.upgrade`).
+
+    Consumed from `environ`, so that this manager's own children do not see them.
+    """
+    fds = environ.pop(UPGRADE_FDS_VARIABLE, "")
+    sockets = [socket.socket(fileno=int(fd)) for fd in fds.split(",") if fd.isdigit()]
+    for sock in sockets:
+        sock.set_inheritable(True)
+    return sockets
 
 
 def systemd_sockets(environ: dict[str, str] | os._Environ[str]) -> list[socket.socket]:
@@ -181,11 +195,12 @@ def url(address: Address, sock: socket.socket, tls: bool) -> str:
 def listen(
     binds: list[str], uds: str | None, host: str, port: int, backlog: int
 ) -> tuple[list[Address], list[socket.socket]]:
-    """Bind what the settings ask for: systemd's sockets, else --bind, else --uds, else host:port.
+    """Bind what the settings ask for: the sockets an upgrading manager or systemd handed
+    over, else --bind, else --uds, else host:port.
 
     All or nothing: on a BindError the sockets bound so far are closed.
     """
-    inherited = systemd_sockets(os.environ)
+    inherited = upgrade_sockets(os.environ) or systemd_sockets(os.environ)
     if inherited:
         return [Address(fd=s.fileno()) for s in inherited], inherited
     if binds:

@@ -48,6 +48,10 @@ class Notifier:
         now = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000  # microseconds
         self._send(f"RELOADING=1\nMONOTONIC_USEC={now}")
 
+    def main_pid(self, pid: int) -> None:
+        """The service's main process is now `pid` (a new manager after an upgrade)."""
+        self._send(f"MAINPID={pid}")
+
     def stopping(self) -> None:
         self._send("STOPPING=1")
 

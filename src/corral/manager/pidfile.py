@@ -29,4 +29,5 @@ def pidfile(path: Path | None) -> Iterator[None]:
         yield
     finally:
         with contextlib.suppress(OSError):
-            path.unlink()
+            if path.read_text().strip() == str(os.getpid()):  # not a successor's (USR2)
+                path.unlink()

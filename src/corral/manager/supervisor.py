@@ -36,6 +36,7 @@ from corral.exit_codes import APP_FAILED, FAILURE, OK, PRESTART_FAILED, USAGE
 from corral.manager import listeners
 from corral.manager.background import Background
 from corral.manager.control import ControlPlan, ManagerControl
+from corral.manager.exit_watch import watch_exit
 from corral.manager.group import Group, Refused
 from corral.manager.jobs_group import JobsGroup
 from corral.manager.launcher_handle import LauncherHandle
@@ -50,6 +51,7 @@ from corral.manager.output import Output
 from corral.manager.pidfile import pidfile
 from corral.manager.prestart import run_prestart
 from corral.manager.process_group import ProcessGroup
+from corral.manager.upgrade import NewManagerSide, Upgrade
 from corral.manager.web_group import AppFailed, WebGroup
 from corral.settings import ProcessConfig, System, WebConfig
 
@@ -76,6 +78,11 @@ class Manager:
         self.bug = False  # an exception went uncaught: whatever happens next, exit 1
         self.listening: list[str] = []  # the web app's addresses, as URLs
         self.notify = Notifier.from_environment(self.output.say)  # systemd's Type=notify
+        self.sockets: list[socket.socket] = []  # web's listening sockets
+        self.metrics_env: dict[str, str] = {}  # what the manager set for the app's metrics
+        self.upgrade = Upgrade(self.output, self._on_upgraded)  # this one, replaced (USR2)
+        self.upgrading_from = NewManagerSide(os.environ)  # this one, replacing another
+        self.handed_over = False  # the new manager serves: leave it the sockets' files
 
     def run(self) -> int:
         """Run everything declared until stopped; return the exit code."""
@@ -100,6 +107,8 @@ class Manager:
         )
         # Before anything imports prometheus_client, so the app's metrics are per-process files.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+        if owned:  # corral's own directory: not for a manager that replaces this one
+            self.metrics_env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
         self.metrics = Metrics(metrics_dir)
         try:
             return self._run(web_identity, control)
@@ -143,11 +152,12 @@ class Manager:
             tls = web.certfile is not None
             bound = zip(addresses, sockets, strict=True)
             self.listening = [listeners.url(address, sock, tls) for address, sock in bound]
+        self.sockets = sockets
         try:
             with pidfile(self.system.manager.pidfile):
                 return asyncio.run(self._serve(launcher, control, sockets, web_identity))
         finally:
-            listeners.close(sockets, addresses)
+            listeners.close(sockets, [] if self.handed_over else addresses)
 
     async def _serve(
         self,
@@ -180,11 +190,13 @@ class Manager:
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         loop.add_signal_handler(signal.SIGTTIN, self._on_scale_signal, +1)
         loop.add_signal_handler(signal.SIGTTOU, self._on_scale_signal, -1)
+        loop.add_signal_handler(signal.SIGUSR2, self._on_upgrade_signal)
         try:
             code = await self._start_and_wait(sockets, web_identity)
         except Exception as error:  # stop what has started, in order, before anything else
             code = self._fail(error)
-        self.notify.stopping()
+        if not self.handed_over:  # else the new manager is the service now
+            self.notify.stopping()
         await self._stop()
         self.output.say("stopped")
         return FAILURE if self.bug else code
@@ -230,7 +242,10 @@ class Manager:
             self.identity,
         )
         self.groups["jobs"] = self.jobs
-        await self.jobs.start()
+        if self.upgrading_from.upgrading:
+            self.background.start(self._take_over(self.jobs))
+        else:
+            await self.jobs.start()
         if web is None:
             self.notify.ready()
         if web is None or not web.reload:
@@ -275,6 +290,41 @@ class Manager:
             changed = sorted({os.path.relpath(path) for _, path in changes})
             self.output.say(f"changed: {', '.join(changed)}")
             self.reload(None)
+
+    # -- upgrading (SIGUSR2) ---------------------------------------------------------------
+
+    def _on_upgrade_signal(self) -> None:
+        if self.stopping or self.upgrade.under_way:
+            self.output.say("SIGUSR2: no upgrade now (one is under way, or corral is stopping)")
+            return
+        self.output.say("SIGUSR2: upgrading corral: starting a new manager")
+        env = {k: v for k, v in os.environ.items() if k not in self.metrics_env}
+        if self.notify.address is not None:
+            env["NOTIFY_SOCKET"] = self.notify.address
+        self.background.start(self.upgrade.start(self.sockets, env))
+
+    def _on_upgraded(self, pid: int) -> None:
+        """The new manager serves: this one hands over and stops gracefully."""
+        self.handed_over = True
+        self.notify.main_pid(pid)
+        self.request_stop("upgraded")
+
+    async def _take_over(self, jobs: JobsGroup) -> None:
+        """As the new manager: say ready once every web worker is, then start the jobs
+        once the old manager has gone (so that no tick runs twice)."""
+        while not self.readiness()[0]:
+            if self.stopping:
+                return
+            await asyncio.sleep(0.05)
+        old = self.upgrading_from.old_manager
+        self.upgrading_from.say_ready()
+        gone = asyncio.get_running_loop().create_future()
+        assert old is not None
+        watch_exit(old, lambda: gone.done() or gone.set_result(None))
+        await gone
+        if not self.stopping:
+            self.output.say(f"upgrade complete: the old manager (pid {old}) has exited")
+            await jobs.start()
 
     # -- stopping ----------------------------------------------------------------------
 
