@@ -59,6 +59,13 @@ def identity(user: str | None, group: str | None) -> dict[str, Any]:
     return chosen
 
 
+def owner(chosen: dict[str, Any]) -> tuple[int, int] | None:
+    """(uid, gid) for os.chown from what `identity()` chose (-1: left as is); None for neither."""
+    if not chosen:
+        return None
+    return chosen.get("user", -1), chosen.get("group", -1)
+
+
 def assume_identity(chosen: dict[str, Any]) -> None:
     """Become what `identity()` chose, as Popen would: supplementary groups, group, then user."""
     if "extra_groups" in chosen:

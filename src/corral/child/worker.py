@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
+import functools
 import logging
 import os
 import random
@@ -26,10 +27,15 @@ from typing import Any
 
 import uvicorn
 from uvicorn._compat import asyncio_run
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from corral import posix
 from corral.child.app_loader import AppLoadError, load_app
+from corral.child.client_limits import (
+    ClientLimits,
+    LimitedHttpToolsProtocol,
+    LimitedWebSocketProtocol,
+)
+from corral.child.proxy_headers import ProxyHeaders
 from corral.child.request_log import BlockWriter, CountRequests, RecordRequests, RequestLog
 from corral.child.request_stats import RequestStats
 from corral.exit_codes import APP_FAILED, OK
@@ -146,14 +152,20 @@ def import_server_modules() -> None:
 
 def uvicorn_config(config: WebConfig, app: Any) -> uvicorn.Config:
     drain = max(config.graceful_timeout - LIFESPAN_SHUTDOWN_RESERVE, config.graceful_timeout / 2)
+    limits = ClientLimits.of(config)
+    if config.proxy_headers:
+        app = ProxyHeaders(app, config.forwarded_allow_ips)
     return uvicorn.Config(
         app,
-        http=DrainingHttpToolsProtocol,
+        http=functools.partial(DrainingHttpToolsProtocol, limits=limits),  # type: ignore[arg-type]
+        ws=functools.partial(LimitedWebSocketProtocol, send_timeout=limits.send_timeout),  # type: ignore[arg-type]
+        ws_max_size=config.ws_max_size,
+        ws_ping_interval=config.ws_ping_interval,
+        ws_ping_timeout=config.ws_ping_timeout,
         log_config=None,
         log_level=None,
         access_log=False,
-        proxy_headers=config.proxy_headers,
-        forwarded_allow_ips=config.forwarded_allow_ips,
+        proxy_headers=False,  # ProxyHeaders above, which also trusts a Unix socket's peer
         root_path=config.root_path,
         # uvicorn counts the request's own connection: its N admits N - 1.
         limit_concurrency=None
@@ -169,8 +181,8 @@ def uvicorn_config(config: WebConfig, app: Any) -> uvicorn.Config:
     )
 
 
-class DrainingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, with a drain that cannot race a request on the wire.
+class DrainingHttpToolsProtocol(LimitedHttpToolsProtocol):
+    """uvicorn's httptools protocol, bounded, with a drain that cannot race a request on the wire.
 
     uvicorn closes an idle keep-alive connection the moment it drains; a
     request the client had just sent on it then fails. Here an idle

@@ -82,13 +82,23 @@ def systemd_sockets(environ: dict[str, str] | os._Environ[str]) -> list[socket.s
     return sockets
 
 
-def bind(address: Address, backlog: int) -> socket.socket:
+@dataclass(frozen=True)
+class UnixSocketFile:
+    """Who may connect to a Unix socket file corral creates: its mode, and its owner if set."""
+
+    mode: int = 0o666
+    owner: tuple[int, int] | None = None  # (uid, gid): --user's and --group's
+
+
+def bind(
+    address: Address, backlog: int, unix_file: UnixSocketFile = UnixSocketFile()
+) -> socket.socket:
     """A listening socket for `address`, inheritable by children; BindError says why not."""
     try:
         if address.fd is not None:
             sock = socket.socket(fileno=address.fd)
         elif address.path is not None:
-            sock = _bind_unix(address.path)
+            sock = _bind_unix(address.path, unix_file)
         else:
             sock = _bind_tcp(address)
         sock.listen(backlog)
@@ -115,11 +125,26 @@ def _bind_tcp(address: Address) -> socket.socket:
     return sock
 
 
-def _bind_unix(path: str) -> socket.socket:
+def _bind_unix(path: str, unix_file: UnixSocketFile) -> socket.socket:
+    """Bind `path` with `unix_file`'s mode and owner.
+
+    Connecting takes write permission on the file, which the usual umask
+    (022) denies to everyone but its owner: a proxy running as another user
+    would get "Permission denied". The file is created with no permission at
+    all (umask 777, for the bind alone), then given its owner and mode, so
+    that nobody can connect in between.
+    """
     remove_stale_unix_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(path)
+        previous = os.umask(0o777)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(previous)
+        if unix_file.owner is not None:
+            os.chown(path, *unix_file.owner)
+        os.chmod(path, unix_file.mode)
     except OSError:
         sock.close()
         raise
@@ -177,11 +202,17 @@ def url(address: Address, sock: socket.socket, tls: bool) -> str:
 
 
 def listen(
-    binds: list[str], uds: str | None, host: str, port: int, backlog: int
+    binds: list[str],
+    uds: str | None,
+    host: str,
+    port: int,
+    backlog: int,
+    unix_file: UnixSocketFile = UnixSocketFile(),
 ) -> tuple[list[Address], list[socket.socket]]:
     """Bind what the settings ask for: systemd's sockets, else --bind, else --uds, else host:port.
 
-    All or nothing: on a BindError the sockets bound so far are closed.
+    Unix socket files are created as `unix_file` says. All or nothing: on a
+    BindError the sockets bound so far are closed.
     """
     inherited = systemd_sockets(os.environ)
     if inherited:
@@ -195,7 +226,7 @@ def listen(
     sockets: list[socket.socket] = []
     try:
         for address in addresses:
-            sockets.append(bind(address, backlog))
+            sockets.append(bind(address, backlog, unix_file))
     except BindError:
         close(sockets, addresses[: len(sockets)])
         raise

@@ -55,8 +55,7 @@ class Manager:
         except ValueError as error:
             self.output.say(f"error: {error}")
             return USAGE
-        owner = (identity.get("user", -1), identity.get("group", -1)) if identity else None
-        metrics_dir, owned = prepare_multiprocess_dir(os.environ, owner)
+        metrics_dir, owned = prepare_multiprocess_dir(os.environ, posix.owner(identity))
         # Before anything imports prometheus_client, so the app's metrics are per-process files.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         self.metrics = Metrics(metrics_dir)
@@ -75,8 +74,9 @@ class Manager:
         sockets: list[socket.socket] = []
         if web is not None:
             try:
+                unix_file = listeners.UnixSocketFile(web.uds_permissions, posix.owner(identity))
                 addresses, sockets = listeners.listen(
-                    web.bind, web.uds, web.host, web.port, web.backlog
+                    web.bind, web.uds, web.host, web.port, web.backlog, unix_file
                 )
             except listeners.BindError as error:
                 self.output.say(f"error: {error}")

@@ -52,6 +52,7 @@ class ConfigError(Exception):
 BINDING = "Binding"
 WORKERS = "Workers"
 HTTP = "HTTP"
+LIMITS = "Limits"
 TLS = "HTTPS"
 LOGGING = "Logging"
 PROCESS = "Process"
