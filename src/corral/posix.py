@@ -1,5 +1,5 @@
 """What corral asks of the operating system: process titles, parent-death signals, privileges,
-the length of a listening socket's queue.
+the length of a listening socket's queue, the output a socket's peer has not taken.
 
 Used by the manager and the children alike; it imports nothing of corral's.
 """
@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import fcntl
 import grp
 import os
 import pwd
 import signal
 import socket
 import sys
+import termios
 from typing import Any
 
 import setproctitle
@@ -116,3 +118,16 @@ def waiting_connections(sock: socket.socket) -> int | None:
     except OSError:
         return None
     return int.from_bytes(info[_TCPI_UNACKED_OFFSET : _TCPI_UNACKED_OFFSET + 4], sys.byteorder)
+
+
+def unsent_bytes(fd: int) -> int:
+    """Bytes written to socket `fd` that its peer has not taken yet (SIOCOUTQ); 0 where unknown.
+
+    They sit in the kernel, out of the sender's sight: the progress of a
+    client reading slowly shows here before it shows in the sender's own buffer.
+    """
+    try:
+        answer = fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int.from_bytes(answer, sys.byteorder)

@@ -28,6 +28,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 
+from corral import posix
 from corral.child.request_log import format_client
 from corral.settings import WebConfig
 
@@ -74,10 +75,11 @@ class SendTimeout(asyncio.Protocol):
     The transport's high-water mark is set to 0, so `pause_writing` comes as
     soon as output waits in the worker (the kernel's buffer for the socket is
     full) and `resume_writing` once it has all left. While paused, nothing is
-    written (uvicorn's senders wait for the resume), so output that has not
-    shrunk in `send_timeout` means the client read nothing in that time. A
-    closing transport waits for its output to leave: without this, a client
-    that never reads would hold its connection for good.
+    written (uvicorn's senders wait for the resume), so output, counted in
+    the worker and in the kernel, that has not shrunk in `send_timeout`
+    means the client took nothing in that time. A closing transport waits
+    for its output to leave: without this, a client that never reads would
+    hold its connection for good.
     """
 
     transport: asyncio.Transport
@@ -98,7 +100,7 @@ class SendTimeout(asyncio.Protocol):
     def pause_writing(self) -> None:
         super().pause_writing()
         if self._send_timer is None:
-            self._watch_output(self.transport.get_write_buffer_size())
+            self._watch_output(self._waiting_output())
 
     def resume_writing(self) -> None:
         super().resume_writing()
@@ -109,12 +111,20 @@ class SendTimeout(asyncio.Protocol):
     def _watch_output(self, waiting: int) -> None:
         self._send_timer = self.loop.call_later(self.send_timeout, self._check_output, waiting)
 
+    def _waiting_output(self) -> int:
+        """Bytes of output the client has not taken: in the transport, and in the kernel."""
+        sock = self.transport.get_extra_info("socket")
+        in_kernel = posix.unsent_bytes(sock.fileno()) if sock is not None else 0
+        return self.transport.get_write_buffer_size() + in_kernel
+
     def _check_output(self, waiting_before: int) -> None:
         self._send_timer = None
-        waiting = self.transport.get_write_buffer_size()
-        if 0 < waiting < waiting_before:
+        if not self.transport.get_write_buffer_size():
+            return  # all left the worker (resume_writing may be on its way)
+        waiting = self._waiting_output()
+        if waiting < waiting_before:
             self._watch_output(waiting)  # the client reads, however slowly
-        elif waiting:
+        else:
             client = format_client(self.transport.get_extra_info("peername") or None)
             logger.warning(
                 "%s read none of %d bytes of response in %gs (--send-timeout): connection dropped",
