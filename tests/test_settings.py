@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import pwd
 import re
 import signal
 import socket
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +16,7 @@ import httpx
 import pytest
 
 import corral as corral_package
-from conftest import APPS, Corral
+from conftest import APPS, Corral, nobody_can_run_python
 from corral.settings import ConfigError, WebConfig, env_name, flagged_settings
 
 README = Path(__file__).parent.parent / "README.md"
@@ -239,33 +237,8 @@ def test_pidfile_holds_the_manager_pid_while_running(corral, tmp_path):
     assert not pidfile.exists()
 
 
-def _nobody_can_run_python() -> str | None:
-    """Why `--user nobody` cannot work on this machine, or None if it can."""
-    if os.geteuid() != 0:
-        return "needs root to change user"
-    try:
-        pwd.getpwnam("nobody")
-    except KeyError:
-        return "no user nobody"
-    try:
-        probe = subprocess.run(
-            [sys.executable, "-c", "import corral.child.worker"],
-            user="nobody",
-            group="nogroup",
-            extra_groups=[],
-            cwd="/",
-            capture_output=True,
-            timeout=20,
-        )
-    except (PermissionError, KeyError, ValueError) as error:
-        return f"user nobody cannot run {sys.executable}: {error}"
-    if probe.returncode != 0:
-        return f"user nobody cannot import corral: {probe.stderr.decode()[-300:]}"
-    return None
-
-
 def test_user_and_group_drop_privileges_after_writing_the_pidfile(corral, tmp_path):
-    reason = _nobody_can_run_python()
+    reason = nobody_can_run_python()
     if reason:
         pytest.skip(reason)
     private = tmp_path / "run"
