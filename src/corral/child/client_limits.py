@@ -72,7 +72,7 @@ class ClientLimits:
 class SendTimeout(asyncio.Protocol):
     """Aborts a connection whose client reads nothing of its waiting output for `send_timeout`.
 
-    The transport's high-water mark is set to 0, so `pause_writing` comes as
+    The transport's high-water mark is set to (next to) 0, so `pause_writing` comes as
     soon as output waits in the worker (the kernel's buffer for the socket is
     full) and `resume_writing` once it has all left. While paused, nothing is
     written (uvicorn's senders wait for the resume), so output, counted in
@@ -89,7 +89,8 @@ class SendTimeout(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        transport.set_write_buffer_limits(high=0)  # type: ignore[attr-defined]
+        # 1, not 0: uvloop's TLS transport pauses at size >= high: at 0, for good.
+        transport.set_write_buffer_limits(high=1, low=0)  # type: ignore[attr-defined]
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._send_timer is not None:
