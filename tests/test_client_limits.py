@@ -71,10 +71,14 @@ def worker_holds(pid: int, client_port: int) -> bool:
 def wait_dropped(pid: int, client_port: int, timeout: float) -> float:
     """Seconds until the worker lets go of the connection from `client_port` (at most `timeout`)."""
     started = time.monotonic()
+    while not worker_holds(pid, client_port):  # accepted yet?
+        assert time.monotonic() - started < 5, "the worker did not accept the connection"
+        time.sleep(0.01)
+    held = time.monotonic()
     while worker_holds(pid, client_port):
-        assert time.monotonic() - started < timeout, "the worker still holds the connection"
+        assert time.monotonic() - held < timeout, "the worker still holds the connection"
         time.sleep(0.05)
-    return time.monotonic() - started
+    return time.monotonic() - held
 
 
 # -- the request head's size ---------------------------------------------------------------
