@@ -1,34 +1,32 @@
-"""What one client may take of a worker: request heads, reads and writes, each bounded.
+"""What one client may take of a worker: its request heads and the time they and bodies take.
 
 uvicorn's httptools protocol, as it comes, hands the app a request head of
 any size (a 64 MiB header field grows the worker by as much), waits forever
-for a request head or body that does not come and for a client that reads
-none of its response, and queues pipelined requests without bound. A few
-such clients take a worker's memory, or every place of --limit-concurrency.
+for a request head or body that does not come, and queues pipelined
+requests without bound. A few such clients take a worker's memory, or every
+place of --limit-concurrency.
 
 `LimitedHttpToolsProtocol` counts in httptools' own callbacks (`on_url`,
 `on_header`, `on_headers_complete`) and in the sizes `data_received` is
 given, so that no HTTP is parsed here; past a limit it answers in the form
-of uvicorn's own 400 (plain text, `Connection: close`) and closes.
-`SendTimeout` drops a client that reads nothing of what waits for it, for
-HTTP and WebSocket connections alike. The rule throughout: a client that
-stops sending or reading is dropped within a bounded time; one that keeps
-the exchange going (a long upload, a live WebSocket) is the app's to bound.
+of uvicorn's own 400 (plain text, `Connection: close`) and closes. The rule
+throughout (and `SendWatch`'s, for responses): a client that stops sending
+or reading is dropped within a bounded time; one that keeps the exchange
+going (a long upload, a live WebSocket) is the app's to bound.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import dataclass
 from typing import Any
 
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
-from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from uvicorn.server import ServerState
 
-from corral import posix
 from corral.child.request_log import format_client
 from corral.settings import WebConfig
 
@@ -54,7 +52,13 @@ class ClientLimits:
     request_head: int
     header_read_timeout: float
     body_read_timeout: float
-    send_timeout: float
+
+    @functools.cached_property
+    def smallest_size(self) -> int:
+        """The smallest size limit set: a head no larger needs no measuring."""
+        return min(
+            size for size in (self.request_line, self.request_field_size, self.request_head) if size
+        )
 
     @classmethod
     def of(cls, config: WebConfig) -> ClientLimits:
@@ -65,103 +69,19 @@ class ClientLimits:
             request_head=config.limit_request_head,
             header_read_timeout=config.header_read_timeout,
             body_read_timeout=config.body_read_timeout,
-            send_timeout=config.send_timeout,
         )
 
 
-class SendTimeout(asyncio.Protocol):
-    """Aborts a connection whose client reads nothing of its waiting output for `send_timeout`.
-
-    The transport's high-water mark is set to (next to) 0, so `pause_writing` comes as
-    soon as output waits in the worker (the kernel's buffer for the socket is
-    full) and `resume_writing` once it has all left. While paused, nothing is
-    written (uvicorn's senders wait for the resume), so output, counted in
-    the worker and in the kernel, that has not shrunk in `send_timeout`
-    means the client took nothing in that time. A closing transport waits
-    for its output to leave: without this, a client that never reads would
-    hold its connection for good.
-    """
-
-    transport: asyncio.Transport
-    loop: asyncio.AbstractEventLoop
-    send_timeout: float
-    _send_timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        # 1, not 0: uvloop's TLS transport pauses at size >= high: at 0, for good.
-        transport.set_write_buffer_limits(high=1, low=0)  # type: ignore[attr-defined]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
-        super().connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        super().pause_writing()
-        if self._send_timer is None:
-            self._watch_output(self._waiting_output())
-
-    def resume_writing(self) -> None:
-        super().resume_writing()
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
-
-    def _watch_output(self, waiting: int) -> None:
-        self._send_timer = self.loop.call_later(self.send_timeout, self._check_output, waiting)
-
-    def _waiting_output(self) -> int:
-        """Bytes of output the client has not taken: in the transport, and in the kernel."""
-        sock = self.transport.get_extra_info("socket")
-        in_kernel = posix.unsent_bytes(sock.fileno()) if sock is not None else 0
-        return self.transport.get_write_buffer_size() + in_kernel
-
-    def _check_output(self, waiting_before: int) -> None:
-        self._send_timer = None
-        if not self.transport.get_write_buffer_size():
-            return  # all left the worker (resume_writing may be on its way)
-        waiting = self._waiting_output()
-        if waiting < waiting_before:
-            self._watch_output(waiting)  # the client reads, however slowly
-        else:
-            client = format_client(self.transport.get_extra_info("peername") or None)
-            logger.warning(
-                "%s read none of %d bytes of response in %gs (--send-timeout): connection dropped",
-                client,
-                waiting,
-                self.send_timeout,
-            )
-            self.transport.abort()
-
-
-class LimitedWebSocketProtocol(SendTimeout, WebSocketsSansIOProtocol):
-    """uvicorn's WebSocket protocol (its choice with websockets installed), with a send timeout.
-
-    Its pings (--ws-ping-interval, --ws-ping-timeout) close a session whose
-    client has gone quiet; the send timeout ends the close itself when that
-    client reads nothing.
-    """
-
-    def __init__(
-        self,
-        config: Config,
-        server_state: ServerState,
-        app_state: dict[str, Any],
-        _loop: asyncio.AbstractEventLoop | None = None,
-        *,
-        send_timeout: float,
-    ) -> None:
-        super().__init__(config, server_state, app_state, _loop)
-        self.send_timeout = send_timeout
-
-
-class LimitedHttpToolsProtocol(SendTimeout, HttpToolsProtocol):
-    """uvicorn's httptools protocol with bounded request heads, reads, writes and pipelines.
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with bounded request heads, reads and pipelines.
 
     - The request line, each header field, their number and the whole head
       are bounded (--limit-request-*): past a limit, 414 or 431 and close.
+      A complete head is measured from the fields httptools parsed, and only
+      when the reads it came in were large enough for a limit to matter; an
+      incomplete one (httptools keeps an unfinished field to itself) by the
+      bytes read since it began, so that it never grows past its limit by
+      more than a read. Trailer fields count against the head's limit.
     - A request head must be whole within --header-read-timeout of the
       accept (for the first request) or of its first read: else 408 and
       close; a connection that sends nothing is closed then, silently.
@@ -184,13 +104,15 @@ class LimitedHttpToolsProtocol(SendTimeout, HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self.limits = limits
-        self.send_timeout = limits.send_timeout
         self._ignore_input = False  # refused or upgraded: nothing more is read here
         self._messages = 0  # requests begun on this connection
         self._in_head = False
         self._in_body = False
-        self._head_seen = 0  # bytes of the head's fields the parser has passed on
-        self._head_received = 0  # bytes read while the head was incomplete, after its first read
+        self._fed = 0  # bytes of the read being parsed
+        self._first_read = 0  # bytes of the read the current request began in
+        self._head_received = 0  # bytes of the later reads that continued its head
+        self._body_fed = False  # whether the read being parsed held body bytes
+        self._bodiless = 0  # bytes of the reads since the last body byte: trailer fields
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
         self._last_read = 0.0
@@ -198,7 +120,7 @@ class LimitedHttpToolsProtocol(SendTimeout, HttpToolsProtocol):
     # The connection
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
+        super().connection_made(transport)  # type: ignore[arg-type]
         self._head_timer = self.loop.call_later(
             self.limits.header_read_timeout, self._head_timed_out
         )
@@ -216,21 +138,30 @@ class LimitedHttpToolsProtocol(SendTimeout, HttpToolsProtocol):
             self.flow.pause_reading()  # uvicorn resumes it after each response: the client waits
             return
         in_head, messages = self._in_head, self._messages
+        if in_head:
+            self._head_received += len(data)  # at most: the head may end in it
+        self._fed = len(data)
+        self._body_fed = False
         super().data_received(data)
         if self._ignore_input:
             return
         if self._in_head:
-            if in_head and messages == self._messages:
-                # httptools keeps an unfinished header field to itself: count what it was fed.
-                self._head_received += len(data)
-                if self._head_received > self.limits.request_head:
-                    self._refuse(431, "the request head is larger than --limit-request-head")
-                    return
+            all_head = in_head and messages == self._messages
+            if all_head and self._head_received > self.limits.request_head:
+                self._refuse_unfinished_head()
+                return
             if self._head_timer is None:
                 self._head_timer = self.loop.call_later(
                     self.limits.header_read_timeout, self._head_timed_out
                 )
         elif self._in_body:
+            if self._body_fed:
+                self._bodiless = 0
+            else:
+                self._bodiless += len(data)
+                if self._bodiless > self.limits.request_head:
+                    self._refuse(431, "trailer fields larger than --limit-request-head")
+                    return
             self._last_read = self.loop.time()
             if self._body_timer is None:
                 self._body_timer = self.loop.call_later(
@@ -264,48 +195,31 @@ class LimitedHttpToolsProtocol(SendTimeout, HttpToolsProtocol):
         self.transport.write(b"".join(content))
         self.transport.close()
 
-    # Parser callbacks
+    # Parser callbacks (a refused request's are ignored where uvicorn would act on them)
 
     def on_message_begin(self) -> None:
-        if self._ignore_input:
-            return
         super().on_message_begin()
         self._messages += 1
         self._in_head = True
-        self._head_seen = self._head_received = 0
-
-    def on_url(self, url: bytes) -> None:
-        if self._ignore_input:
-            return
-        super().on_url(url)
-        limit = self.limits.request_line
-        if limit and len(self.url) + _SHORTEST_METHOD + _LINE_AROUND_TARGET > limit:
-            line = len(self.parser.get_method()) + len(self.url) + _LINE_AROUND_TARGET
-            if line > limit:
-                self._refuse(414, "the request line is longer than --limit-request-line")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._ignore_input:
-            return
-        super().on_header(name, value)
-        size = len(name) + len(value) + _FIELD_SEPARATORS
-        self._head_seen += size
-        limits = self.limits
-        if limits.request_fields and len(self.headers) > limits.request_fields:
-            self._refuse(431, "the request has more header fields than --limit-request-fields")
-        elif limits.request_field_size and size > limits.request_field_size:
-            self._refuse(431, "a header field is larger than --limit-request-field_size")
-        elif self._head_seen + len(self.url) > limits.request_head:
-            self._refuse(431, "the request head is larger than --limit-request-head")
+        self._first_read = self._fed
+        self._head_received = 0
 
     def on_headers_complete(self) -> None:
         if self._ignore_input:
             return
         self._in_head = False
-        self._in_body = True
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
+        limits = self.limits
+        if limits.request_fields and len(self.headers) > limits.request_fields:
+            self._refuse(431, "more header fields than --limit-request-fields")
+            return
+        if self._first_read + self._head_received > limits.smallest_size:
+            problem = self._head_problem()
+            if problem is not None:
+                self._refuse(*problem)
+                return
         if len(self.pipeline) >= PIPELINE_LIMIT:
             self._stop_input()
             self.cycle.keep_alive = False  # those queued are answered, then the connection closes
@@ -315,10 +229,13 @@ class LimitedHttpToolsProtocol(SendTimeout, HttpToolsProtocol):
                 PIPELINE_LIMIT,
             )
             return
+        self._in_body = True
+        self._bodiless = 0
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
         if not self._ignore_input:
+            self._body_fed = True
             super().on_body(body)
 
     def on_message_complete(self) -> None:
@@ -329,6 +246,26 @@ class LimitedHttpToolsProtocol(SendTimeout, HttpToolsProtocol):
             self._body_timer.cancel()
             self._body_timer = None
         super().on_message_complete()
+
+    def _head_problem(self) -> tuple[int, str] | None:
+        """The status and reason to refuse the head just parsed with, measured from its fields."""
+        limits = self.limits
+        line = len(self.parser.get_method()) + len(self.url) + _LINE_AROUND_TARGET
+        if limits.request_line and line > limits.request_line:
+            return 414, "a request line longer than --limit-request-line"
+        sizes = [len(name) + len(value) + _FIELD_SEPARATORS for name, value in self.headers]
+        if limits.request_field_size and max(sizes, default=0) > limits.request_field_size:
+            return 431, "a header field larger than --limit-request-field_size"
+        if line + sum(sizes) > limits.request_head:
+            return 431, "a request head larger than --limit-request-head"
+        return None
+
+    def _refuse_unfinished_head(self) -> None:
+        limit = self.limits.request_line
+        if limit and len(self.url) + _SHORTEST_METHOD + _LINE_AROUND_TARGET > limit:
+            self._refuse(414, "a request line longer than --limit-request-line")
+        else:
+            self._refuse(431, "a request head larger than --limit-request-head")
 
     # Refusals and timeouts
 

@@ -30,14 +30,11 @@ from uvicorn._compat import asyncio_run
 
 from corral import posix
 from corral.child.app_loader import AppLoadError, load_app
-from corral.child.client_limits import (
-    ClientLimits,
-    LimitedHttpToolsProtocol,
-    LimitedWebSocketProtocol,
-)
+from corral.child.client_limits import ClientLimits, LimitedHttpToolsProtocol
 from corral.child.proxy_headers import ProxyHeaders
 from corral.child.request_log import BlockWriter, CountRequests, RecordRequests, RequestLog
 from corral.child.request_stats import RequestStats
+from corral.child.send_watch import SendWatch
 from corral.exit_codes import APP_FAILED, OK
 from corral.ipc import channel
 from corral.posix import waiting_connections
@@ -99,7 +96,10 @@ def run_worker(spec: WorkerSpec) -> int:
         request_limit = spec.config.max_requests + random.randint(
             0, spec.config.max_requests_jitter
         )
-    server = WorkerServer(uvicorn_config(spec.config, app), link, request_limit, requests)
+    send_watch = SendWatch(timeout=spec.config.send_timeout)
+    server = WorkerServer(
+        uvicorn_config(spec.config, app), link, request_limit, requests, send_watch
+    )
     sockets = [socket.socket(fileno=fd) for fd in spec.listen_fds]
     try:
         asyncio_run(server.serve(sockets), loop_factory=server.config.get_loop_factory())
@@ -158,7 +158,6 @@ def uvicorn_config(config: WebConfig, app: Any) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         http=functools.partial(DrainingHttpToolsProtocol, limits=limits),  # type: ignore[arg-type]
-        ws=functools.partial(LimitedWebSocketProtocol, send_timeout=limits.send_timeout),  # type: ignore[arg-type]
         ws_max_size=config.ws_max_size,
         ws_ping_interval=config.ws_ping_interval,
         ws_ping_timeout=config.ws_ping_timeout,
@@ -220,10 +219,12 @@ class WorkerServer(uvicorn.Server):
         link: socket.socket,
         request_limit: int | None,
         requests: RequestLog,
+        send_watch: SendWatch,
     ) -> None:
         super().__init__(config)
         self.link = link
         self.requests = requests
+        self.send_watch = send_watch
         self.loop: asyncio.AbstractEventLoop | None = None
         self.listeners: list[socket.socket] = []
         self.decoder = channel.Decoder()
@@ -286,6 +287,7 @@ class WorkerServer(uvicorn.Server):
             loop = self.loop = asyncio.get_running_loop()
             loop.add_reader(self.link.fileno(), self._on_manager_message)
             self._send({"t": "ready", "pid": os.getpid()})
+            self.send_watch.start(self.server_state.connections)
             self._heartbeat()
             if self.request_limit is not None:
                 self._check_request_limit()
