@@ -6,10 +6,11 @@ for a request head or body that does not come, and queues pipelined
 requests without bound. A few such clients take a worker's memory, or every
 place of --limit-concurrency.
 
-`LimitedHttpToolsProtocol` counts in httptools' own callbacks (`on_url`,
-`on_header`, `on_headers_complete`) and in the sizes `data_received` is
-given, so that no HTTP is parsed here; past a limit it answers in the form
-of uvicorn's own 400 (plain text, `Connection: close`) and closes. The rule
+`LimitedHttpToolsProtocol` measures what httptools parsed (the target and
+the fields uvicorn keeps, at `on_headers_complete`) and the sizes
+`data_received` is given, so that no HTTP is parsed here; past a limit it
+answers in the form of uvicorn's own 400 (plain text, `Connection: close`)
+and closes. The rule
 throughout (and `SendWatch`'s, for responses): a client that stops sending
 or reading is dropped within a bounded time; one that keeps the exchange
 going (a long upload, a live WebSocket) is the app's to bound.
@@ -119,8 +120,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     # The connection
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)  # type: ignore[arg-type]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
         self._head_timer = self.loop.call_later(
             self.limits.header_read_timeout, self._head_timed_out
         )
