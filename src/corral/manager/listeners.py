@@ -86,14 +86,19 @@ def systemd_sockets(environ: dict[str, str] | os._Environ[str]) -> list[socket.s
 class UnixSocketFile:
     """Who may connect to a Unix socket file corral creates: its mode, and its owner if set."""
 
-    mode: int = 0o666
+    mode: int
     owner: tuple[int, int] | None = None  # (uid, gid): --user's and --group's
 
 
-def bind(
-    address: Address, backlog: int, unix_file: UnixSocketFile = UnixSocketFile()
-) -> socket.socket:
-    """A listening socket for `address`, inheritable by children; BindError says why not."""
+PRIVATE = UnixSocketFile(0o600)
+
+
+def bind(address: Address, backlog: int, unix_file: UnixSocketFile = PRIVATE) -> socket.socket:
+    """A listening socket for `address`, inheritable by children; BindError says why not.
+
+    A Unix socket file gets `unix_file`'s mode and owner (by default, only
+    corral's own user may connect).
+    """
     try:
         if address.fd is not None:
             sock = socket.socket(fileno=address.fd)
@@ -207,7 +212,7 @@ def listen(
     host: str,
     port: int,
     backlog: int,
-    unix_file: UnixSocketFile = UnixSocketFile(),
+    unix_file: UnixSocketFile,
 ) -> tuple[list[Address], list[socket.socket]]:
     """Bind what the settings ask for: systemd's sockets, else --bind, else --uds, else host:port.
 
