@@ -22,6 +22,7 @@ import psutil
 import pytest
 
 from conftest import Corral, nobody_can_run_python
+from corral.settings import WebConfig
 
 
 def _has_ipv6_loopback() -> bool:
@@ -245,6 +246,13 @@ def test_the_unix_socket_belongs_to_user_and_group(corral, short_dir):
     assert info.st_mode & 0o777 == 0o666
     assert connect_as("nobody", "nogroup", path) == 0
     assert server.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "mode"), [("660", 0o660), ("0660", 0o660), ("0o640", 0o640), (0o600, 0o600)]
+)
+def test_uds_permissions_is_octal_text_or_a_number_as_toml_writes_0o600(value, mode):
+    assert WebConfig(app="main:app", uds_permissions=value).uds_permissions == mode
 
 
 @pytest.mark.parametrize("value", ["999", "rw-rw-rw-", "0o1777"])

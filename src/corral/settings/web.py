@@ -123,7 +123,8 @@ class WebConfig(Settings):
     )
     proxy_headers: Annotated[bool, flag("--proxy-headers/--no-proxy-headers", group=HTTP)] = Field(
         True,
-        description="Trust X-Forwarded-Proto and X-Forwarded-For from --forwarded-allow-ips.",
+        description="Trust X-Forwarded-Proto and X-Forwarded-For from --forwarded-allow-ips "
+        "and from a peer on a Unix socket.",
     )
     forwarded_allow_ips: Annotated[
         str, flag("--forwarded-allow-ips", group=HTTP, metavar="IPS")
@@ -162,7 +163,8 @@ class WebConfig(Settings):
     limit_request_head: Annotated[
         ByteSize, flag("--limit-request-head", group=LIMITS, metavar="SIZE")
     ] = Field(
-        65536,
+        "64KiB",
+        validate_default=True,
         gt=0,
         description="Largest request head (request line and every header field), "
         "such as 64KiB; a larger one gets 431.",
@@ -202,7 +204,10 @@ class WebConfig(Settings):
         description="Close a WebSocket whose client has not answered a ping in this long.",
     )
     ws_max_size: Annotated[ByteSize, flag("--ws-max-size", group=LIMITS, metavar="SIZE")] = Field(
-        16 * 1024 * 1024, gt=0, description="Largest WebSocket message a client may send."
+        "16MiB",
+        validate_default=True,
+        gt=0,
+        description="Largest WebSocket message a client may send.",
     )
 
     certfile: Annotated[Path | None, flag("--certfile", group=TLS, metavar="PATH")] = Field(
