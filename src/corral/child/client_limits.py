@@ -92,6 +92,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     A refused head that arrives behind a response still under way (pipelined)
     is not answered: the connection closes after that response.
+
+    The callbacks run for every request: they call HttpToolsProtocol's own
+    directly, as super() would cost a measurable share of a small request.
     """
 
     def __init__(
@@ -143,7 +146,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._head_received += len(data)  # at most: the head may end in it
         self._fed = len(data)
         self._body_fed = False
-        super().data_received(data)
+        HttpToolsProtocol.data_received(self, data)
         if self._ignore_input:
             return
         if self._in_head:
@@ -199,7 +202,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # Parser callbacks (a refused request's are ignored where uvicorn would act on them)
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        HttpToolsProtocol.on_message_begin(self)
         self._messages += 1
         self._in_head = True
         self._first_read = self._fed
@@ -232,7 +235,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._in_body = True
         self._bodiless = 0
-        super().on_headers_complete()
+        HttpToolsProtocol.on_headers_complete(self)
 
     def on_body(self, body: bytes) -> None:
         if not self._ignore_input:
@@ -246,7 +249,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
-        super().on_message_complete()
+        HttpToolsProtocol.on_message_complete(self)
 
     def _head_problem(self) -> tuple[int, str] | None:
         """The status and reason to refuse the head just parsed with, measured from its fields."""
