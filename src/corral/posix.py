@@ -126,8 +126,11 @@ def unsent_bytes(fd: int) -> int:
     They sit in the kernel, out of the sender's sight: the progress of a
     client reading slowly shows here before it shows in the sender's own buffer.
     """
+    request = getattr(termios, "TIOCOUTQ", None)
+    if request is None:
+        return 0
     try:
-        answer = fcntl.ioctl(fd, termios.TIOCOUTQ, b"\0\0\0\0")
+        answer = fcntl.ioctl(fd, request, b"\0\0\0\0")
     except OSError:
         return 0
     return int.from_bytes(answer, sys.byteorder)
