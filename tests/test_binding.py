@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import grp
+import os
+import pwd
 import re
 import shutil
 import socket
@@ -18,7 +21,8 @@ import httpx
 import psutil
 import pytest
 
-from conftest import Corral
+from conftest import Corral, nobody_can_run_python
+from corral.settings import WebConfig
 
 
 def _has_ipv6_loopback() -> bool:
@@ -163,6 +167,103 @@ def test_a_unix_socket_someone_answers_on_is_not_taken_over(corral, short_dir):
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
             client.connect(str(path))  # the file still leads to the server that owns it
     assert not server.alive()
+
+
+def connect_as(user: str, group: str, path: Path) -> int:
+    """GET / over the Unix socket `path` as `user` and `group`: 0 if answered 200, else an errno.
+
+    From a forked child of this process, which only makes system calls before
+    it exits: the user need not be able to run this Python.
+    """
+    uid, gid = pwd.getpwnam(user).pw_uid, grp.getgrnam(group).gr_gid
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(10)
+                sock.connect(str(path))
+                sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                code = 0 if sock.recv(64).startswith(b"HTTP/1.1 200 ") else 1
+        except OSError as error:
+            code = error.errno or 1
+        finally:
+            os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to be another user")
+
+
+@needs_root
+@pytest.mark.parametrize(
+    ("args", "mode", "owner", "nobody_gets"),
+    [
+        ([], 0o666, ("root", "root"), 0),
+        (["--uds-permissions", "660", "--group", "nogroup"], 0o660, ("root", "nogroup"), 0),
+        (["--uds-permissions", "0o600"], 0o600, ("root", "root"), 13),  # EACCES
+    ],
+    ids=["default", "group", "owner-only"],
+)
+def test_another_local_user_connects_to_the_unix_socket_as_its_mode_says(
+    corral, short_dir, args, mode, owner, nobody_gets
+):
+    short_dir.chmod(0o711)  # the proxy's user may pass through, as through /run
+    path = short_dir / "app.sock"
+    previous = os.umask(0o022)  # what a root shell has
+    try:
+        server = corral("run", "clients:app", "--uds", str(path), *args)
+    finally:
+        os.umask(previous)
+    server.wait_for(r"listening on http\+unix:")
+    server.wait_workers(1)
+    info = path.stat()
+    assert oct(info.st_mode & 0o777) == oct(mode)
+    assert (pwd.getpwuid(info.st_uid).pw_name, grp.getgrgid(info.st_gid).gr_name) == owner
+    assert connect_as("nobody", "nogroup", path) == nobody_gets
+    assert server.stop() == 0
+
+
+@needs_root
+def test_the_unix_socket_belongs_to_user_and_group(corral, short_dir):
+    reason = nobody_can_run_python()
+    if reason:
+        pytest.skip(reason)
+    short_dir.chmod(0o711)
+    path = short_dir / "app.sock"
+    server = corral(
+        "run", "clients:app", "-b", f"unix:{path}", "--user", "nobody", "--group", "nogroup"
+    )
+    server.wait_workers(1)
+    info = path.stat()
+    assert (info.st_uid, info.st_gid) == (
+        pwd.getpwnam("nobody").pw_uid,
+        grp.getgrnam("nogroup").gr_gid,
+    )
+    assert info.st_mode & 0o777 == 0o666
+    assert connect_as("nobody", "nogroup", path) == 0
+    assert server.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "mode"), [("660", 0o660), ("0660", 0o660), ("0o640", 0o640), (0o600, 0o600)]
+)
+def test_uds_permissions_is_octal_text_or_a_number_as_toml_writes_0o600(value, mode):
+    assert WebConfig(app="main:app", uds_permissions=value).uds_permissions == mode
+
+
+@pytest.mark.parametrize("value", ["999", "rw-rw-rw-", "0o1777"])
+def test_a_bad_uds_permissions_exits_2_naming_it(corral, short_dir, value):
+    server = corral(
+        "run", "clients:app", "--uds", str(short_dir / "app.sock"), "--uds-permissions", value
+    )
+    assert server.wait(15) == 2
+    assert server.count(r"--uds-permissions.*octal|--uds-permissions.*file mode") == 1, (
+        server.output
+    )
 
 
 # -- inherited sockets -------------------------------------------------------------

@@ -1,5 +1,5 @@
 """What corral asks of the operating system: process titles, parent-death signals, privileges,
-the length of a listening socket's queue.
+the length of a listening socket's queue, the output a socket's peer has not taken.
 
 Used by the manager and the children alike; it imports nothing of corral's but its error type.
 """
@@ -7,12 +7,14 @@ Used by the manager and the children alike; it imports nothing of corral's but i
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import grp
 import os
 import pwd
 import signal
 import socket
 import sys
+import termios
 from typing import Any
 
 import setproctitle
@@ -94,6 +96,13 @@ def identity(user: str | None, group: str | None) -> dict[str, Any]:
     return chosen
 
 
+def owner(chosen: dict[str, Any]) -> tuple[int, int] | None:
+    """(uid, gid) for os.chown from what `identity()` chose (-1: left as is); None for neither."""
+    if not chosen:
+        return None
+    return chosen.get("user", -1), chosen.get("group", -1)
+
+
 def assume_identity(chosen: dict[str, Any]) -> None:
     """Become what `identity()` chose, as Popen would: supplementary groups, group, then user."""
     if "extra_groups" in chosen:
@@ -144,3 +153,19 @@ def waiting_connections(sock: socket.socket) -> int | None:
     except OSError:
         return None
     return int.from_bytes(info[_TCPI_UNACKED_OFFSET : _TCPI_UNACKED_OFFSET + 4], sys.byteorder)
+
+
+def unsent_bytes(fd: int) -> int:
+    """Bytes written to socket `fd` that its peer has not taken yet (SIOCOUTQ); 0 where unknown.
+
+    They sit in the kernel, out of the sender's sight: the progress of a
+    client reading slowly shows here before it shows in the sender's own buffer.
+    """
+    request = getattr(termios, "TIOCOUTQ", None)
+    if request is None:
+        return 0
+    try:
+        answer = fcntl.ioctl(fd, request, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int.from_bytes(answer, sys.byteorder)

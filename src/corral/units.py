@@ -1,4 +1,4 @@
-"""Durations ("30s", "1m30s", 2.5) and sizes ("512MiB", "1G") as configuration values."""
+"""Durations ("30s", 2.5), sizes ("512MiB", "1G") and file modes ("660") as configuration values."""
 
 from __future__ import annotations
 
@@ -43,6 +43,27 @@ def _parse_duration_text(text: str) -> float:
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def parse_file_mode(value: Any) -> int:
+    """Permission bits from octal text ("660", "0660", "0o660") or a number (0o660 in TOML).
+
+    Raises ValueError for anything else, or for bits beyond 0o777.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError("expected an octal file mode such as '660'")
+    if isinstance(value, str):
+        text = value.strip().lower().removeprefix("0o")
+        try:
+            value = int(text, 8)
+        except ValueError:
+            raise ValueError(f"expected an octal file mode such as '660', got {text!r}") from None
+    if not 0 <= value <= 0o777:
+        raise ValueError(f"expected a file mode from 000 to 777 (octal), got {value:o}")
+    return value
+
+
+FileMode = Annotated[int, BeforeValidator(parse_file_mode)]
 
 
 def format_size(size: int) -> str:

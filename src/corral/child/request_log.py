@@ -44,11 +44,24 @@ FLUSH_INTERVAL = 0.1  # at most this long between a request and its line
 _DURATIONS = tuple(f"{tenths // 10}.{tenths % 10}ms" for tenths in range(1000))
 
 
+def format_client(client: tuple[str, int] | None) -> str:
+    """`127.0.0.1:50312`, `[2001:db8::7]:443`; without the port when unknown (0); `-` for none.
+
+    An IPv6 address goes in brackets, so that its last group and the port can be told apart.
+    """
+    if not client:
+        return "-"
+    host, port = client[0], client[1]
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{port}" if port else host
+
+
 def format_lines(entries: Iterable[Entry]) -> Iterator[str]:
     """Access lines such as `127.0.0.1:50312 - "GET /a?b=1 HTTP/1.1" 200 0.4ms`."""
     durations = _DURATIONS
     for client, method, path, query, version, status, started, ended in entries:
-        who = f"{client[0]}:{client[1]}" if client else "-"
+        who = format_client(client)
         target = f"{path}?{query.decode('latin-1')}" if query else path
         tenths = (ended - started + 50_000) // 100_000  # of a millisecond, rounded
         took = durations[tenths] if tenths < 1000 else f"{tenths // 10}.{tenths % 10}ms"
@@ -68,7 +81,7 @@ def format_json_lines(entries: list[Entry], process: str, pid: int) -> Iterator[
             "pid": pid,
             "level": "info",
             "message": line,
-            "client": f"{client[0]}:{client[1]}" if client else None,
+            "client": format_client(client) if client else None,
             "method": method,
             "path": path,
             "query": query.decode("latin-1"),

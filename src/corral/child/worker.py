@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
+import functools
 import logging
 import os
 import random
@@ -26,12 +27,14 @@ from typing import Any
 
 import uvicorn
 from uvicorn._compat import asyncio_run
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from corral import posix
 from corral.child.app_loader import AppLoadError, load_app
+from corral.child.client_limits import ClientLimits, LimitedHttpToolsProtocol
+from corral.child.proxy_headers import ProxyHeaders
 from corral.child.request_log import BlockWriter, CountRequests, RecordRequests, RequestLog
 from corral.child.request_stats import RequestStats
+from corral.child.send_watch import SendWatch
 from corral.exit_codes import APP_FAILED, OK
 from corral.ipc import channel
 from corral.ipc.messages import (
@@ -101,7 +104,10 @@ def run_worker(spec: WorkerSpec) -> int:
         request_limit = spec.config.max_requests + random.randint(
             0, spec.config.max_requests_jitter
         )
-    server = WorkerServer(uvicorn_config(spec.config, app), link, request_limit, requests)
+    send_watch = SendWatch(timeout=spec.config.send_timeout)
+    server = WorkerServer(
+        uvicorn_config(spec.config, app), link, request_limit, requests, send_watch
+    )
     sockets = [socket.socket(fileno=fd) for fd in spec.listen_fds]
     try:
         asyncio_run(server.serve(sockets), loop_factory=server.config.get_loop_factory())
@@ -154,14 +160,19 @@ def import_server_modules() -> None:
 
 def uvicorn_config(config: WebConfig, app: Any) -> uvicorn.Config:
     drain = max(config.graceful_timeout - LIFESPAN_SHUTDOWN_RESERVE, config.graceful_timeout / 2)
+    limits = ClientLimits.of(config)
+    if config.proxy_headers:
+        app = ProxyHeaders(app, config.forwarded_allow_ips)
     return uvicorn.Config(
         app,
-        http=DrainingHttpToolsProtocol,
+        http=functools.partial(DrainingHttpToolsProtocol, limits=limits),  # type: ignore[arg-type]
+        ws_max_size=config.ws_max_size,
+        ws_ping_interval=config.ws_ping_interval,
+        ws_ping_timeout=config.ws_ping_timeout,
         log_config=None,
         log_level=None,
         access_log=False,
-        proxy_headers=config.proxy_headers,
-        forwarded_allow_ips=config.forwarded_allow_ips,
+        proxy_headers=False,  # ProxyHeaders above, which also trusts a Unix socket's peer
         root_path=config.root_path,
         # uvicorn counts the request's own connection: its N admits N - 1.
         limit_concurrency=None
@@ -177,8 +188,8 @@ def uvicorn_config(config: WebConfig, app: Any) -> uvicorn.Config:
     )
 
 
-class DrainingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, with a drain that cannot race a request on the wire.
+class DrainingHttpToolsProtocol(LimitedHttpToolsProtocol):
+    """uvicorn's httptools protocol, bounded, with a drain that cannot race a request on the wire.
 
     uvicorn closes an idle keep-alive connection the moment it drains; a
     request the client had just sent on it then fails. Here an idle
@@ -216,10 +227,12 @@ class WorkerServer(uvicorn.Server):
         link: socket.socket,
         request_limit: int | None,
         requests: RequestLog,
+        send_watch: SendWatch,
     ) -> None:
         super().__init__(config)
         self.link = link
         self.requests = requests
+        self.send_watch = send_watch
         self.loop: asyncio.AbstractEventLoop | None = None
         self.listeners: list[socket.socket] = []
         self.decoder = channel.Decoder()
@@ -282,6 +295,7 @@ class WorkerServer(uvicorn.Server):
             loop = self.loop = asyncio.get_running_loop()
             loop.add_reader(self.link.fileno(), self._on_manager_message)
             self._send(Ready(pid=os.getpid()))
+            self.send_watch.start(self.server_state.connections)
             self._heartbeat()
             if self.request_limit is not None:
                 self._check_request_limit()

@@ -92,12 +92,9 @@ async def serve_control(
 def _listen_unix(path: Path) -> socket.socket:
     """A listening socket at `path`, mode 0600 from the moment it exists.
 
-    bind() creates the file with the mode the umask leaves, and a chmod
-    after it would leave a window in which another user could connect when
-    the folder is open to them (--control in a shared folder). So the umask
-    is narrowed around bind. It is process-wide, but the manager creates
-    no file from another thread meanwhile, and a file created then would
-    only come out more private.
+    A chmod after bind() would leave a window in which another user could
+    connect when the folder is open to them (--control in a shared folder):
+    listeners.bind creates the file with no permission, then gives it 0600.
     """
     try:
         remove_stale_unix_socket(str(path))
@@ -105,11 +102,7 @@ def _listen_unix(path: Path) -> socket.socket:
         if error.errno == errno.EADDRINUSE:
             raise AlreadyRunning(path) from None
         raise
-    previous = os.umask(0o177)
-    try:
-        sock = listeners.bind(listeners.Address(path=str(path)), BACKLOG)
-    finally:
-        os.umask(previous)
+    sock = listeners.bind(listeners.Address(path=str(path)), BACKLOG, listeners.PRIVATE)
     sock.set_inheritable(False)  # listeners.bind makes sockets for workers; this one is ours
     return sock
 

@@ -98,13 +98,28 @@ def systemd_sockets(environ: dict[str, str] | os._Environ[str]) -> list[socket.s
     return sockets
 
 
-def bind(address: Address, backlog: int) -> socket.socket:
-    """A listening socket for `address`, inheritable by children; BindError says why not."""
+@dataclass(frozen=True)
+class UnixSocketFile:
+    """Who may connect to a Unix socket file corral creates: its mode, and its owner if set."""
+
+    mode: int
+    owner: tuple[int, int] | None = None  # (uid, gid): --user's and --group's
+
+
+PRIVATE = UnixSocketFile(0o600)
+
+
+def bind(address: Address, backlog: int, unix_file: UnixSocketFile = PRIVATE) -> socket.socket:
+    """A listening socket for `address`, inheritable by children; BindError says why not.
+
+    A Unix socket file gets `unix_file`'s mode and owner (by default, only
+    corral's own user may connect).
+    """
     try:
         if address.fd is not None:
             sock = socket.socket(fileno=address.fd)
         elif address.path is not None:
-            sock = _bind_unix(address.path)
+            sock = _bind_unix(address.path, unix_file)
         else:
             sock = _bind_tcp(address)
         sock.listen(backlog)
@@ -131,11 +146,26 @@ def _bind_tcp(address: Address) -> socket.socket:
     return sock
 
 
-def _bind_unix(path: str) -> socket.socket:
+def _bind_unix(path: str, unix_file: UnixSocketFile) -> socket.socket:
+    """Bind `path` with `unix_file`'s mode and owner.
+
+    Connecting takes write permission on the file, which the usual umask
+    (022) denies to everyone but its owner: a proxy running as another user
+    would get "Permission denied". The file is created with no permission at
+    all (umask 777, for the bind alone), then given its owner and mode, so
+    that nobody can connect in between.
+    """
     remove_stale_unix_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.bind(path)
+        previous = os.umask(0o777)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(previous)
+        if unix_file.owner is not None:
+            os.chown(path, *unix_file.owner)
+        os.chmod(path, unix_file.mode)
     except OSError:
         sock.close()
         raise
@@ -193,12 +223,18 @@ def url(address: Address, sock: socket.socket, tls: bool) -> str:
 
 
 def listen(
-    binds: list[str], uds: str | None, host: str, port: int, backlog: int
+    binds: list[str],
+    uds: str | None,
+    host: str,
+    port: int,
+    backlog: int,
+    unix_file: UnixSocketFile,
 ) -> tuple[list[Address], list[socket.socket]]:
     """Bind what the settings ask for: the sockets an upgrading manager or systemd handed
     over, else --bind, else --uds, else host:port.
 
-    All or nothing: on a BindError the sockets bound so far are closed.
+    Unix socket files are created as `unix_file` says. All or nothing: on a
+    BindError the sockets bound so far are closed.
     """
     inherited = upgrade_sockets(os.environ) or systemd_sockets(os.environ)
     if inherited:
@@ -212,7 +248,7 @@ def listen(
     sockets: list[socket.socket] = []
     try:
         for address in addresses:
-            sockets.append(bind(address, backlog))
+            sockets.append(bind(address, backlog, unix_file))
     except BindError:
         close(sockets, addresses[: len(sockets)])
         raise

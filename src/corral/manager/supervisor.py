@@ -102,9 +102,7 @@ class Manager:
         control = ControlPlan(manager.control, manager.probes)
         remove_dead_managers_dirs()
         owner = web_identity if web is not None else self.identity
-        metrics_dir, owned = prepare_multiprocess_dir(
-            os.environ, (owner.get("user", -1), owner.get("group", -1)) if owner else None
-        )
+        metrics_dir, owned = prepare_multiprocess_dir(os.environ, posix.owner(owner))
         # Before anything imports prometheus_client, so the app's metrics are per-process files.
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
         if owned:  # corral's own directory: not for a manager that replaces this one
@@ -146,8 +144,9 @@ class Manager:
         addresses: list[listeners.Address] = []
         sockets: list[socket.socket] = []
         if web is not None:
+            unix_file = listeners.UnixSocketFile(web.uds_permissions, posix.owner(web_identity))
             addresses, sockets = listeners.listen(
-                web.bind, web.uds, web.host, web.port, web.backlog
+                web.bind, web.uds, web.host, web.port, web.backlog, unix_file
             )
             tls = web.certfile is not None
             bound = zip(addresses, sockets, strict=True)

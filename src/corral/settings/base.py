@@ -53,6 +53,7 @@ class ConfigError(UsageError):
 BINDING = "Binding"
 WORKERS = "Workers"
 HTTP = "HTTP"
+LIMITS = "Limits"
 TLS = "HTTPS"
 LOGGING = "Logging"
 PROCESS = "Process"

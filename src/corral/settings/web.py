@@ -17,6 +17,7 @@ from corral.settings.base import (
     CONTROL,
     DEVELOPMENT,
     HTTP,
+    LIMITS,
     LOGGING,
     PROCESS,
     SELECTION,
@@ -25,7 +26,7 @@ from corral.settings.base import (
     Settings,
     flag,
 )
-from corral.units import Duration
+from corral.units import Duration, FileMode
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
@@ -88,6 +89,15 @@ class WebConfig(Settings):
     uds: Annotated[str | None, flag("--uds", group=BINDING, metavar="PATH")] = Field(
         None, description="Listen on this Unix domain socket."
     )
+    uds_permissions: Annotated[
+        FileMode, flag("--uds-permissions", group=BINDING, metavar="MODE")
+    ] = Field(
+        "666",
+        validate_default=True,
+        description="Mode (octal) of the Unix socket files of --uds and --bind unix:PATH; "
+        "they belong to --user and --group when given. 666 lets any local user, "
+        "such as a proxy's, connect.",
+    )
     backlog: Annotated[int, flag("--backlog", group=BINDING)] = Field(
         2048, ge=1, description="Connections the kernel queues before refusing more."
     )
@@ -136,25 +146,96 @@ class WebConfig(Settings):
         description="Import the app once, before forking workers, so they share its memory.",
     )
 
-    keep_alive: Annotated[Duration, flag("--keep-alive", group=HTTP, metavar="SECONDS")] = Field(
-        5.0, ge=0, description="Close idle keep-alive connections after this long."
-    )
-    limit_concurrency: Annotated[int | None, flag("--limit-concurrency", group=HTTP)] = Field(
-        None, ge=1, description="Per worker, answer 503 beyond this many connections and tasks."
-    )
     root_path: Annotated[str, flag("--root-path", group=HTTP)] = Field(
         "", description="The ASGI root_path, for an app mounted below a URL prefix."
     )
     proxy_headers: Annotated[bool, flag("--proxy-headers/--no-proxy-headers", group=HTTP)] = Field(
         True,
-        description="Trust X-Forwarded-Proto and X-Forwarded-For from --forwarded-allow-ips.",
+        description="Trust X-Forwarded-Proto and X-Forwarded-For from --forwarded-allow-ips "
+        "and from a peer on a Unix socket.",
     )
     forwarded_allow_ips: Annotated[
-        str | None, flag("--forwarded-allow-ips", group=HTTP, metavar="IPS")
+        str, flag("--forwarded-allow-ips", group=HTTP, metavar="IPS")
     ] = Field(
-        None,
-        description="Comma-separated addresses to trust proxy headers from "
-        "('*' for all; default 127.0.0.1).",
+        "127.0.0.1,::1",
+        description="Comma-separated addresses and networks to trust proxy headers from "
+        "('*' for all). A peer on a Unix socket is always trusted: it is the local proxy.",
+    )
+
+    keep_alive: Annotated[Duration, flag("--keep-alive", group=LIMITS, metavar="SECONDS")] = Field(
+        5.0,
+        ge=0,
+        description="Close a connection that starts no request for this long, "
+        "from its accept and after each response.",
+    )
+    limit_concurrency: Annotated[int | None, flag("--limit-concurrency", group=LIMITS)] = Field(
+        None, ge=1, description="Per worker, answer 503 beyond this many connections and tasks."
+    )
+    limit_request_line: Annotated[int, flag("--limit-request-line", group=LIMITS)] = Field(
+        4094,
+        ge=0,
+        description="Longest request line (method, target, version), in bytes; "
+        "a longer one gets 414. 0: no limit.",
+    )
+    limit_request_fields: Annotated[int, flag("--limit-request-fields", group=LIMITS)] = Field(
+        100, ge=0, description="Most header fields in a request; more get 431. 0: no limit."
+    )
+    limit_request_field_size: Annotated[int, flag("--limit-request-field_size", group=LIMITS)] = (
+        Field(
+            8190,
+            ge=0,
+            description="Largest header field (name, value, separators), in bytes; "
+            "a larger one gets 431. 0: no limit.",
+        )
+    )
+    limit_request_head: Annotated[
+        ByteSize, flag("--limit-request-head", group=LIMITS, metavar="SIZE")
+    ] = Field(
+        "64KiB",
+        validate_default=True,
+        gt=0,
+        description="Largest request head (request line and every header field), "
+        "such as 64KiB; a larger one gets 431.",
+    )
+    header_read_timeout: Annotated[
+        Duration, flag("--header-read-timeout", group=LIMITS, metavar="SECONDS")
+    ] = Field(
+        5.0,
+        gt=0,
+        description="A request head must arrive whole within this long (from the accept, "
+        "or its first byte); else 408 and close.",
+    )
+    body_read_timeout: Annotated[
+        Duration, flag("--body-read-timeout", group=LIMITS, metavar="SECONDS")
+    ] = Field(
+        60.0,
+        gt=0,
+        description="Close a request whose body stops arriving for this long while the app "
+        "waits for it (408 if no response has started).",
+    )
+    send_timeout: Annotated[Duration, flag("--send-timeout", group=LIMITS, metavar="SECONDS")] = (
+        Field(
+            60.0,
+            gt=0,
+            description="Close a connection whose client reads none of the response "
+            "waiting for it for this long.",
+        )
+    )
+    ws_ping_interval: Annotated[
+        Duration, flag("--ws-ping-interval", group=LIMITS, metavar="SECONDS")
+    ] = Field(20.0, gt=0, description="Ping each WebSocket client this often.")
+    ws_ping_timeout: Annotated[
+        Duration, flag("--ws-ping-timeout", group=LIMITS, metavar="SECONDS")
+    ] = Field(
+        20.0,
+        gt=0,
+        description="Close a WebSocket whose client has not answered a ping in this long.",
+    )
+    ws_max_size: Annotated[ByteSize, flag("--ws-max-size", group=LIMITS, metavar="SIZE")] = Field(
+        "16MiB",
+        validate_default=True,
+        gt=0,
+        description="Largest WebSocket message a client may send.",
     )
 
     certfile: Annotated[Path | None, flag("--certfile", group=TLS, metavar="PATH")] = Field(
