@@ -264,31 +264,6 @@ class Corral:
             time.sleep(0.1)
 
 
-def nobody_can_run_python() -> str | None:
-    """Why `--user nobody` cannot work on this machine, or None if it can."""
-    if os.geteuid() != 0:
-        return "needs root to change user"
-    try:
-        pwd.getpwnam("nobody")
-    except KeyError:
-        return "no user nobody"
-    try:
-        probe = subprocess.run(
-            [sys.executable, "-c", "import corral.child.worker"],
-            user="nobody",
-            group="nogroup",
-            extra_groups=[],
-            cwd="/",
-            capture_output=True,
-            timeout=20,
-        )
-    except (PermissionError, KeyError, ValueError) as error:
-        return f"user nobody cannot run {sys.executable}: {error}"
-    if probe.returncode != 0:
-        return f"user nobody cannot import corral: {probe.stderr.decode()[-300:]}"
-    return None
-
-
 def _running(proc: psutil.Process) -> bool:
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE

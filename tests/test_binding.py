@@ -21,7 +21,7 @@ import httpx
 import psutil
 import pytest
 
-from conftest import Corral, nobody_can_run_python
+from conftest import APPS, Corral
 from corral.settings import WebConfig
 
 
@@ -228,15 +228,13 @@ def test_another_local_user_connects_to_the_unix_socket_as_its_mode_says(
 
 
 @needs_root
-def test_the_unix_socket_belongs_to_user_and_group(corral, short_dir):
-    reason = nobody_can_run_python()
-    if reason:
-        pytest.skip(reason)
+def test_the_unix_socket_belongs_to_user_and_group(launch, short_dir, nobody_python, public_dir):
+    shutil.copy(APPS / "clients.py", public_dir)  # where nobody can read it
     short_dir.chmod(0o711)
     path = short_dir / "app.sock"
-    server = corral(
-        "run", "clients:app", "-b", f"unix:{path}", "--user", "nobody", "--group", "nogroup"
-    )
+    identity = ["--user", "nobody", "--group", "nogroup"]
+    command = [str(nobody_python), "-m", "corral", "run", "clients:app", "-b", f"unix:{path}"]
+    server = launch([*command, *identity], public_dir)
     server.wait_workers(1)
     info = path.stat()
     assert (info.st_uid, info.st_gid) == (
