@@ -30,7 +30,8 @@ def ids():
     groups = ",".join(str(group) for group in sorted(os.getgroups()))
     return (
         f"ids uid={os.getuid()} euid={os.geteuid()} "
-        f"gid={os.getgid()} egid={os.getegid()} groups={groups}"
+        f"gid={os.getgid()} egid={os.getegid()} groups={groups} "
+        f"home={os.environ.get('HOME')} user={os.environ.get('USER')}"
     )
 
 
@@ -63,7 +64,8 @@ def _ids_of(user: str) -> str:
     groups = ",".join(str(g) for g in sorted(set(os.getgrouplist(user, entry.pw_gid))))
     return (
         f"ids uid={entry.pw_uid} euid={entry.pw_uid} "
-        f"gid={entry.pw_gid} egid={entry.pw_gid} groups={groups}"
+        f"gid={entry.pw_gid} egid={entry.pw_gid} groups={groups} "
+        f"home={entry.pw_dir} user={user}"
     )
 
 

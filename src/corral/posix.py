@@ -66,7 +66,8 @@ def is_manager(pid: int) -> bool:
 
 
 def identity(user: str | None, group: str | None) -> dict[str, Any]:
-    """The `user`, `group` and `extra_groups` ids for running a child as `user`/`group`.
+    """The `user`, `group` and `extra_groups` ids for running a child as `user`/`group`,
+    and the `environment` that says who it is (HOME, USER, LOGNAME, as su and systemd set).
 
     The manager keeps its own identity (so it can remove its pidfile and
     socket files, and bind again on reload); the children, which run the
@@ -85,6 +86,11 @@ def identity(user: str | None, group: str | None) -> dict[str, Any]:
         gid = chosen.setdefault("group", entry.pw_gid)
         chosen["user"] = entry.pw_uid
         chosen["extra_groups"] = os.getgrouplist(entry.pw_name, gid)
+        chosen["environment"] = {
+            "HOME": entry.pw_dir,
+            "USER": entry.pw_name,
+            "LOGNAME": entry.pw_name,
+        }
     if os.geteuid() != 0:
         if (chosen.get("user", os.geteuid()), chosen["group"]) == (os.geteuid(), os.getegid()):
             return {}

@@ -51,7 +51,7 @@ class Launcher(ForkServer):
         os.setsid()  # signals for the terminal's process group do not reach the app
         _stdin_from_devnull()
         redirect_output(log_fd)
-        os.environ.update(message.env)
+        os.environ.update({**message.identity.get("environment", {}), **message.env})
         try:
             posix.assume_identity(message.identity)
         except PermissionError as error:

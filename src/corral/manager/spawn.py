@@ -48,7 +48,12 @@ async def spawn(
             stdout=log_write,
             stderr=log_write,
             cwd=cwd,
-            env={**os.environ, **env, "CORRAL_MANAGER_PID": str(manager)},
+            env={
+                **os.environ,
+                **identity.get("environment", {}),
+                **env,
+                "CORRAL_MANAGER_PID": str(manager),
+            },
             start_new_session=True,
             user=identity.get("user"),
             group=identity.get("group"),

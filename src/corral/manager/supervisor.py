@@ -167,6 +167,7 @@ class Manager:
     ) -> int:
         loop = asyncio.get_running_loop()
         self.finished = loop.create_future()
+        self._handle_signals(loop)
         if forked is not None:
             self.launcher = LauncherHandle(*forked, self._on_launcher_lost)
         try:
@@ -182,14 +183,6 @@ class Manager:
 
     async def _supervise(self, sockets: list[socket.socket], web_identity: dict[str, Any]) -> int:
         assert self.finished is not None
-        loop = asyncio.get_running_loop()
-        loop.set_exception_handler(self._on_uncaught)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
-            loop.add_signal_handler(sig, self._on_stop_signal, sig)
-        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
-        loop.add_signal_handler(signal.SIGTTIN, self._on_scale_signal, +1)
-        loop.add_signal_handler(signal.SIGTTOU, self._on_scale_signal, -1)
-        loop.add_signal_handler(signal.SIGUSR2, self._on_upgrade_signal)
         try:
             code = await self._start_and_wait(sockets, web_identity)
         except Exception as error:  # stop what has started, in order, before anything else
@@ -200,11 +193,23 @@ class Manager:
         self.output.say("stopped")
         return FAILURE if self.bug else code
 
+    def _handle_signals(self, loop: asyncio.AbstractEventLoop) -> None:
+        """From the loop's first moment: a stop asked for while the control API opens counts."""
+        loop.set_exception_handler(self._on_uncaught)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
+        loop.add_signal_handler(signal.SIGTTIN, self._on_scale_signal, +1)
+        loop.add_signal_handler(signal.SIGTTOU, self._on_scale_signal, -1)
+        loop.add_signal_handler(signal.SIGUSR2, self._on_upgrade_signal)
+
     async def _start_and_wait(
         self, sockets: list[socket.socket], web_identity: dict[str, Any]
     ) -> int:
         """Start everything declared, then wait for the exit code (a signal, a stop, a failure)."""
         assert self.finished is not None
+        if self.finished.done():  # stopped while the control API opened
+            return self.finished.result()
         prestart = self.system.prestart
         if not await run_prestart(prestart, self.system.env, self.output, self.identity):
             return PRESTART_FAILED
