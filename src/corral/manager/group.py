@@ -27,6 +27,9 @@ class Refused(Exception):
 
 class Group(abc.ABC):
     name: str
+    stop_phase: int
+    """When it stops on a full stop, lower first: web 0 (so a load balancer drains first),
+    processes 1, jobs 2 (design.md's stop order)."""
 
     @property
     @abc.abstractmethod

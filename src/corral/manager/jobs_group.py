@@ -62,6 +62,7 @@ class JobRecord:
 
 class JobsGroup(Group):
     name = "jobs"
+    stop_phase = 2
 
     def __init__(
         self,

@@ -266,24 +266,19 @@ class Manager:
         first = self.system.only_replica.get(name, 1)
         group = ProcessGroup(name, config, env, self.output, self.metrics, self.identity, first)
         self.groups[name] = group
-        if self.jobs is not None:  # keep the jobs last: the stop order follows this order
-            self.groups["jobs"] = self.groups.pop("jobs")
         await group.start()
 
     async def _stop(self) -> None:
-        """Web first (so a load balancer drains), then the processes, then running jobs.
+        """Phase by phase (`Group.stop_phase`): web first (so a load balancer drains), then
+        the processes, then running jobs; the groups of one phase at once.
 
         No job run starts once the stop has begun.
         """
-        web, jobs = self.groups.get("web"), self.jobs
-        if jobs is not None:
-            jobs.stop_ticking()
-        if web is not None:
-            await web.stop()
-        others = [g for g in self.groups.values() if g is not web and g is not jobs]
-        await asyncio.gather(*(group.stop() for group in others))
-        if jobs is not None:
-            await jobs.stop()
+        if self.jobs is not None:
+            self.jobs.stop_ticking()
+        for phase in sorted({group.stop_phase for group in self.groups.values()}):
+            stopping = [g.stop() for g in self.groups.values() if g.stop_phase == phase]
+            await asyncio.gather(*stopping)
 
     async def _reload_on_change(self) -> None:
         """--reload: a rolling reload whenever a .py file under the current directory changes."""

@@ -73,6 +73,7 @@ __all__ = ["AppFailed", "WebGroup"]
 
 class WebGroup(Group):
     name = "web"
+    stop_phase = 0
 
     def __init__(
         self,
