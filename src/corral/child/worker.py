@@ -29,9 +29,11 @@ from uvicorn._compat import asyncio_run
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from corral import posix
-from corral.child.app_loader import AppLoadError, load_app
+from corral.child.app_loader import AppLoadError
 from corral.child.request_log import BlockWriter, CountRequests, RecordRequests, RequestLog
 from corral.child.request_stats import RequestStats
+from corral.child.web_app import WebApp, load_web_app
+from corral.child.wsgi import BusyThreads, serve_wsgi
 from corral.exit_codes import APP_FAILED, OK
 from corral.ipc import channel
 from corral.ipc.messages import (
@@ -60,7 +62,7 @@ class WorkerSpec:
 
     name: str
     config: WebConfig
-    app: Any | None
+    app: WebApp | None  # loaded by the zygote (--preload), or None: the worker loads it
     listen_fds: list[int]
     channel_fd: int
     access_fd: int
@@ -77,13 +79,16 @@ def run_worker(spec: WorkerSpec) -> int:
     if not posix.die_with_parent(spec.zygote_pid):
         return OK
     configure_logging(spec.config.log_level)
-    app = spec.app
-    if app is None:
+    web_app = spec.app
+    if web_app is None:
         try:
-            app = load_app(spec.config.app, spec.config.factory)
+            web_app = load_web_app(spec.config)
         except AppLoadError as error:
             print(error, file=sys.stderr, flush=True)
             return APP_FAILED
+    app, busy = web_app.app, None
+    if web_app.interface == "wsgi":
+        app, busy = serve_wsgi(app, spec.config.threads)
 
     writer = None
     if spec.config.access_log:
@@ -102,6 +107,8 @@ def run_worker(spec: WorkerSpec) -> int:
             0, spec.config.max_requests_jitter
         )
     server = WorkerServer(uvicorn_config(spec.config, app), link, request_limit, requests)
+    server.busy = busy
+    server.app_description = web_app.describe(spec.config.threads)
     sockets = [socket.socket(fileno=fd) for fd in spec.listen_fds]
     try:
         asyncio_run(server.serve(sockets), loop_factory=server.config.get_loop_factory())
@@ -157,6 +164,7 @@ def uvicorn_config(config: WebConfig, app: Any) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         http=DrainingHttpToolsProtocol,
+        loop=config.loop,
         log_config=None,
         log_level=None,
         access_log=False,
@@ -225,6 +233,8 @@ class WorkerServer(uvicorn.Server):
         self.decoder = channel.Decoder()
         self.request_limit = request_limit
         self.recycle_asked_at: float | None = None
+        self.busy: BusyThreads | None = None  # a WSGI app's threads
+        self.app_description = ""  # which app, found how (the manager says it once)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -281,7 +291,7 @@ class WorkerServer(uvicorn.Server):
         if self.started and not self.should_exit:
             loop = self.loop = asyncio.get_running_loop()
             loop.add_reader(self.link.fileno(), self._on_manager_message)
-            self._send(Ready(pid=os.getpid()))
+            self._send(Ready(pid=os.getpid(), app=self.app_description))
             self._heartbeat()
             if self.request_limit is not None:
                 self._check_request_limit()
@@ -297,7 +307,8 @@ class WorkerServer(uvicorn.Server):
         stats = self.requests.stats
         stats.in_flight = len(self.server_state.tasks)
         served = self.server_state.total_requests
-        self._send(Heartbeat(requests=served, stats=stats.snapshot()))
+        longest = self.busy.longest() if self.busy is not None else None
+        self._send(Heartbeat(requests=served, stats=stats.snapshot(), longest=longest))
 
     def _check_request_limit(self) -> None:
         """Past --max-requests, ask the manager for a replacement (it drains us when ready)."""
