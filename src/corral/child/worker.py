@@ -192,6 +192,11 @@ class DrainingHttpToolsProtocol(HttpToolsProtocol):
     request the client had just sent on it then fails. Here an idle
     connection stays open for a short grace: a request that arrives in it is
     answered with `Connection: close`, and the connection closes after.
+
+    A response whose headers are already out (a WSGI app's, sent from its
+    thread; any streamed one) went without `Connection: close`: closing the
+    connection once it ends would fail the client's next request on it. That
+    connection gets the same grace once its response is complete.
     """
 
     draining = False
@@ -199,10 +204,17 @@ class DrainingHttpToolsProtocol(HttpToolsProtocol):
     def shutdown(self) -> None:
         self.draining = True
         if self.cycle is None or self.cycle.response_complete:
-            grace = min(IDLE_DRAIN_GRACE, self.timeout_keep_alive)
-            self.loop.call_later(grace, self._close_if_idle)
-        else:
+            self._close_after_grace()
+        elif not self.cycle.response_started:
             self.cycle.keep_alive = False
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.draining and not self.transport.is_closing():
+            self._close_after_grace()
+
+    def _close_after_grace(self) -> None:
+        self.loop.call_later(min(IDLE_DRAIN_GRACE, self.timeout_keep_alive), self._close_if_idle)
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
