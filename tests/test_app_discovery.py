@@ -292,3 +292,30 @@ def test_looking_through_a_module_skips_helpers_of_the_same_shape():
     assert app_like(Flask(__name__)) == "wsgi"
     assert app_like(Flask) is None
     assert app_like(sys) is None
+
+
+# -- APP read without importing it ---------------------------------------------------------------
+
+
+def test_a_file_or_folder_names_its_module_and_import_root(tmp_path: Path):
+    from corral.settings.app_ref import read
+
+    _write(tmp_path / "src" / "app" / "__init__.py", "")
+    _write(tmp_path / "src" / "app" / "api" / "__init__.py", "")
+    _write(tmp_path / "src" / "app" / "api" / "main.py", "")
+    _write(tmp_path / "plain.py", "")
+    src = tmp_path / "src"
+    found = read("src/app/api/main.py", tmp_path)
+    assert (found.module, found.attribute, found.import_root) == ("app.api.main", None, src)
+    found = read("src/app/api/main.py:api", tmp_path)
+    assert (found.module, found.attribute, found.import_root) == ("app.api.main", "api", src)
+    for given in ("src/app", "src/app/", "src/app/__init__.py"):
+        found = read(given, tmp_path)
+        assert (found.module, found.attribute, found.import_root) == ("app", None, src), given
+    found = read("plain.py", tmp_path)
+    assert (found.module, found.import_root) == ("plain", tmp_path)
+    assert read("pkg.sub:app", tmp_path).module == "pkg.sub"  # MODULE:ATTRIBUTE: no file
+    with pytest.raises(ValueError, match=r"folder without __init__\.py"):
+        read("src/", tmp_path)
+    with pytest.raises(ValueError, match=r"no such file: 'gone\.py'"):
+        read("gone.py", tmp_path)

@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from a2wsgi import WSGIMiddleware  # imported before the fork, so that workers share it
+
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
@@ -87,7 +89,5 @@ def serve_wsgi(app: WSGIApp, threads: int) -> tuple[Any, BusyThreads]:
     Call it in the worker, after the fork: the pool's threads must not be
     started in the zygote.
     """
-    from a2wsgi import WSGIMiddleware
-
     busy = BusyThreads(app)
     return WSGIMiddleware(busy, workers=threads), busy
