@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -161,6 +162,24 @@ def test_a_reload_under_load_loses_no_request_and_serves_the_new_code(
     server.wait_workers(2)
     versions = {httpx.get(url, timeout=5).text.split()[3] for _ in range(6)}
     assert versions == {"v2"}, versions
+    assert server.stop() == 0
+
+
+@pytest.mark.parametrize("preload", ["--preload", "--no-preload"])
+def test_preload_imports_the_wsgi_app_once_for_every_worker(corral, tmp_path: Path, preload):
+    imports = tmp_path / "imports.txt"
+    server = corral(
+        "run", "flaskapp:app", "--port", "0", "--workers", "3", preload,
+        env={"FLASKAPP_IMPORTS": str(imports)},
+    )  # fmt: skip
+    server.url()
+    workers = set(server.wait_workers(3).values())
+    importers = {int(pid) for pid in imports.read_text().split()}
+    if preload == "--preload":
+        (zygote,) = importers
+        assert " ".join(psutil.Process(zygote).cmdline()).startswith("corral: web.zygote")
+    else:
+        assert importers == workers, (importers, workers)
     assert server.stop() == 0
 
 

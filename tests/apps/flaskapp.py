@@ -6,6 +6,11 @@ import time
 
 from flask import Flask, request
 
+IMPORTS = os.environ.get("FLASKAPP_IMPORTS")  # a file where each import appends its pid
+if IMPORTS:
+    with open(IMPORTS, "a") as file:
+        file.write(f"{os.getpid()}\n")
+
 app = Flask(__name__)
 VERSION = os.environ.get("FLASKAPP_VERSION", "v1")
 
