@@ -296,10 +296,17 @@ def has_gunicorn_asgi_worker(python: Path) -> bool:
 
 def measure_throughput(
     run: Running, app: App, connections: int, seconds: float, warmup: float
-) -> WrkReport:
-    """wrk's report on `app.path` after a warm-up (which is not counted)."""
+) -> tuple[WrkReport, float | None]:
+    """wrk's report on `app.path` after a warm-up (which is not counted), and the server's
+    CPU microseconds per request meanwhile: the CPU time of the processes of its tree that
+    lived through the measurement, over the requests. Unlike req/s, it hardly moves with
+    the other load on the machine."""
     harness.run_wrk(run.port, app.path, connections, warmup)
-    return harness.run_wrk(run.port, app.path, connections, seconds)
+    before = harness.tree_cpu_seconds(run)
+    report = harness.run_wrk(run.port, app.path, connections, seconds)
+    after = harness.tree_cpu_seconds(run)
+    used = sum(after[pid] - before[pid] for pid in before.keys() & after.keys())
+    return report, (used / report.requests * 1e6 if report.requests else None)
 
 
 def measure_memory(run: Running, app: App, connections: int) -> list[int]:
@@ -426,10 +433,15 @@ def throughput_measure(app: App, settings: Settings) -> Callable[[Running], Reco
     def go(run: Running) -> Record:
         first_200_s = harness.wait_first_200(run, app.path)
         harness.wait_ready(run, settings.workers, app.path)
-        report = measure_throughput(
+        report, cpu_us = measure_throughput(
             run, app, settings.connections, settings.seconds, settings.warmup
         )
-        return {"first_200_s": first_200_s, **asdict(report), "failed": report.failed}
+        return {
+            "first_200_s": first_200_s,
+            **asdict(report),
+            "failed": report.failed,
+            "cpu_us_per_request": cpu_us,
+        }
 
     return go
 
@@ -530,6 +542,7 @@ def progress(record: Record) -> None:
     elif record["phase"] == "throughput":
         detail = (
             f"{record['rps']:.0f} req/s, p99 {fmt(record['p99_ms'], '.1f')} ms, "
+            f"{fmt(record.get('cpu_us_per_request'), '.0f')} us CPU/req, "
             f"first 200 after {record['first_200_s']:.2f} s, {record['failed']} failed"
         )
     elif record["phase"] == "memory":
@@ -594,6 +607,7 @@ def throughput_table(records: Sequence[Record], app: App, servers: Sequence[Serv
         off, on = median_rps(records, app, server, False), median_rps(records, app, server, True)
         mine = ok(records, app=app.name, server=server.name)
         p99 = median([r["p99_ms"] for r in mine if not r["access_log"]])
+        cpu = median([r.get("cpu_us_per_request") for r in mine if not r["access_log"]])
         first = median([r["first_200_s"] for r in mine])
         failed = sum(r["failed"] for r in mine)
         rows.append(
@@ -602,6 +616,7 @@ def throughput_table(records: Sequence[Record], app: App, servers: Sequence[Serv
                 fmt(off, ".0f"),
                 fmt(ratio(off, best_peer), ".2f"),
                 fmt(p99, ".2f"),
+                fmt(cpu, ".0f"),
                 fmt(on, ".0f"),
                 fmt(ratio(on, off), ".2f"),
                 fmt(first, ".2f"),
@@ -615,6 +630,7 @@ def throughput_table(records: Sequence[Record], app: App, servers: Sequence[Serv
             "req/s",
             "x best peer",
             "p99 ms",
+            "CPU us/req",
             "req/s, access log",
             "log on/off",
             "first 200 s",
