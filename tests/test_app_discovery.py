@@ -174,6 +174,23 @@ def test_interface_wsgi_serves_what_cannot_be_told(corral, tmp_path: Path):
     assert server.stop() == 0
 
 
+def test_what_a_choice_cannot_do_is_said_at_start(corral, tmp_path: Path):
+    _write(tmp_path / "api.py", ASGI_APP)
+    server = corral("run", "api:app", "--threads", "4", "--port", "0", cwd=tmp_path)
+    server.url()
+    line = server.wait_for(r"web: app .*").group(0)
+    assert line == (
+        "web: app api:app (builtins.function), ASGI (--threads 4 applies to WSGI apps only); "
+        "as given"
+    ), line
+    assert server.stop() == 0
+    server = corral("run", "api:app", "--interface", "wsgi", "--port", "0", cwd=tmp_path)
+    server.url()
+    line = server.wait_for(r"web: app .*").group(0)
+    assert line.endswith("as given; --interface wsgi, though its signature is ASGI's"), line
+    assert server.stop() == 0
+
+
 # -- --loop, and the seed's uvicorn.run() call as corral.run() ----------------------------------
 
 

@@ -143,7 +143,7 @@ def fail(messages: list[str]) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", "-V", prog_name="corral")
 def main() -> None:
-    """corral runs a Python web application: ASGI workers, supervised."""
+    """corral runs a Python web application: ASGI or WSGI workers, supervised."""
 
 
 @main.command(

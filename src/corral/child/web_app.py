@@ -66,7 +66,10 @@ def load_web_app(config: WebConfig) -> WebApp:
     if config.factory:
         target = call_factory(target)
     shown = f"{ref.module}:{name}"
-    return WebApp(target, _interface(target, shown, config), shown, found)
+    interface = _interface(target, shown, config)
+    if config.interface != "auto" and (guessed := _guess(target)) not in (None, interface):
+        found += f"; --interface {interface}, though its signature is {guessed.upper()}'s"
+    return WebApp(target, interface, shown, found)
 
 
 def _find_app(module: Any, where: str) -> tuple[str, str]:
@@ -88,6 +91,13 @@ def _find_app(module: Any, where: str) -> tuple[str, str]:
         raise AppLoadError(f"several apps in {where}: {listed}; name one: {where}:NAME")
     ((name, interface),) = apps.items()
     return name, f"the only {interface.upper()} app in {where}"
+
+
+def _guess(app: Any) -> Interface | None:
+    try:
+        return detect(app)
+    except Undecided:
+        return None
 
 
 def _interface(app: Any, shown: str, config: WebConfig) -> Interface:
