@@ -102,8 +102,8 @@ class WebConfig(Settings):
     timeout: Annotated[Duration, flag("--timeout", group=WORKERS, metavar="SECONDS")] = Field(
         30.0,
         gt=0,
-        description="Kill a worker whose event loop has not answered for this long "
-        "(its stack is logged first).",
+        description="Kill a worker whose event loop has not answered, or (WSGI) whose "
+        "request has run in a thread, for this long (its stack is logged first).",
     )
     boot_timeout: Annotated[Duration, flag("--boot-timeout", group=WORKERS, metavar="SECONDS")] = (
         Field(60.0, gt=0, description="Kill a worker that has not become ready in this long.")
