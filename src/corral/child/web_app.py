@@ -36,8 +36,10 @@ class WebApp:
         what = f"{kind.__module__}.{kind.__qualname__}"
         if self.interface == "wsgi":
             served = f"WSGI, {threads} thread{'s' if threads != 1 else ''} per worker"
+        elif threads > 1:
+            served = f"ASGI (--threads {threads} applies to WSGI apps only)"
         else:
-            served = "ASGI" + (f" (--threads {threads} applies to WSGI apps only)" * (threads > 1))
+            served = "ASGI"
         return f"app {self.target} ({what}), {served}; {self.found}"
 
 
