@@ -262,6 +262,16 @@ def tree_pss(run: Running) -> list[int]:
     return found
 
 
+def tree_cpu_seconds(run: Running) -> dict[int, float]:
+    """User + system CPU seconds used so far by each live process of the tree, by pid."""
+    found = {}
+    for proc in run.tree():
+        with suppress(psutil.NoSuchProcess):
+            times = proc.cpu_times()
+            found[proc.pid] = times.user + times.system
+    return found
+
+
 # --- wrk ---------------------------------------------------------------------------------
 
 

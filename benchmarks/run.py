@@ -48,9 +48,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PEERS = HERE / ".peers"
 RESULTS = HERE / "results"
-PEER_REQUIREMENTS = ("uvicorn[standard]", "gunicorn", "uvicorn-worker", "granian", "fastapi")
-PEER_PACKAGES = ("uvicorn", "gunicorn", "uvicorn-worker", "granian", "fastapi", "uvloop")
-PROJECT_PACKAGES = ("corral", "uvicorn", "fastapi", "uvloop", "httptools")
+PEER_REQUIREMENTS = (
+    *("uvicorn[standard]", "gunicorn", "uvicorn-worker", "granian", "fastapi", "flask"),
+)
+PEER_PACKAGES = ("uvicorn", "gunicorn", "uvicorn-worker", "granian", "fastapi", "uvloop", "flask")
+PROJECT_PACKAGES = ("corral", "uvicorn", "fastapi", "uvloop", "httptools", "flask", "a2wsgi")
 SUBJECT = "corral"
 
 # --- what is measured: the apps and the servers, as data --------------------------------
@@ -68,6 +70,7 @@ class App:
 BENCH_APPS = HERE / "apps"
 HELLO = App("hello", "hello:app", BENCH_APPS, "/", "BENCH_READY_DIR")
 FASTAPI = App("fastapi", "fastapi_app:app", BENCH_APPS, "/items/42", "BENCH_READY_DIR")
+FLASK = App("flask", "flask_app:app", BENCH_APPS, "/items/42", "BENCH_READY_DIR")  # WSGI
 # FastAPI and a ~65 MB dict built at import: what preload is for.
 TABLE = App("table", "table:app", ROOT / "tests" / "apps", "/rows/1234", "TABLE_READY_DIR")
 
@@ -172,6 +175,28 @@ GRANIAN = Server(
 )
 SERVERS = (CORRAL, UVICORN, GUNICORN_UVICORN_WORKER, GUNICORN_ASGI, GRANIAN)
 
+# The WSGI phase: the Flask app, N workers of T threads each ({threads}: --threads).
+CORRAL_WSGI = Server(
+    name=SUBJECT,
+    interpreter="project",
+    argv=(*CORRAL.argv, "--threads", "{threads}"),
+    access_log=CORRAL.access_log,
+    preload=CORRAL.preload,
+    hup=CORRAL.hup,
+)
+GUNICORN_GTHREAD = Server(
+    name="gunicorn gthread",
+    interpreter="peers",
+    argv=(
+        *("-m", "gunicorn", "{app}", "--worker-class", "gthread", "--threads", "{threads}"),
+        *("--workers", "{workers}", "--bind", "127.0.0.1:{port}"),
+    ),
+    access_log=Flags(("--access-logfile", "-"), (), default=False),
+    preload=Flags(("--preload",), (), default=False),
+    hup=GUNICORN_HUP,
+)
+WSGI_SERVERS = (CORRAL_WSGI, GUNICORN_GTHREAD)
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -190,8 +215,11 @@ class Variant:
             return f"{name} (preload)" if self.preload else name
         return f"{name} {' '.join(flags(self.preload))}"
 
-    def argv(self, pythons: Mapping[str, Path], app: App, workers: int, port: int) -> list[str]:
+    def argv(
+        self, pythons: Mapping[str, Path], app: App, workers: int, port: int, threads: int = 1
+    ) -> list[str]:
         fill = {"app": app.target, "workers": str(workers), "port": str(port)}
+        fill["threads"] = str(threads)
         argv = [str(pythons[self.server.interpreter])]
         argv += [part.format(**fill) for part in self.server.argv]
         argv += self.server.access_log(self.access_log)
@@ -212,10 +240,10 @@ def preload_variants(server: Server) -> list[Variant]:
 
 @contextmanager
 def start(
-    variant: Variant, app: App, workers: int, pythons: Mapping[str, Path]
+    variant: Variant, app: App, workers: int, pythons: Mapping[str, Path], threads: int = 1
 ) -> Iterator[Running]:
     port = harness.free_port()
-    argv = variant.argv(pythons, app, workers, port)
+    argv = variant.argv(pythons, app, workers, port, threads)
     with harness.running(argv, app.directory, {}, app.ready_env, port) as run:
         yield run
 
@@ -268,10 +296,17 @@ def has_gunicorn_asgi_worker(python: Path) -> bool:
 
 def measure_throughput(
     run: Running, app: App, connections: int, seconds: float, warmup: float
-) -> WrkReport:
-    """wrk's report on `app.path` after a warm-up (which is not counted)."""
+) -> tuple[WrkReport, float | None]:
+    """wrk's report on `app.path` after a warm-up (which is not counted), and the server's
+    CPU microseconds per request meanwhile: the CPU time of the processes of its tree that
+    lived through the measurement, over the requests. Unlike req/s, it hardly moves with
+    the other load on the machine."""
     harness.run_wrk(run.port, app.path, connections, warmup)
-    return harness.run_wrk(run.port, app.path, connections, seconds)
+    before = harness.tree_cpu_seconds(run)
+    report = harness.run_wrk(run.port, app.path, connections, seconds)
+    after = harness.tree_cpu_seconds(run)
+    used = sum(after[pid] - before[pid] for pid in before.keys() & after.keys())
+    return report, (used / report.requests * 1e6 if report.requests else None)
 
 
 def measure_memory(run: Running, app: App, connections: int) -> list[int]:
@@ -357,6 +392,7 @@ class Settings:
     reload_timeout: float
     recovery_timeout: float
     pythons: dict[str, Path] = field(default_factory=dict)
+    threads: int = 4  # per worker, for the WSGI phase
 
 
 Record = dict[str, Any]
@@ -384,7 +420,7 @@ def sample(
     }
     before = harness.cpu_reading()
     try:
-        with start(variant, app, workers, settings.pythons) as run:
+        with start(variant, app, workers, settings.pythons, settings.threads) as run:
             record |= measure(run)
     except Exception as error:  # one failed sample must not end the run
         record["error"] = f"{type(error).__name__}: {error}"
@@ -393,28 +429,36 @@ def sample(
     return record
 
 
-def throughput_phase(servers: Sequence[Server], settings: Settings) -> list[Record]:
-    def measure(app: App) -> Callable[[Running], Record]:
-        def go(run: Running) -> Record:
-            first_200_s = harness.wait_first_200(run, app.path)
-            harness.wait_ready(run, settings.workers, app.path)
-            report = measure_throughput(
-                run, app, settings.connections, settings.seconds, settings.warmup
-            )
-            return {"first_200_s": first_200_s, **asdict(report), "failed": report.failed}
+def throughput_measure(app: App, settings: Settings) -> Callable[[Running], Record]:
+    def go(run: Running) -> Record:
+        first_200_s = harness.wait_first_200(run, app.path)
+        harness.wait_ready(run, settings.workers, app.path)
+        report, cpu_us = measure_throughput(
+            run, app, settings.connections, settings.seconds, settings.warmup
+        )
+        return {
+            "first_200_s": first_200_s,
+            **asdict(report),
+            "failed": report.failed,
+            "cpu_us_per_request": cpu_us,
+        }
 
-        return go
+    return go
 
+
+def throughput_phase(
+    servers: Sequence[Server], settings: Settings, apps: Sequence[App] = (HELLO, FASTAPI)
+) -> list[Record]:
     records = []
     for round_ in range(1, settings.rounds + 1):
-        for app in (HELLO, FASTAPI):
+        for app in apps:
             for server in servers:
                 for access_log in (False, True):
                     variant = Variant(server, access_log=access_log)
                     records.append(
                         sample(
                             "throughput", variant, app, settings.workers, settings,
-                            measure(app), round=round_,
+                            throughput_measure(app, settings), round=round_,
                         )
                     )  # fmt: skip
     return records
@@ -437,9 +481,7 @@ def memory_phase(servers: Sequence[Server], settings: Settings) -> list[Record]:
     ]
 
 
-def reload_phase(servers: Sequence[Server], settings: Settings) -> list[Record]:
-    app = FASTAPI
-
+def reload_phase(servers: Sequence[Server], settings: Settings, app: App = FASTAPI) -> list[Record]:
     def measure(run: Running) -> Record:
         harness.wait_ready(run, settings.workers, app.path)
         result = measure_reload(
@@ -472,11 +514,21 @@ def recovery_phase(servers: Sequence[Server], settings: Settings) -> list[Record
     ]
 
 
+def wsgi_phase(servers: Sequence[Server], settings: Settings) -> list[Record]:
+    """The Flask app on corral and on gunicorn's gthread worker, whatever --servers says:
+    throughput (access log off and on) and failed requests on SIGHUP under load."""
+    return [
+        *throughput_phase(WSGI_SERVERS, settings, apps=(FLASK,)),
+        *reload_phase(WSGI_SERVERS, settings, app=FLASK),
+    ]
+
+
 PHASES: dict[str, Callable[[Sequence[Server], Settings], list[Record]]] = {
     "throughput": throughput_phase,
     "memory": memory_phase,
     "reload": reload_phase,
     "recovery": recovery_phase,
+    "wsgi": wsgi_phase,
 }
 
 
@@ -490,6 +542,7 @@ def progress(record: Record) -> None:
     elif record["phase"] == "throughput":
         detail = (
             f"{record['rps']:.0f} req/s, p99 {fmt(record['p99_ms'], '.1f')} ms, "
+            f"{fmt(record.get('cpu_us_per_request'), '.0f')} us CPU/req, "
             f"first 200 after {record['first_200_s']:.2f} s, {record['failed']} failed"
         )
     elif record["phase"] == "memory":
@@ -532,6 +585,7 @@ class Table:
 def median_rps(
     records: Sequence[Record], app: App, server: Server, access_log: bool
 ) -> float | None:
+    """The median req/s of `server` on `app` (records of the throughput phase and the WSGI's)."""
     found = ok(records, phase="throughput", app=app.name, server=server.name, access_log=access_log)
     return median([r["rps"] for r in found])
 
@@ -553,6 +607,7 @@ def throughput_table(records: Sequence[Record], app: App, servers: Sequence[Serv
         off, on = median_rps(records, app, server, False), median_rps(records, app, server, True)
         mine = ok(records, app=app.name, server=server.name)
         p99 = median([r["p99_ms"] for r in mine if not r["access_log"]])
+        cpu = median([r.get("cpu_us_per_request") for r in mine if not r["access_log"]])
         first = median([r["first_200_s"] for r in mine])
         failed = sum(r["failed"] for r in mine)
         rows.append(
@@ -561,6 +616,7 @@ def throughput_table(records: Sequence[Record], app: App, servers: Sequence[Serv
                 fmt(off, ".0f"),
                 fmt(ratio(off, best_peer), ".2f"),
                 fmt(p99, ".2f"),
+                fmt(cpu, ".0f"),
                 fmt(on, ".0f"),
                 fmt(ratio(on, off), ".2f"),
                 fmt(first, ".2f"),
@@ -574,6 +630,7 @@ def throughput_table(records: Sequence[Record], app: App, servers: Sequence[Serv
             "req/s",
             "x best peer",
             "p99 ms",
+            "CPU us/req",
             "req/s, access log",
             "log on/off",
             "first 200 s",
@@ -622,13 +679,13 @@ def memory_table(records: Sequence[Record], servers: Sequence[Server], workers: 
     )
 
 
-def reload_table(records: Sequence[Record], servers: Sequence[Server]) -> Table:
+def reload_table(records: Sequence[Record], servers: Sequence[Server], app: App = FASTAPI) -> Table:
     rows = []
     for server in servers:
         if server.hup is None:
             rows.append([server.name, "-", "no HUP reload", "-", "-"])
             continue
-        mine = [r for r in records if r["server"] == server.name]
+        mine = [r for r in records if r["server"] == server.name and r["app"] == app.name]
         done = ok(mine)
         reload_s = [r["reload_s"] for r in done]
         rows.append(
@@ -641,7 +698,7 @@ def reload_table(records: Sequence[Record], servers: Sequence[Server]) -> Table:
             ]
         )
     return Table(
-        "SIGHUP under load (fastapi_app, wrk -c32)",
+        f"SIGHUP under load ({app.target.partition(':')[0]}, wrk -c32)",
         ["server", "HUP to", "reload s (each round)", "requests", "failed (each round)"],
         rows,
         notes=[f"{s.name}: {s.hup.effect}" for s in servers if s.hup is not None],
@@ -750,6 +807,8 @@ def targets_table(found: Sequence[Target]) -> Table:
 
 
 def tables(records: Sequence[Record], servers: Sequence[Server], settings: Settings) -> list[Table]:
+    wsgi = [r for r in records if r["app"] == FLASK.name]
+    records = [r for r in records if r["app"] != FLASK.name]
     by_phase = {phase: [r for r in records if r["phase"] == phase] for phase in PHASES}
     found: list[Table] = []
     if by_phase["throughput"]:
@@ -765,8 +824,18 @@ def tables(records: Sequence[Record], servers: Sequence[Server], settings: Setti
         found.append(reload_table(by_phase["reload"], servers))
     if by_phase["recovery"]:
         found.append(recovery_table(by_phase["recovery"], servers))
-    if set(PHASES) <= {r["phase"] for r in records}:
+    if {"throughput", "memory", "reload", "recovery"} <= {r["phase"] for r in records}:
         found.append(targets_table(targets(records, servers)))
+    if wsgi:
+        table = throughput_table(
+            [r for r in wsgi if r["phase"] == "throughput"], FLASK, WSGI_SERVERS
+        )
+        table.title += (
+            f", {settings.workers} workers x {settings.threads} threads, "
+            f"{settings.rounds} rounds x {settings.seconds:g} s"
+        )
+        reloads = [r for r in wsgi if r["phase"] == "reload"]
+        found += [table, reload_table(reloads, WSGI_SERVERS, FLASK)]
     return found
 
 
@@ -828,6 +897,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=5.0, help="wrk's run per round")
     parser.add_argument("--connections", type=int, default=64, help="wrk's -c")
     parser.add_argument("--reload-connections", type=int, default=32, help="wrk's -c on HUP")
+    parser.add_argument("--threads", type=int, default=4, help="per worker, WSGI phase")
     parser.add_argument(
         "--phases",
         default=",".join(PHASES),
@@ -901,6 +971,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         reload_timeout=60.0,
         recovery_timeout=30.0,
         pythons={"project": Path(sys.executable), "peers": peers},
+        threads=args.threads,
     )
     meta: dict[str, Any] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -15,7 +15,8 @@ def run(
 ) -> int:
     """Run as `corral run` would; return the exit code.
 
-    `app` is "module:attribute" (or None: corral.toml's `[web] app`, if any).
+    `app` is "module:attribute" or a file, as `corral run APP` takes it (or
+    None: corral.toml's `[web] app`, if any, else main.py or app.py here).
     Keyword arguments are the settings of `corral run --help` by their
     Python names (`workers=4`, `bind=["127.0.0.1:8000"]`, `control="..."`),
     and override corral.toml (or `config`, a path, as `-c` gives); `CORRAL_*`

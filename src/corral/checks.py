@@ -6,14 +6,17 @@ import os
 import sys
 
 from corral.child.app_loader import AppLoadError, load_app
+from corral.child.web_app import load_web_app
 from corral.settings import PrestartCall, System
+
+WEB_APP = "[web] app"
 
 
 def targets(system: System) -> list[tuple[str, str, bool]]:
     """(where it is declared, MODULE:ATTRIBUTE, is it a factory) for every Python target."""
     found = []
     if system.web is not None:
-        found.append(("[web] app", system.web.app, system.web.factory))
+        found.append((WEB_APP, system.web.app, system.web.factory))
     for name, process in system.processes.items():
         if process.call is not None:
             found.append((f"[processes.{name}] call", process.call, False))
@@ -37,7 +40,10 @@ def problems_with(system: System) -> list[str]:
     problems = []
     for where, target, factory in targets(system):
         try:
-            load_app(target, factory)
+            if where == WEB_APP and system.web is not None:
+                load_web_app(system.web)  # found, and told ASGI or WSGI, as the workers will
+            else:
+                load_app(target, factory)
         except AppLoadError as error:
             problems.append(f"{where} {target!r}: {error}")
     return problems

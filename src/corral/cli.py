@@ -95,6 +95,12 @@ def _metavar(annotation: Any) -> str:
 
 
 SETTINGS = (WebConfig, ManagerConfig)
+APP_HELP = (
+    "The app, ASGI or WSGI: MODULE:ATTRIBUTE (main:app), a file (main.py, src/app/main.py) "
+    "or a package folder, with :ATTRIBUTE or without (then its app, api or application, or "
+    "the one app it defines) [default: main.py, app.py, api.py, app/main.py, app/app.py "
+    "or app/api.py, the first here, without a corral.toml]"
+)
 
 
 def given_settings(ctx: click.Context) -> dict[str, Any]:
@@ -137,15 +143,13 @@ def fail(messages: list[str]) -> None:
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", "-V", prog_name="corral")
 def main() -> None:
-    """corral runs a Python web application: ASGI workers, supervised."""
+    """corral runs a Python web application: ASGI or WSGI workers, supervised."""
 
 
 @main.command(
     cls=GroupedCommand,
     params=[
-        DescribedArgument(
-            ["app"], required=False, help="The ASGI app, as MODULE:ATTRIBUTE (main:app)."
-        ),
+        DescribedArgument(["app"], required=False, help=APP_HELP),
         config_option(),
         *setting_options(WebConfig),
         *setting_options(ManagerConfig),
@@ -153,8 +157,8 @@ def main() -> None:
 )
 @click.pass_context
 def run(ctx: click.Context, app: str | None, config_path: Path | None, **_: Any) -> None:
-    """Serve APP (MODULE:ATTRIBUTE, e.g. main:app) with supervised workers, and run
-    everything corral.toml declares.
+    """Serve APP (main:app, main.py) with supervised workers, and run everything
+    corral.toml declares.
 
     The current directory is on the import path, as with uvicorn. Every
     option can also be set with the environment variable shown beside it,
@@ -193,9 +197,7 @@ def resolve_or_exit(config_path: Path | None, code: int = FAILURE) -> System:
 @main.command(
     cls=GroupedCommand,
     params=[
-        DescribedArgument(
-            ["app"], required=False, help="The ASGI app, as MODULE:ATTRIBUTE (main:app)."
-        ),
+        DescribedArgument(["app"], required=False, help=APP_HELP),
         config_option(),
     ],
 )

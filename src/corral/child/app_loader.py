@@ -1,4 +1,4 @@
-"""Import the user's ASGI app, and explain a failure with the user's own traceback."""
+"""Import the user's app or `call` target, and explain a failure with the user's own traceback."""
 
 from __future__ import annotations
 
@@ -24,8 +24,18 @@ class AppLoadError(Exception):
 def load_app(spec: str, factory: bool) -> Any:
     """The object named by `spec` ("module:attribute"), called first if `factory`."""
     module_name, _, attribute = spec.partition(":")
+    target = attribute_of(import_module(module_name, spec), module_name, attribute)
+    if factory:
+        return call_factory(target)
+    if not callable(target):
+        raise AppLoadError(f"{spec!r} is a {type(target).__name__}, not an ASGI app")
+    return target
+
+
+def import_module(module_name: str, spec: str) -> Any:
+    """Import `module_name` (for `spec`, as the user wrote it); AppLoadError if it fails."""
     try:
-        target: Any = importlib.import_module(module_name)
+        return importlib.import_module(module_name)
     except ModuleNotFoundError as error:
         if error.name and module_name.startswith(error.name):
             raise AppLoadError(
@@ -35,6 +45,11 @@ def load_app(spec: str, factory: bool) -> Any:
         raise AppLoadError(user_traceback(error)) from None
     except BaseException as error:
         raise AppLoadError(user_traceback(error)) from None
+
+
+def attribute_of(module: Any, module_name: str, attribute: str) -> Any:
+    """`module`'s (dotted) `attribute`; AppLoadError, with a did-you-mean, if it has none."""
+    target = module
     for depth, name in enumerate(attribute.split(".")):
         try:
             target = getattr(target, name)
@@ -43,14 +58,15 @@ def load_app(spec: str, factory: bool) -> Any:
             close = difflib.get_close_matches(name, [n for n in dir(target) if n[:1] != "_"])
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise AppLoadError(f"{owner!r} has no attribute {name!r}{hint}") from None
-    if factory:
-        try:
-            target = target()
-        except BaseException as error:
-            raise AppLoadError(user_traceback(error)) from None
-    elif not callable(target):
-        raise AppLoadError(f"{spec!r} is a {type(target).__name__}, not an ASGI app")
     return target
+
+
+def call_factory(factory: Any) -> Any:
+    """What the app factory returns; AppLoadError with the user's traceback if it raises."""
+    try:
+        return factory()
+    except BaseException as error:
+        raise AppLoadError(user_traceback(error)) from None
 
 
 def user_traceback(error: BaseException) -> str:

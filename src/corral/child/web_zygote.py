@@ -12,10 +12,10 @@ import gc
 import os
 import socket
 import sys
-from typing import Any
 
-from corral.child.app_loader import AppLoadError, load_app
+from corral.child.app_loader import AppLoadError
 from corral.child.fork_server import ForkServer, redirect_output, start
+from corral.child.web_app import WebApp, load_web_app
 from corral.child.worker import WorkerSpec, run_worker
 from corral.exit_codes import APP_FAILED, OK
 from corral.ipc import channel
@@ -35,7 +35,7 @@ class WebZygote(ForkServer):
         super().__init__(link, decoder, stop_timeout=spec.stop_timeout)
         self.access_fd, *self.listen_fds = fds  # the spec's descriptors, in this order
         self.log_format = spec.log_format
-        self.app: Any | None = None
+        self.app: WebApp | None = None
 
     def load(self) -> None:
         """Import the app before any fork (preload), then keep its objects out of the GC's way.
@@ -49,7 +49,7 @@ class WebZygote(ForkServer):
 
             load_dotenv(self.config.env_file, override=False)
         if self.config.preload:
-            self.app = load_app(self.config.app, self.config.factory)
+            self.app = load_web_app(self.config)
         gc.freeze()
 
     def become(self, message: ForkWorker, fds: list[int]) -> int:  # type: ignore[override]

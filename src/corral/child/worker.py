@@ -29,12 +29,14 @@ import uvicorn
 from uvicorn._compat import asyncio_run
 
 from corral import posix
-from corral.child.app_loader import AppLoadError, load_app
+from corral.child.app_loader import AppLoadError
 from corral.child.client_limits import ClientLimits, LimitedHttpToolsProtocol
 from corral.child.proxy_headers import ProxyHeaders
 from corral.child.request_log import BlockWriter, CountRequests, RecordRequests, RequestLog
 from corral.child.request_stats import RequestStats
 from corral.child.send_watch import SendWatch
+from corral.child.web_app import WebApp, load_web_app
+from corral.child.wsgi import BusyThreads, serve_wsgi
 from corral.exit_codes import APP_FAILED, OK
 from corral.ipc import channel
 from corral.ipc.messages import (
@@ -63,7 +65,7 @@ class WorkerSpec:
 
     name: str
     config: WebConfig
-    app: Any | None
+    app: WebApp | None  # loaded by the zygote (--preload), or None: the worker loads it
     listen_fds: list[int]
     channel_fd: int
     access_fd: int
@@ -80,13 +82,16 @@ def run_worker(spec: WorkerSpec) -> int:
     if not posix.die_with_parent(spec.zygote_pid):
         return OK
     configure_logging(spec.config.log_level)
-    app = spec.app
-    if app is None:
+    web_app = spec.app
+    if web_app is None:
         try:
-            app = load_app(spec.config.app, spec.config.factory)
+            web_app = load_web_app(spec.config)
         except AppLoadError as error:
             print(error, file=sys.stderr, flush=True)
             return APP_FAILED
+    app, busy = web_app.app, None
+    if web_app.interface == "wsgi":
+        app, busy = serve_wsgi(app, spec.config.threads)
 
     writer = None
     if spec.config.access_log:
@@ -108,6 +113,8 @@ def run_worker(spec: WorkerSpec) -> int:
     server = WorkerServer(
         uvicorn_config(spec.config, app), link, request_limit, requests, send_watch
     )
+    server.busy = busy
+    server.app_description = web_app.describe(spec.config.threads)
     sockets = [socket.socket(fileno=fd) for fd in spec.listen_fds]
     try:
         asyncio_run(server.serve(sockets), loop_factory=server.config.get_loop_factory())
@@ -166,6 +173,7 @@ def uvicorn_config(config: WebConfig, app: Any) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         http=functools.partial(DrainingHttpToolsProtocol, limits=limits),  # type: ignore[arg-type]
+        loop=config.loop,
         ws_max_size=config.ws_max_size,
         ws_ping_interval=config.ws_ping_interval,
         ws_ping_timeout=config.ws_ping_timeout,
@@ -195,6 +203,11 @@ class DrainingHttpToolsProtocol(LimitedHttpToolsProtocol):
     request the client had just sent on it then fails. Here an idle
     connection stays open for a short grace: a request that arrives in it is
     answered with `Connection: close`, and the connection closes after.
+
+    A response whose headers are already out (a WSGI app's, sent from its
+    thread; any streamed one) went without `Connection: close`: closing the
+    connection once it ends would fail the client's next request on it. That
+    connection gets the same grace once its response is complete.
     """
 
     draining = False
@@ -202,10 +215,17 @@ class DrainingHttpToolsProtocol(LimitedHttpToolsProtocol):
     def shutdown(self) -> None:
         self.draining = True
         if self.cycle is None or self.cycle.response_complete:
-            grace = min(IDLE_DRAIN_GRACE, self.timeout_keep_alive)
-            self.loop.call_later(grace, self._close_if_idle)
-        else:
+            self._close_after_grace()
+        elif not self.cycle.response_started:
             self.cycle.keep_alive = False
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.draining and not self.transport.is_closing():
+            self._close_after_grace()
+
+    def _close_after_grace(self) -> None:
+        self.loop.call_later(min(IDLE_DRAIN_GRACE, self.timeout_keep_alive), self._close_if_idle)
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
@@ -238,6 +258,8 @@ class WorkerServer(uvicorn.Server):
         self.decoder = channel.Decoder()
         self.request_limit = request_limit
         self.recycle_asked_at: float | None = None
+        self.busy: BusyThreads | None = None  # a WSGI app's threads
+        self.app_description = ""  # which app, found how (the manager says it once)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -294,7 +316,7 @@ class WorkerServer(uvicorn.Server):
         if self.started and not self.should_exit:
             loop = self.loop = asyncio.get_running_loop()
             loop.add_reader(self.link.fileno(), self._on_manager_message)
-            self._send(Ready(pid=os.getpid()))
+            self._send(Ready(pid=os.getpid(), app=self.app_description))
             self.send_watch.start(self.server_state.connections)
             self._heartbeat()
             if self.request_limit is not None:
@@ -311,7 +333,8 @@ class WorkerServer(uvicorn.Server):
         stats = self.requests.stats
         stats.in_flight = len(self.server_state.tasks)
         served = self.server_state.total_requests
-        self._send(Heartbeat(requests=served, stats=stats.snapshot()))
+        longest = self.busy.longest() if self.busy is not None else None
+        self._send(Heartbeat(requests=served, stats=stats.snapshot(), longest=longest))
 
     def _check_request_limit(self) -> None:
         """Past --max-requests, ask the manager for a replacement (it drains us when ready)."""

@@ -205,6 +205,7 @@ class Ready(Message):
 
     tag: ClassVar[str] = "ready"
     pid: int
+    app: str = ""  # which app it serves, found how, as one line for the log
 
 
 @_message
@@ -219,6 +220,8 @@ class Heartbeat(Message):
     tag: ClassVar[str] = "hb"
     requests: int
     stats: dict[str, Any]
+    # A WSGI app's request running longest in a thread: [seconds, thread id, "GET /path"].
+    longest: list[Any] | None = None
 
 
 @_message

@@ -120,6 +120,9 @@ class WebGroup(Group):
         self.reloading: asyncio.Task[None] | None = None
         self.background = Background()
         self.watcher: asyncio.Task[None] | None = None
+        self.app_line = ""  # which app the workers serve, said when it changes
+        # A WSGI worker's longest-running request, by key: ([seconds, thread, request], when).
+        self.longest: dict[int, tuple[list[Any], float]] = {}
 
     @property
     def size(self) -> int:
@@ -157,11 +160,18 @@ class WebGroup(Group):
     def _on_worker_message(self, child: Child, message: Message) -> None:
         if isinstance(message, Heartbeat):
             child.heartbeat(message.requests)
+            if message.longest:
+                self.longest[child.key] = (message.longest, time.monotonic())
+            else:
+                self.longest.pop(child.key, None)
             if child.pid is not None:
                 self.metrics.worker_stats(child.name, child.pid, message.stats)
         elif child.key not in self.children:
             return
         elif isinstance(message, Ready):
+            if message.app and message.app != self.app_line:
+                self.app_line = message.app
+                self.output.say(f"web: {message.app}")
             self._on_ready(child)
         elif isinstance(message, Draining):
             if not child.stopped_accepting.done():
@@ -437,15 +447,35 @@ class WebGroup(Group):
                     self._abort(child, "boot-timeout", self.config.boot_timeout)
                 elif child.state is State.READY and now - child.last_seen > self.config.timeout:
                     self._abort(child, "timeout", self.config.timeout)
+                elif child.state is State.READY and (stuck := self._stuck_request(child, now)):
+                    self._abort(child, "timeout", self.config.timeout, stuck)
+            for key in self.longest.keys() - self.children.keys():
+                del self.longest[key]
             if self.config.max_memory is not None and now >= next_memory_check:
                 next_memory_check = now + MEMORY_CHECK_INTERVAL
                 self._recycle_oversized(self.config.max_memory)
 
-    def _abort(self, child: Child, reason: str, limit: float) -> None:
+    def _stuck_request(self, child: Child, now: float) -> str | None:
+        """A WSGI request that has run in a thread for more than --timeout, described; or None.
+
+        Its thread does not block the event loop, so the heartbeat goes on:
+        the heartbeat's age of the longest request is what counts, as
+        gunicorn's arbiter counts a sync worker's request.
+        """
+        longest = self.longest.get(child.key)
+        if longest is None:
+            return None
+        (seconds, thread, request), received = longest
+        if seconds + (now - received) <= self.config.timeout:
+            return None
+        return f"has run {request} for {self.config.timeout:g}s in thread {thread}"
+
+    def _abort(self, child: Child, reason: str, limit: float, stuck: str | None = None) -> None:
         what = "has not become ready" if reason == "boot-timeout" else "has not answered"
+        whose = "its stack" if stuck is None else "every thread's stack"
         self.output.say(
-            f"{child.name} (pid {child.pid}) {what} for {limit:g}s: "
-            "sending SIGABRT to log its stack, then SIGKILL"
+            f"{child.name} (pid {child.pid}) {stuck or f'{what} for {limit:g}s'}: "
+            f"sending SIGABRT to log {whose}, then SIGKILL"
         )
         child.abort(reason, time.monotonic() + ABORT_GRACE)
         signal_child(child, signal.SIGABRT)

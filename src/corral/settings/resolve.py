@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from corral.settings import app_ref
 from corral.settings.base import ConfigError, env_name, explain
 from corral.settings.declared import (
     CONFIG_FILE,
@@ -188,6 +189,8 @@ def resolve(
         problems.append(f"{where}: the pid file is the manager's: set pidfile under [corral]")
     if app is not None:
         web_values["app"] = app
+    elif file is None and (found := app_ref.default(directory)) is not None:
+        web_values["app"] = found  # `corral run` alone, as `fastapi run` alone
     web = None
     if "app" in web_values:
 
@@ -200,12 +203,16 @@ def resolve(
             web = WebConfig.from_sources(
                 web_values, source="corral run", describe=describe, environ=environ
             )
+            app_ref.read(web.app, directory)
         except ConfigError as error:
             problems += error.messages
+        except ValueError as error:
+            problems.append(f"{describe('app')}: {error}")
     elif raw_web is not None and file is not None:
-        problems.append(f"{file.where(['web'], 'app')}: missing (expected MODULE:ATTRIBUTE)")
+        problems.append(f"{file.where(['web'], 'app')}: missing (expected {app_ref.EXPECTED})")
     elif flags:
-        problems.append("no app given: expected `corral run MODULE:ATTRIBUTE`, such as main:app")
+        missing = f"no app given: expected {app_ref.EXPECTED}"
+        problems.append(missing + (f"; {_no_default()}" if file is None else ""))
     if problems:
         raise ConfigError(problems)
     if web is None and not declared.processes and not declared.jobs:
@@ -213,8 +220,9 @@ def resolve(
         raise ConfigError(
             [
                 f"no app given and nothing declared ({where}): expected "
-                "`corral run MODULE:ATTRIBUTE` (such as main:app), "
+                f"`corral run APP`, APP being {app_ref.EXPECTED}, "
                 "or [web], [processes] or [jobs] in corral.toml"
+                + (f"; {_no_default()}" if file is None else "")
             ]
         )
     env = _environment(declared, file)
@@ -227,6 +235,10 @@ def resolve(
     else:
         where = file.where(["corral"], "only")
     return select(system, manager.only, where)
+
+
+def _no_default() -> str:
+    return f"none of {', '.join(app_ref.DEFAULT_FILES)} here either"
 
 
 def _environment(declared: FileConfig, file: ConfigFile | None) -> dict[str, str]:

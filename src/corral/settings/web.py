@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import ByteSize, Field, field_validator, model_validator
 
+from corral.settings import app_ref
 from corral.settings.base import (
     BINDING,
     CONTROL,
@@ -74,7 +75,10 @@ class ManagerConfig(Settings):
 class WebConfig(Settings):
     """Everything `corral run APP` takes."""
 
-    app: str = Field(description="The ASGI app, as MODULE:ATTRIBUTE.")
+    app: str = Field(
+        description="The app (ASGI or WSGI): MODULE:ATTRIBUTE (main:app), a file "
+        "(main.py, src/app/main.py, optionally with :ATTRIBUTE) or a package folder."
+    )
     bind: Annotated[list[str], flag("--bind", "-b", group=BINDING, metavar="ADDRESS")] = Field(
         default_factory=list,
         description="Listen on HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N; repeatable. "
@@ -108,8 +112,8 @@ class WebConfig(Settings):
     timeout: Annotated[Duration, flag("--timeout", group=WORKERS, metavar="SECONDS")] = Field(
         30.0,
         gt=0,
-        description="Kill a worker whose event loop has not answered for this long "
-        "(its stack is logged first).",
+        description="Kill a worker whose event loop has not answered, or (WSGI) whose "
+        "request has run in a thread, for this long (its stack is logged first).",
     )
     boot_timeout: Annotated[Duration, flag("--boot-timeout", group=WORKERS, metavar="SECONDS")] = (
         Field(60.0, gt=0, description="Kill a worker that has not become ready in this long.")
@@ -144,6 +148,24 @@ class WebConfig(Settings):
     preload: Annotated[bool, flag("--preload/--no-preload", group=WORKERS)] = Field(
         True,
         description="Import the app once, before forking workers, so they share its memory.",
+    )
+    interface: Annotated[Literal["auto", "asgi", "wsgi"], flag("--interface", group=WORKERS)] = (
+        Field(
+            "auto",
+            description="asgi or wsgi; auto tells them apart by the app's call signature "
+            "and asks for this flag when it cannot.",
+        )
+    )
+    threads: Annotated[int, flag("--threads", group=WORKERS)] = Field(
+        1,
+        ge=1,
+        description="WSGI apps: the threads each worker runs requests in, as gunicorn's "
+        "--threads (1: one request at a time per worker, as gunicorn's default).",
+    )
+    loop: Annotated[Literal["auto", "asyncio", "uvloop"], flag("--loop", group=WORKERS)] = Field(
+        "auto",
+        description="The workers' event loop: uvloop, asyncio, or auto (uvloop if installed), "
+        "as uvicorn's --loop.",
     )
 
     root_path: Annotated[str, flag("--root-path", group=HTTP)] = Field(
@@ -285,11 +307,8 @@ class WebConfig(Settings):
 
     @field_validator("app")
     @classmethod
-    def _app_is_module_attribute(cls, value: str) -> str:
-        module, _, attribute = value.partition(":")
-        if not module or not attribute:
-            raise ValueError(f"expected MODULE:ATTRIBUTE such as main:app, got {value!r}")
-        return value
+    def _app_is_module_attribute_or_file(cls, value: str) -> str:
+        return app_ref.check(value)
 
     @model_validator(mode="after")
     def _tls_pair(self) -> WebConfig:
