@@ -53,6 +53,7 @@ from corral.manager.child import (
     status_row,
     unix_time,
 )
+from corral.manager.exits import describe_exit
 from corral.manager.group import Group, Refused
 from corral.manager.launcher_handle import LauncherHandle
 from corral.manager.metrics import Metrics
@@ -60,7 +61,6 @@ from corral.manager.output import Output
 from corral.manager.respawn import Respawner
 from corral.manager.zygote_handle import AppFailed, ZygoteHandle
 from corral.manager.zygote_slot import ZygoteSlot
-from corral.posix import describe_exit
 from corral.settings import WebConfig
 from corral.units import format_size
 
