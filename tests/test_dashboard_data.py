@@ -68,6 +68,15 @@ def test_each_point_is_measured_over_the_window_and_the_series_is_bounded():
     assert points["p99"][0] == pytest.approx(4.95)  # before the slow ones: all <= 5 ms
 
 
+def test_the_first_points_are_measured_over_the_samples_there_are():
+    series = RequestSeries(kept=60.0, interval=2.0, window=10.0)
+    for tick in range(3):
+        series.add(100.0 + 2 * tick, RequestTotals(10 * tick, 0, tuple(_buckets(b0_005=10 * tick))))
+    points = series.points()
+    assert points["t"] == [102.0, 104.0]
+    assert points["rate"] == [5.0, 5.0]
+
+
 def test_a_point_without_requests_has_no_latency():
     series = RequestSeries(interval=1.0, window=1.0)
     series.add(0.0, RequestTotals(5, 0, tuple(_buckets(b0_005=5))))

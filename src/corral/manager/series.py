@@ -73,7 +73,11 @@ class RequestSeries:
         requests), `errors` (5xx or unanswered requests/s)."""
         samples = list(self._samples)
         columns: dict[str, list[Any]] = {"t": [], "rate": [], "p50": [], "p99": [], "errors": []}
-        for (start, first), (end, last) in zip(samples, samples[self._lag :], strict=False):
+        # Until the window is full of samples (the first RATE_WINDOW seconds), the first
+        # points are measured over what there is.
+        full = len(samples) == self._samples.maxlen
+        for index in range(self._lag if full else 1, len(samples)):
+            (start, first), (end, last) = samples[max(index - self._lag, 0)], samples[index]
             elapsed = end - start
             if elapsed <= 0:
                 continue
