@@ -69,10 +69,11 @@ def cpu_per_request(mode: str, app: str, seconds: int) -> tuple[float, float]:
         time.sleep(0.5)
         wrk(port, 1)  # warm up
         process = psutil.Process(manager.pid)
-        before = sum(worker.cpu_times()[:2]), sum(process.cpu_times()[:2])
+        worker_before, manager_before = sum(worker.cpu_times()[:2]), sum(process.cpu_times()[:2])
         served = wrk(port, seconds)
-        after = sum(worker.cpu_times()[:2]), sum(process.cpu_times()[:2])
-        return tuple((end - start) / served * 1e6 for start, end in zip(before, after))
+        worker_used = sum(worker.cpu_times()[:2]) - worker_before
+        manager_used = sum(process.cpu_times()[:2]) - manager_before
+        return worker_used / served * 1e6, manager_used / served * 1e6
     finally:
         manager.send_signal(signal.SIGTERM)
         try:

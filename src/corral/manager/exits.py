@@ -3,9 +3,10 @@ when it can tell one.
 
 A process the kernel's OOM killer ends dies of SIGKILL, as one killed by
 hand does: its exit status cannot tell them apart. Its memory cgroup counts
-OOM kills though (`oom_kill` in `memory.events` with cgroup v2, in
-`memory.oom_control` with v1), of every process in it and below it, which
-is where corral's children are unless something moved them. So a SIGKILL
+OOM kills though: `oom_kill` in `memory.events` with cgroup v2 (the
+processes in it and below it), in `memory.oom_control` with v1 (in it
+only), and corral's children are in the manager's cgroup unless something
+moved them. So a SIGKILL
 death within OOM_WINDOW seconds of a rise of that count reads "killed by
 SIGKILL (out of memory?)": the count says that a process of the cgroup was
 killed for memory, not which one, hence the question mark. Where there is

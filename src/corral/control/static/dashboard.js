@@ -8,7 +8,8 @@ const FAST_POLL = 500; // ms while an action waits for its result
 const ACTION_PATIENCE = 120; // s an action's result is waited for
 const LOG_LINES = 200; // lines a log view starts with
 const MAX_LOG_LINES = 500; // lines kept in the page: the oldest go
-const CHART_SPAN = 900; // s of history on the charts
+// The charts' spans (s) and their ticks' step: the last 15 minutes, or less while corral is younger.
+const SPANS = [[60, 15], [120, 30], [300, 60], [600, 120], [900, 300]];
 const SVG = "http://www.w3.org/2000/svg";
 
 const $ = (id) => document.getElementById(id);
@@ -400,15 +401,19 @@ function renderWeb() {
   const web = state.web;
   $("web-section").hidden = !web;
   if (!web) return;
-  setText($("web-window"), `last ${CHART_SPAN / 60} minutes; each point over ${web.window}s; dashed lines: reloads`);
+  const age = state.now - state.corral.started;
+  const [span, step] = SPANS.find(([s]) => s >= age) || SPANS[SPANS.length - 1];
+  const shown = span >= 60 ? `${span / 60} minute${span > 60 ? "s" : ""}` : `${span}s`;
+  setText($("web-window"), `last ${shown}; each point over ${web.window}s; dashed lines: reloads`);
   const last = (name) => { const v = web[name]; return v.length ? v[v.length - 1] : null; };
   setText($("now-rate"), last("rate") === null ? "" : number(last("rate"), 1));
   setText($("now-p50"), number(last("p50"), 1));
   setText($("now-p99"), number(last("p99"), 1));
   setText($("now-errors"), last("errors") === null ? "" : number(last("errors"), 2));
-  chart($("chart-rate"), web.t, [{ values: web.rate, cls: "line-rate" }], web.reloads);
-  chart($("chart-latency"), web.t, [{ values: web.p50, cls: "line-p50" }, { values: web.p99, cls: "line-p99" }], web.reloads);
-  chart($("chart-errors"), web.t, [{ values: web.errors, cls: "line-errors" }], web.reloads);
+  const axis = { span, step };
+  chart($("chart-rate"), axis, web.t, [{ values: web.rate, cls: "line-rate" }], web.reloads);
+  chart($("chart-latency"), axis, web.t, [{ values: web.p50, cls: "line-p50" }, { values: web.p99, cls: "line-p99" }], web.reloads);
+  chart($("chart-errors"), axis, web.t, [{ values: web.errors, cls: "line-errors" }], web.reloads);
 }
 
 function niceMax(value) {
@@ -418,10 +423,16 @@ function niceMax(value) {
   return 10 * power;
 }
 
-function chart(svg, times, series, reloads) {
+function offset(seconds) {
+  if (seconds === 0) return "now";
+  if (seconds < 60) return `-${seconds}s`;
+  return seconds % 60 ? `-${Math.floor(seconds / 60)}m${seconds % 60}s` : `-${seconds / 60}m`;
+}
+
+function chart(svg, axis, times, series, reloads) {
   const W = 600, H = 170, left = 44, right = 8, top = 10, bottom = 22;
-  const end = state.now, start = end - CHART_SPAN;
-  const x = (t) => left + ((t - start) / CHART_SPAN) * (W - left - right);
+  const end = state.now, start = end - axis.span;
+  const x = (t) => left + ((t - start) / axis.span) * (W - left - right);
   let max = 0;
   for (const s of series) for (let i = 0; i < times.length; i++) if (times[i] >= start && s.values[i] !== null) max = Math.max(max, s.values[i]);
   max = niceMax(max);
@@ -432,8 +443,9 @@ function chart(svg, times, series, reloads) {
     nodes.push(el("svg:line", { cls: "axis", x1: left, x2: W - right, y1: y(value), y2: y(value) }));
     nodes.push(el("svg:text", { cls: "tick", x: left - 4, y: y(value) + 4, "text-anchor": "end", text: value >= 100 ? Math.round(value) : +value.toFixed(2) }));
   }
-  for (const minutes of [15, 10, 5, 0]) {
-    nodes.push(el("svg:text", { cls: "tick", x: x(end - minutes * 60), y: H - 6, "text-anchor": minutes === 15 ? "start" : minutes ? "middle" : "end", text: minutes ? `-${minutes}m` : "now" }));
+  for (let back = axis.span; back >= 0; back -= axis.step) {
+    const anchor = back === axis.span ? "start" : back ? "middle" : "end";
+    nodes.push(el("svg:text", { cls: "tick", x: x(end - back), y: H - 6, "text-anchor": anchor, text: offset(back) }));
   }
   for (const reload of reloads) {
     if (reload.t < start) continue;
