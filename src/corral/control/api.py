@@ -43,6 +43,7 @@ PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/metrics"})  # probes and scrape
 MAX_BODY = 65536
 DEFAULT_LOG_LINES = 100
 CALLER = "corral.caller"  # the scope key under which a request's Caller is kept
+AUDIT_BODY = 300  # characters of a call's body its audit line shows
 
 
 class Access(enum.Enum):
@@ -146,7 +147,6 @@ class ControlApp:
         self.controller = controller
         self.probes_only = probes_only
         self.tokens = tokens
-        self.sessions = sessions
         self._followers: set[Subscription] = set()
         self._ending = False
         self._routes: dict[str, Route] = {
@@ -245,9 +245,9 @@ class ControlApp:
 
         async def handle(scope: Scope, receive: Receive, send: Send) -> None:
             body = await read_object(receive)
-            asked = f"{scope[CALLER]}: POST {scope['path']}" + (
-                f" {_json(body).decode()}" if body else ""
-            )
+            asked = f"{scope[CALLER]}: POST {scope['path']}"
+            if body:
+                asked += " " + _json(body).decode()[:AUDIT_BODY]
             try:
                 message = await act(body)
             except ControlError as error:

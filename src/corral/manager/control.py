@@ -224,6 +224,7 @@ class ControlPlan:
         self.controller = controller
         tcp = []
         if self.tcp is not None:
+            controller.start_sampling()  # before any call can ask the dashboard's state
             app = make_app(controller, self.token, self.read_token, self.sessions)
             tcp.append((self.tcp, app))
         if self.probes is not None:
@@ -244,12 +245,10 @@ class ControlPlan:
                     else " in CORRAL_TOKEN"
                 )
             )
-            self._open_dashboard(controller, output, servers.addresses[1])
+            self._announce_dashboard(output, servers.addresses[1])
         return servers
 
-    def _open_dashboard(
-        self, controller: ManagerControl, output: Output, address: UnixAddress | TcpAddress
-    ) -> None:
+    def _announce_dashboard(self, output: Output, address: UnixAddress | TcpAddress) -> None:
         """The dashboard is served with the TCP API: say where, write the read-only token."""
         assert self.sessions is not None and self.read_token is not None
         read_path = read_token_path(self.unix_path)
@@ -258,7 +257,6 @@ class ControlPlan:
         if isinstance(address, TcpAddress) and address.host in WILDCARDS:
             url = f"http://{TcpAddress(WILDCARDS[address.host], address.port)}/"
         self.sessions.base_url = url
-        controller.start_sampling()
         where = read_path if self.read_token_generated else READ_TOKEN_VARIABLE
         output.say(
             f"dashboard on {url}: `corral dashboard` prints a one-time login link; "

@@ -209,7 +209,7 @@ function renderGroups() {
   }
   for (const group of state.groups) {
     const node = box.querySelector(`[data-group="${CSS.escape(group.name)}"] .size`);
-    if (node) setText(node, group.name === "jobs" ? `${group.size} jobs` : `${group.size} wanted`);
+    if (node) setText(node, group.name === "jobs" ? `${group.size} job${group.size === 1 ? "" : "s"}` : `${group.size} wanted`);
   }
 }
 
