@@ -212,6 +212,8 @@ class WebGroup(Group):
             signal_child(child, signal.SIGTERM)
 
     def _on_ready(self, child: Child) -> None:
+        if child.state is not State.STARTING:  # asked to stop as it said ready: it drains
+            return
         child.to(State.READY)
         old, child.replaces = child.replaces, None
         if old is not None and old.serving():
