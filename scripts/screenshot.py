@@ -100,7 +100,6 @@ def main() -> None:
     for program in ("redis-server", CHROMIUM):
         if shutil.which(program) is None:
             sys.exit(f"{program} is missing: apt-get install redis-server chromium")
-    os.environ["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] = "1"
     from playwright.sync_api import sync_playwright
 
     scratch = Path(tempfile.mkdtemp(prefix="corral-screenshot-"))

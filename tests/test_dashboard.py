@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import os
 import re
 import subprocess
 import sys
@@ -90,7 +89,6 @@ def browser() -> Iterator[Browser]:
     """A headless Debian chromium, closed after the test."""
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: .ci/run installs it (apt-get install chromium)")
-    os.environ["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] = "1"
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
