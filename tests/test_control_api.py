@@ -37,6 +37,7 @@ from corral.manager.logbuffer import LogBuffer
 
 T = TypeVar("T")
 TOKEN = "test-token-0123456789"
+READ_TOKEN = "test-read-token-9876543210"
 GROUPS = ("web", "worker")
 
 
@@ -84,9 +85,13 @@ class RecordingController:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
+        self.audited: list[str] = []
         self.logs = LogBuffer()
         self.ready: tuple[bool, str] = (True, "")
         self.snapshot = status_at(time.time())
+
+    def audit(self, line: str) -> None:
+        self.audited.append(line)
 
     def status(self) -> dict[str, Any]:
         return self.snapshot
@@ -179,7 +184,7 @@ def loop() -> Iterator[LoopThread]:
 def running(loop: LoopThread, tmp_path: Path) -> Iterator[Running]:
     controller = RecordingController()
     path = tmp_path / "control.sock"
-    tcp_app = make_app(controller, TOKEN)
+    tcp_app = make_app(controller, TOKEN, READ_TOKEN)
     servers = loop.run(
         serve_control(make_app(controller, None), path, (TcpAddress("127.0.0.1", 0), tcp_app))
     )
@@ -288,6 +293,46 @@ def test_tcp_calls_with_the_token_reach_the_controller(running):
     assert reloaded.json() == {"message": "reloading web"}
     assert stopped.json() == {"message": "stopping"}
     assert running.controller.calls == [("reload", "web"), ("stop", None)]
+
+
+def test_each_call_that_changes_something_is_logged_with_who_made_it_never_the_token(running):
+    with running.http() as client:
+        client.headers["Authorization"] = f"Bearer {TOKEN}"
+        client.post("/scale", json={"counts": {"web": 3}})
+        client.post("/restart", json={"target": "nope.1"})
+    with running.unix() as client:
+        client.post("/jobs/beat/run")
+    assert running.controller.audited == [
+        'admin (token): POST /scale {"counts": {"web": 3}}: scaling web to 3',
+        "admin (token): POST /restart "
+        '{"target": "nope.1"}: refused: no group or process named \'nope.1\' '
+        "(expected one of: web, worker)",
+        "the control socket: POST /jobs/beat/run: running beat",
+    ]
+    assert not any(TOKEN in line for line in running.controller.audited)
+
+
+def test_the_read_only_token_reads_everything_and_changes_nothing(running):
+    with running.http() as client:
+        client.headers["Authorization"] = f"Bearer {READ_TOKEN}"
+        status = client.get("/status")
+        logs = client.get("/logs")
+        refused = [
+            client.post("/reload", json={"group": "web"}),
+            client.post("/restart", json={"target": "web.2"}),
+            client.post("/scale", json={"counts": {"web": 1}}),
+            client.post("/stop"),
+            client.post("/jobs/beat/run"),
+        ]
+    assert status.status_code == 200 and status.json() == running.controller.snapshot
+    assert logs.status_code == 200
+    assert [answer.status_code for answer in refused] == [403] * len(refused)
+    assert refused[0].json() == {"error": "the read-only token cannot change anything"}
+    assert running.controller.calls == []
+    assert running.controller.audited[0] == (
+        "read-only (token): POST /reload refused: the read-only token cannot change anything"
+    )
+    assert len(running.controller.audited) == len(refused)
 
 
 def test_probes_and_metrics_need_no_token(running):

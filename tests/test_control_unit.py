@@ -32,6 +32,7 @@ from corral.control.table import (
     time_until,
 )
 from corral.control.token import load_or_create_token, read_token, token_path, write_token
+from corral.logformat import json_line, prefix_for
 from corral.manager.logbuffer import Entry, LogBuffer, matches
 
 NOW = 1_700_000_000.0
@@ -214,6 +215,53 @@ def test_a_slow_follower_misses_lines_and_is_told_how_many():
         ("corral", "[2 lines not shown here: this follower fell behind]"),
     ]
     assert second == [("web.1", "line 5")]
+
+
+def _access_block(*lines: tuple[str, str], color: bool = False) -> bytes:
+    """Access lines as a worker writes them: each prefixed with its process's name."""
+    return "".join(prefix_for(process, color) + line + "\n" for process, line in lines).encode()
+
+
+def test_access_blocks_are_read_back_as_lines_and_merged_with_the_others_in_time():
+    buffer = LogBuffer()
+    buffer.append("corral", "web.1 started")
+    buffer.append_block(_access_block(("web.1", "GET / 200"), ("web.2", "GET /a 200")), False)
+    buffer.append("web.2", "WARNING: slow")
+    colored = _access_block(("web.2", "GET /b 500"), color=True)
+    json_lines = (json_line("web.1", 42, "GET /c 200") + "\n").encode()
+    buffer.append_block(colored, False)
+    buffer.append_block(json_lines, True)
+    every = [(e.process, e.line) for e in buffer.recent(None, 100)]
+    assert every == [
+        ("corral", "web.1 started"),
+        ("web.1", "GET / 200"),
+        ("web.2", "GET /a 200"),
+        ("web.2", "WARNING: slow"),
+        ("web.2", "GET /b 500"),
+        ("web.1", "GET /c 200"),
+    ]
+    assert [e.line for e in buffer.recent("web.2", 2)] == ["WARNING: slow", "GET /b 500"]
+    assert [e.line for e in buffer.recent("web", 2)] == ["GET /b 500", "GET /c 200"]
+
+
+def test_access_blocks_are_bounded_in_bytes_oldest_first():
+    buffer = LogBuffer(block_bytes=100)
+    blocks = [_access_block(("web.1", f"GET /{n} 200")) for n in range(10)]
+    for block in blocks:
+        buffer.append_block(block, False)
+    kept = [e.line for e in buffer.recent(None, 100)]
+    assert len(kept) == 100 // len(blocks[0])
+    assert kept[-1] == "GET /9 200"
+
+
+def test_a_follower_gets_the_lines_of_new_access_blocks():
+    async def scenario() -> list[tuple[str, str]]:
+        buffer = LogBuffer()
+        with buffer.follow("web.2") as subscription:
+            buffer.append_block(_access_block(("web.1", "one"), ("web.2", "two")), False)
+            return [(e.process, e.line) for e in await anext(subscription)]
+
+    assert asyncio.run(scenario()) == [("web.2", "two")]
 
 
 def test_closing_a_subscription_wakes_its_waiting_follower():

@@ -47,6 +47,7 @@ from corral.ipc.messages import (
     Recycle,
     TakeBacklogThenStop,
 )
+from corral.logformat import prefix_for
 from corral.posix import waiting_connections
 from corral.settings import WebConfig
 
@@ -71,6 +72,7 @@ class WorkerSpec:
     access_fd: int
     zygote_pid: int
     log_format: str  # text or json, for the access lines
+    color: bool  # colored prefixes on the access lines (corral's output is a terminal)
 
 
 def run_worker(spec: WorkerSpec) -> int:
@@ -96,7 +98,7 @@ def run_worker(spec: WorkerSpec) -> int:
     writer = None
     if spec.config.access_log:
         json_for = (spec.name, os.getpid()) if spec.log_format == "json" else None
-        prefix = output_prefix(spec.name, spec.access_fd)
+        prefix = prefix_for(spec.name, spec.color)
         writer = BlockWriter(spec.access_fd, prefix, json_for)
     requests = RequestLog(RequestStats(), writer)
     if writer is not None:
@@ -123,13 +125,6 @@ def run_worker(spec: WorkerSpec) -> int:
     finally:
         server.send_heartbeat()  # the last counts, so the manager's totals miss no request
     return OK if server.started else APP_FAILED
-
-
-def output_prefix(name: str, fd: int) -> str:
-    """The `web.2 | ` prefix for lines this worker writes straight to corral's output."""
-    from corral.logformat import prefix_for
-
-    return prefix_for(name, color=os.isatty(fd))
 
 
 def channel_socket(fd: int) -> socket.socket:

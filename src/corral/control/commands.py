@@ -1,4 +1,5 @@
-"""The CLI verbs that talk to a running corral: status, reload, restart, scale, stop, jobs, logs.
+"""The CLI verbs that talk to a running corral: status, reload, restart, scale, stop, jobs, logs,
+dashboard.
 
 Each is a thin client of the control API, by default of the corral running
 in the current directory (`corral.control.discovery`). Exit codes: 0 done, 1
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 import time
+import webbrowser
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -198,4 +201,30 @@ def logs(client: ControlClient, follow: bool, lines: int, selector: str | None) 
             click.echo(prefix_for(entry["process"], color) + entry["line"])
 
 
-COMMANDS: list[click.Command] = [status, reload, restart, scale, stop, jobs, logs]
+@click.command()
+@click.option("--read-only", is_flag=True, help="A login that sees everything and changes nothing.")
+@click.option("--no-browser", is_flag=True, help="Print the link only, even with a display.")
+@control_command
+def dashboard(client: ControlClient, read_only: bool, no_browser: bool) -> None:
+    """Print a one-time login link to the dashboard, and open it where a browser can.
+
+    The dashboard is served on the control API's TCP address (corral run
+    --control 127.0.0.1:9000); the link is good once, for a few minutes.
+    """
+    role = "read-only" if read_only else "admin"
+    answer = client.post_json("/dashboard/login-code", {"role": role})
+    minutes = answer["expires_in"] / 60
+    click.echo(answer["url"])
+    click.echo(f"(a one-time login as {answer['role']}, good for {minutes:g} minutes)", err=True)
+    if not no_browser and has_display():
+        webbrowser.open(answer["url"])
+
+
+def has_display() -> bool:
+    """Whether a browser opened here would show up: a desktop session, not a shell over SSH."""
+    return sys.platform == "darwin" or bool(
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    )
+
+
+COMMANDS: list[click.Command] = [status, reload, restart, scale, stop, jobs, logs, dashboard]

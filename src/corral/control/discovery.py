@@ -16,7 +16,7 @@ from pathlib import Path
 from corral.control.address import ROOT, UnixAddress, control_folder, control_paths
 from corral.control.client import ClientError, ControlClient, NotRunning
 from corral.control.table import MISSING, render_table
-from corral.control.token import read_token, token_path
+from corral.control.token import read_token, read_token_path, token_path
 from corral.errors import UsageError
 from corral.posix import is_manager
 
@@ -43,7 +43,7 @@ def running_in(project: Path, root: Path = ROOT) -> dict[int, Path]:
         if is_manager(pid):
             live[pid] = path
             continue
-        for leftover in (path, token_path(path)):
+        for leftover in (path, token_path(path), read_token_path(path)):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()
     return live

@@ -1,8 +1,10 @@
-"""The bearer token that mutating calls on the TCP control listener need.
+"""The bearer tokens that calls on the TCP control listener need: admin and read-only.
 
 The Unix socket needs none: its mode (0600, in a 0700 folder) already
-admits only its user. The token is written beside that socket, mode 0600,
-so the same user's CLI finds it without being told.
+admits only its user. The tokens are written beside that socket, mode 0600,
+so the same user's CLI finds them without being told. The read-only token
+(CORRAL_READ_TOKEN, or one generated) sees everything and changes nothing:
+for a dashboard on a wall, or a colleague's.
 """
 
 from __future__ import annotations
@@ -13,15 +15,23 @@ from collections.abc import Mapping
 from pathlib import Path
 
 TOKEN_VARIABLE = "CORRAL_TOKEN"
+READ_TOKEN_VARIABLE = "CORRAL_READ_TOKEN"
 
 
 def token_path(socket_path: Path) -> Path:
     return socket_path.with_name(socket_path.name + ".token")
 
 
-def load_or_create_token(env: Mapping[str, str]) -> tuple[str, bool]:
-    """CORRAL_TOKEN when set (not empty), else a new random token; and whether it was generated."""
-    given = env.get(TOKEN_VARIABLE, "")
+def read_token_path(socket_path: Path) -> Path:
+    """Where the read-only token is written: beside the admin one."""
+    return socket_path.with_name(socket_path.name + ".read-token")
+
+
+def load_or_create_token(
+    env: Mapping[str, str], variable: str = TOKEN_VARIABLE
+) -> tuple[str, bool]:
+    """`variable` when set (not empty), else a new random token; and whether it was generated."""
+    given = env.get(variable, "")
     if given:
         return given, False
     return secrets.token_urlsafe(32), True

@@ -110,7 +110,9 @@ class Exited(Message):
 class WebZygoteSpec(Message):
     """A web zygote's first message: the web settings (as JSON) and how to log.
 
-    Descriptors: the access log's output, then every listening socket.
+    Descriptors: the access log's pipe to the manager, then every listening
+    socket. `color`: whether the access lines' prefixes are colored (the
+    manager's output is a terminal).
     """
 
     tag: ClassVar[str] = "web-spec"
@@ -118,6 +120,7 @@ class WebZygoteSpec(Message):
     config: dict[str, Any]
     stop_timeout: float
     log_format: str
+    color: bool = False
 
 
 @_message

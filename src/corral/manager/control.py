@@ -26,16 +26,28 @@ from corral.control.address import (
 from corral.control.api import ControlError, make_app, make_probes_app
 from corral.control.discovery import running_in
 from corral.control.server import ControlServers, serve_control
-from corral.control.token import load_or_create_token, token_path, write_token
+from corral.control.sessions import Sessions
+from corral.control.token import (
+    READ_TOKEN_VARIABLE,
+    load_or_create_token,
+    read_token_path,
+    token_path,
+    write_token,
+)
+from corral.manager import dashboard_state
 from corral.manager.child import status_row
 from corral.manager.group import Refused
 from corral.manager.logbuffer import LogBuffer
 from corral.manager.metrics import ProcessSample
 from corral.manager.output import Output
+from corral.manager.series import Sampler
 from corral.version import __version__
 
 if TYPE_CHECKING:
     from corral.manager.supervisor import Manager
+
+
+WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # where a browser on this machine reaches them
 
 
 class ManagerControl:
@@ -47,6 +59,7 @@ class ManagerControl:
         self.started = time.time()
         self.project = os.getcwd()
         self._sampled: dict[int, psutil.Process] = {}  # kept, so cpu_percent measures since last
+        self.sampler: Sampler | None = None  # the dashboard's series, once it is served
 
     # -- observation -------------------------------------------------------------
 
@@ -57,19 +70,44 @@ class ManagerControl:
             row["cpu_percent"], row["rss"] = self._sample(row["pid"])
         self._forget_others({row["pid"] for row in rows})
         return {
-            "corral": {
-                "pid": os.getpid(),
-                "version": __version__,
-                "project": self.project,
-                "started": self.started,
-                "reloads": manager.reload_count,
-                "app": manager.system.web.app if manager.system.web is not None else None,
-                "config": str(manager.system.config) if manager.system.config else None,
-                "listening": manager.listening,
-            },
+            "corral": self._about(),
             "processes": rows,
             "jobs": manager.jobs.schedule_status() if manager.jobs is not None else [],
         }
+
+    def _about(self) -> dict[str, Any]:
+        manager = self.manager
+        return {
+            "pid": os.getpid(),
+            "version": __version__,
+            "project": self.project,
+            "started": self.started,
+            "reloads": manager.reload_count,
+            "app": manager.system.web.app if manager.system.web is not None else None,
+            "config": str(manager.system.config) if manager.system.config else None,
+            "listening": manager.listening,
+        }
+
+    # -- the dashboard (corral.control.dashboard) ----------------------------------
+
+    def start_sampling(self) -> None:
+        """Keep the dashboard's series from now on (`close_sampling` ends it)."""
+        live = lambda: [(r["name"], r["pid"]) for r in self._processes() if r["pid"] is not None]  # noqa: E731
+        self.sampler = Sampler(self.manager.metrics, live)
+
+    def close_sampling(self) -> None:
+        if self.sampler is not None:
+            self.sampler.close()
+
+    def dashboard_state(self) -> dict[str, Any]:
+        assert self.sampler is not None, "the dashboard is served only with its sampler"
+        return dashboard_state.state(self.manager, self._about(), self.sampler, self._processes())
+
+    def job_run(self, job: str, number: int) -> dict[str, Any] | None:
+        return dashboard_state.job_run(self.manager, job, number)
+
+    def audit(self, line: str) -> None:
+        self.manager.output.say(f"control: {line}")
 
     def readiness(self) -> tuple[bool, str]:
         return self.manager.readiness()
@@ -176,17 +214,29 @@ class ControlPlan:
             self.unix_path = control_path(Path.cwd(), os.getpid())
         self.token: str | None = None
         self.token_generated = False
+        self.read_token: str | None = None
+        self.read_token_generated = False
+        self.sessions: Sessions | None = None  # the dashboard's, served with the TCP API
+        self.controller: ManagerControl | None = None
         if self.tcp is not None:
             self.token, self.token_generated = load_or_create_token(os.environ)
+            self.read_token, self.read_token_generated = load_or_create_token(
+                os.environ, READ_TOKEN_VARIABLE
+            )
+            self.sessions = Sessions()
 
     async def open(self, controller: ManagerControl, output: Output) -> ControlServers:
         """Start listening (AlreadyRunning, BindError if it cannot), and say where."""
+        self.controller = controller
         tcp = []
         if self.tcp is not None:
-            tcp.append((self.tcp, make_app(controller, self.token)))
+            controller.start_sampling()  # before any call can ask the dashboard's state
+            app = make_app(controller, self.token, self.read_token, self.sessions)
+            tcp.append((self.tcp, app))
         if self.probes is not None:
             tcp.append((self.probes, make_probes_app(controller)))
-        servers = await serve_control(make_app(controller, None), self.unix_path, *tcp)
+        local = make_app(controller, None, sessions=self.sessions)
+        servers = await serve_control(local, self.unix_path, *tcp)
         output.say(f"control socket: {self.unix_path}")
         if self.probes is not None:
             output.say(f"probes on http://{servers.addresses[-1]}: /livez, /readyz, /metrics")
@@ -201,9 +251,28 @@ class ControlPlan:
                     else " in CORRAL_TOKEN"
                 )
             )
+            self._announce_dashboard(output, servers.addresses[1])
         return servers
 
+    def _announce_dashboard(self, output: Output, address: UnixAddress | TcpAddress) -> None:
+        """The dashboard is served with the TCP API: say where, write the read-only token."""
+        assert self.sessions is not None and self.read_token is not None
+        read_path = read_token_path(self.unix_path)
+        write_token(read_path, self.read_token)
+        url = f"http://{address}/"
+        if isinstance(address, TcpAddress) and address.host in WILDCARDS:
+            url = f"http://{TcpAddress(WILDCARDS[address.host], address.port)}/"
+        self.sessions.base_url = url
+        where = read_path if self.read_token_generated else READ_TOKEN_VARIABLE
+        output.say(
+            f"dashboard on {url}: `corral dashboard` prints a one-time login link; "
+            f"the read-only token is in {where}"
+        )
+
     def close(self) -> None:
+        if self.controller is not None:
+            self.controller.close_sampling()
         if self.token is not None:
-            with contextlib.suppress(FileNotFoundError):
-                token_path(self.unix_path).unlink()
+            for path in (token_path(self.unix_path), read_token_path(self.unix_path)):
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()

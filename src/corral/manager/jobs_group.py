@@ -23,7 +23,9 @@ from corral.exit_codes import FAILURE
 from corral.ipc.messages import Exited, Forked, ForkRun, JobsZygoteSpec, Message
 from corral.manager.background import Background
 from corral.manager.child import status_row, unix_time
+from corral.manager.exits import describe_exit
 from corral.manager.group import Group, Refused
+from corral.manager.job_runs import JobRuns, RunRecord
 from corral.manager.launcher_handle import LauncherHandle
 from corral.manager.metrics import Metrics
 from corral.manager.output import Output
@@ -31,7 +33,6 @@ from corral.manager.schedule import Schedule
 from corral.manager.spawn import argv_for, signal_group, spawn
 from corral.manager.zygote_handle import AppFailed, ZygoteHandle
 from corral.manager.zygote_slot import ZygoteSlot
-from corral.posix import describe_exit
 from corral.settings import JobConfig
 from corral.settings.declared import jobs_stop_timeout
 
@@ -40,6 +41,7 @@ from corral.settings.declared import jobs_stop_timeout
 class Run:
     key: int
     job: str
+    record: RunRecord  # what the dashboard shows of it, its output included
     started: float = field(default_factory=time.monotonic)
     pid: int | None = None
     timed_out: bool = False
@@ -79,6 +81,7 @@ class JobsGroup(Group):
         self.output = output
         self.metrics = metrics
         self.records = {name: JobRecord() for name in jobs}
+        self.history = JobRuns()  # each job's last runs, with their output
         self.schedules = {name: Schedule(config) for name, config in jobs.items()}
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.runs: dict[int, Run] = {}
@@ -176,8 +179,9 @@ class JobsGroup(Group):
             record.last_started, record.last_duration = time.time(), 0.0
             record.last_result = "skipped: overlap"
             self.metrics.job_run(name, "skipped", 0.0, time.time())
+            self.history.finish(self.history.begin(name, what), "skipped: overlap", 0.0)
             return False
-        run = Run(next(self.keys), name)
+        run = Run(next(self.keys), name, self.history.begin(name, what))
         self.runs[run.key] = run
         if config.call is not None:
             self._fork_run(run, config)
@@ -202,12 +206,13 @@ class JobsGroup(Group):
             return
         finally:
             os.close(log_write)
-        self.output.attach(log_read, run.job)
+        self.output.attach(log_read, run.job, run.record.take)
         run.zygote = zygote
 
     def _missed(self, run: Run) -> None:
         self.runs.pop(run.key, None)
         self.output.say(f"{run.job}: tick missed, the jobs zygote is being replaced")
+        self.history.finish(run.record, "missed: the jobs zygote was being replaced", 0.0)
 
     async def _spawn_run(self, run: Run, config: JobConfig) -> None:
         env = {**self.env, **config.env}
@@ -219,10 +224,12 @@ class JobsGroup(Group):
                 env,
                 config.cwd,
                 identity=self.identity,
+                tee=run.record.take,
             )
         except OSError as error:
             self.output.say(f"{run.job}: cannot start: {error}")
             self.runs.pop(run.key, None)
+            self.history.finish(run.record, f"failed: cannot start: {error}", 0.0)
             return
         run.pid = run.process.pid
         self._finish(run, await run.process.wait())
@@ -248,6 +255,7 @@ class JobsGroup(Group):
             result = f"failed: {describe_exit(code)}"
         else:
             result = "ok"
+        self.history.finish(run.record, result, took)
         record = self.records.get(run.job)
         if record is None:  # the job was removed from corral.toml while this run went on
             return
@@ -316,6 +324,7 @@ class JobsGroup(Group):
             if name not in declaration:
                 self._disarm(name)
                 self.records.pop(name, None)
+                self.history.forget(name)
             elif declaration[name] != old[name]:
                 self._disarm(name)
         for name, config in declaration.items():

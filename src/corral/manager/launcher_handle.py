@@ -24,7 +24,7 @@ from corral.ipc import channel
 from corral.ipc.messages import Exited, LaunchZygote
 from corral.ipc.messages import Forked as ForkedMessage
 from corral.manager.exit_watch import watch_exit
-from corral.posix import describe_exit
+from corral.manager.exits import describe_exit
 
 
 class Forked:

@@ -3,6 +3,11 @@
 Everything here runs on the manager's event loop thread: `append` is called
 for each line the manager prints, so it does constant work per follower and
 never waits.
+
+The web workers' access lines come in blocks (`corral.manager.access_log`),
+up to thousands a second: a block is kept whole, as it was written, and is
+split into lines only when someone reads it (`recent`, or a follower), so
+that keeping them costs the manager next to nothing per request.
 """
 
 from __future__ import annotations
@@ -12,8 +17,11 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Iterator
+from heapq import merge
 from itertools import islice
 from typing import NamedTuple
+
+from corral.logformat import read_lines
 
 
 class Entry(NamedTuple):
@@ -53,6 +61,10 @@ class Subscription:
             self._dropped += 1
         self._wakeup.set()
 
+    def offer_all(self, entries: list[Entry]) -> None:
+        for entry in entries:
+            self.offer(entry)
+
     def close(self) -> None:
         """End the iteration, at once, even if a batch is waiting."""
         self._closed = True
@@ -76,11 +88,29 @@ class Subscription:
         return batch
 
 
-class LogBuffer:
-    """The last `capacity` lines of all processes, and the followers waiting for new ones."""
+class Block(NamedTuple):
+    """Access lines as a worker wrote them (`prefix_for` or JSON lines), and when they came."""
 
-    def __init__(self, capacity: int = 10000, follower_limit: int = 1000) -> None:
+    time: float  # Unix epoch seconds: every line of the block gets it
+    data: bytes
+    json: bool
+
+    def entries(self) -> list[Entry]:
+        lines = read_lines(self.data, self.json)
+        return [Entry(self.time, process, line) for process, line in lines]
+
+
+class LogBuffer:
+    """The last `capacity` lines of all processes, the last `block_bytes` bytes of access
+    lines, and the followers waiting for new ones."""
+
+    def __init__(
+        self, capacity: int = 10000, follower_limit: int = 1000, block_bytes: int = 4 << 20
+    ) -> None:
         self._entries: deque[Entry] = deque(maxlen=capacity)
+        self._blocks: deque[Block] = deque()
+        self._block_bytes = 0
+        self._block_limit = block_bytes
         self._follower_limit = follower_limit
         self._followers: set[Subscription] = set()
 
@@ -90,10 +120,32 @@ class LogBuffer:
         for follower in self._followers:
             follower.offer(entry)
 
+    def append_block(self, data: bytes, json_format: bool) -> None:
+        """Keep whole lines of access log (`data` ends with a newline), oldest dropped first."""
+        block = Block(time.time(), data, json_format)
+        self._blocks.append(block)
+        self._block_bytes += len(data)
+        while self._block_bytes > self._block_limit:
+            self._block_bytes -= len(self._blocks.popleft().data)
+        if self._followers:
+            entries = block.entries()
+            for follower in self._followers:
+                follower.offer_all(entries)
+
     def recent(self, selector: str | None, count: int) -> list[Entry]:
         """The last `count` entries `selector` matches, oldest first."""
-        newest_first = (e for e in reversed(self._entries) if matches(selector, e.process))
-        found = list(islice(newest_first, max(count, 0)))
+        count = max(count, 0)
+        lines = (e for e in reversed(self._entries) if matches(selector, e.process))
+        accesses = (
+            entry
+            for block in reversed(self._blocks)
+            for entry in reversed(block.entries())
+            if matches(selector, entry.process)
+        )
+        newest_first = merge(
+            islice(lines, count), islice(accesses, count), key=lambda e: e.time, reverse=True
+        )
+        found = list(islice(newest_first, count))
         found.reverse()
         return found
 

@@ -36,7 +36,8 @@ import re
 import shutil
 import stat
 import tempfile
-from collections import Counter
+import time
+from collections import Counter, deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,7 @@ RESTART_CAUSES = frozenset(
 )
 RELOAD_RESULTS = ("ok", "failed")
 JOB_RESULTS = frozenset({"ok", "failed", "timeout", "skipped"})
+RELOADS_KEPT = 100  # the last reloads' results, with their times, for the dashboard's charts
 
 _OWN_DIR_PREFIX = "corral-metrics-"  # then the manager's pid: corral-metrics-PID-XXXXXXXX
 # prometheus_client's per-process files: counter_<pid>.db, gauge_livesum_<pid>.db, ...
@@ -94,6 +96,15 @@ class _Requests:
         return _Requests(Counter(self.by), list(self.buckets), self.sum)
 
 
+@dataclass(frozen=True)
+class RequestTotals:
+    """Requests finished by every worker since corral started (what the dashboard charts)."""
+
+    count: int
+    errors: int  # answered 5xx, or not answered at all (status 0)
+    buckets: tuple[int, ...]  # per latency bucket (BUCKETS, then +Inf), not cumulative
+
+
 @dataclass
 class _JobDurations:
     count: int = 0
@@ -115,6 +126,7 @@ class Metrics:
         self._job_runs: Counter[tuple[str, str]] = Counter()
         self._job_durations: dict[str, _JobDurations] = {}
         self._job_last_success: dict[str, float] = {}
+        self.reloads_done: deque[tuple[float, str]] = deque(maxlen=RELOADS_KEPT)  # (time, result)
 
     # -- events ------------------------------------------------------------------
 
@@ -153,6 +165,7 @@ class Metrics:
         if result not in RELOAD_RESULTS:
             raise ValueError(f"unknown reload result {result!r}")
         self._reloads[result] += 1
+        self.reloads_done.append((time.time(), result))
 
     def job_run(self, job: str, result: str, seconds: float, finished_at: float) -> None:
         """Count one run of `job`; `finished_at` is a Unix time.
@@ -269,6 +282,16 @@ class Metrics:
             ),
             {(job,): finished_at for job, finished_at in self._job_last_success.items()},
         )
+
+    def request_totals(self) -> RequestTotals:
+        requests = self._requests()
+        errors = sum(count for (_, status), count in requests.by.items() if not 0 < status < 500)
+        return RequestTotals(sum(requests.buckets), errors, tuple(requests.buckets))
+
+    def in_flight(self, pid: int) -> int | None:
+        """The requests worker `pid` was serving at its last heartbeat; None before the first."""
+        snapshot = self._live.get(pid)
+        return None if snapshot is None else snapshot["in_flight"]
 
     def _requests(self) -> _Requests:
         """Request counts of all workers, exited and live."""

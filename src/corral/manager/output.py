@@ -11,11 +11,15 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Callable
 
 from corral.logformat import json_line, prefix_for
 from corral.manager.logbuffer import LogBuffer
 
 READ_SIZE = 65536
+
+Tee = Callable[[list[str]], None]
+"""Takes a child's lines as they come, besides the output (without their line ends)."""
 
 
 class Output:
@@ -44,13 +48,14 @@ class Output:
                 continue
             data = data[written:]
 
-    def attach(self, fd: int, name: str) -> Pump:
-        """Copy everything written to pipe `fd` to the output, each line marked as `name`'s.
+    def attach(self, fd: int, name: str, tee: Tee | None = None) -> Pump:
+        """Copy everything written to pipe `fd` to the output, each line marked as `name`'s,
+        and hand the lines to `tee` too (a job run's record keeps its output).
 
         The caller sets the returned pump's `pid` once it knows it.
         """
         os.set_blocking(fd, False)
-        pump = Pump(self, fd, name)
+        pump = Pump(self, fd, name, tee)
         self._pumps[fd] = pump
         asyncio.get_running_loop().add_reader(fd, pump.read)
         return pump
@@ -76,10 +81,11 @@ class Output:
 class Pump:
     """One child's pipe: complete lines go out at once, a partial line waits for its end."""
 
-    def __init__(self, output: Output, fd: int, name: str) -> None:
+    def __init__(self, output: Output, fd: int, name: str, tee: Tee | None = None) -> None:
         self.output = output
         self.fd = fd
         self.name = name
+        self.tee = tee
         self.pid: int | None = None
         self.prefix = prefix_for(name, output.color).encode()
         self.partial = b""
@@ -103,6 +109,8 @@ class Pump:
         text = lines.decode("utf-8", "replace").split("\n")
         for line in text:
             self.output.logs.append(self.name, line)
+        if self.tee is not None:
+            self.tee(text)
         if self.output.json:
             records = (json_line(self.name, self.pid, line) for line in text)
             self.output.write("\n".join(records).encode() + b"\n")

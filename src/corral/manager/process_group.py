@@ -18,12 +18,12 @@ from typing import Any
 
 from corral.manager.background import Background
 from corral.manager.child import Child, History, State, child_row
+from corral.manager.exits import describe_exit
 from corral.manager.group import Group, Refused
 from corral.manager.metrics import Metrics
 from corral.manager.output import Output
 from corral.manager.respawn import Respawner
 from corral.manager.spawn import argv_for, signal_group, spawn
-from corral.posix import describe_exit
 from corral.settings import ProcessConfig
 
 
@@ -182,6 +182,7 @@ class ProcessGroup(Group):
                 child.to(State.STOPPED)
             elif child.serving():
                 self.metrics.restart(self.name, "scale")
+                self.history[int(child.name.rpartition(".")[2])].last_cause = "scale"
         for index in self._numbers(count):
             if self._running(index) is None and not self.respawner.pending(self._member(index)):
                 await self._start(index)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from corral import posix
-from corral.manager.output import Output
+from corral.manager.output import Output, Tee
 from corral.settings import Runnable
 
 
@@ -32,12 +32,14 @@ async def spawn(
     cwd: Path | None = None,
     *,
     identity: dict[str, Any],
+    tee: Tee | None = None,
 ) -> asyncio.subprocess.Process:
     """Start `argv` in its own session, its output prefixed with `name`; it dies with us.
 
     It runs as `identity` (`corral.posix.identity`: the user of --user), which
     Popen takes on before `preexec_fn` runs, as the parent-death signal must
-    be asked for after the change of user. OSError if it cannot start.
+    be asked for after the change of user. Its lines go to `tee` too, when
+    given. OSError if it cannot start.
     """
     log_read, log_write = os.pipe()
     manager = os.getpid()
@@ -65,7 +67,7 @@ async def spawn(
         raise
     finally:
         os.close(log_write)
-    output.attach(log_read, name).pid = process.pid
+    output.attach(log_read, name, tee).pid = process.pid
     return process
 
 

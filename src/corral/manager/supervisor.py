@@ -37,6 +37,7 @@ from corral.manager import listeners
 from corral.manager.background import Background
 from corral.manager.control import ControlPlan, ManagerControl
 from corral.manager.exit_watch import watch_exit
+from corral.manager.exits import watch_oom_kills
 from corral.manager.group import Group, Refused
 from corral.manager.jobs_group import JobsGroup
 from corral.manager.launcher_handle import LauncherHandle
@@ -100,6 +101,7 @@ class Manager:
         if web is not None and (web.user or web.group):
             web_identity = posix.identity(web.user or manager.user, web.group or manager.group)
         control = ControlPlan(manager.control, manager.probes)
+        watch_oom_kills()  # before any child, so that an OOM kill of any of them is told
         remove_dead_managers_dirs()
         owner = web_identity if web is not None else self.identity
         metrics_dir, owned = prepare_multiprocess_dir(os.environ, posix.owner(owner))

@@ -42,6 +42,7 @@ from corral.ipc.messages import (
     WebZygoteSpec,
 )
 from corral.manager import listeners
+from corral.manager.access_log import AccessLog
 from corral.manager.background import Background
 from corral.manager.child import (
     Child,
@@ -52,6 +53,7 @@ from corral.manager.child import (
     status_row,
     unix_time,
 )
+from corral.manager.exits import describe_exit
 from corral.manager.group import Group, Refused
 from corral.manager.launcher_handle import LauncherHandle
 from corral.manager.metrics import Metrics
@@ -59,7 +61,6 @@ from corral.manager.output import Output
 from corral.manager.respawn import Respawner
 from corral.manager.zygote_handle import AppFailed, ZygoteHandle
 from corral.manager.zygote_slot import ZygoteSlot
-from corral.posix import describe_exit
 from corral.settings import WebConfig
 from corral.units import format_size
 
@@ -100,7 +101,7 @@ class WebGroup(Group):
         self.history: dict[str, History] = {}
         self.respawner = Respawner()
         self.keys = itertools.count(1)
-        self.access_fd = os.dup(output.fd)
+        self.access_log = AccessLog(output)  # the workers' access lines, to corral's output
         self.zygotes = ZygoteSlot(
             "web",
             "corral.child.web_zygote",
@@ -146,8 +147,9 @@ class WebGroup(Group):
             config=self.config.model_dump(mode="json"),
             stop_timeout=self.config.graceful_timeout + 1,
             log_format="json" if self.output.json else "text",
+            color=self.output.color,
         )
-        return spec, [self.access_fd, *(s.fileno() for s in self.sockets)]
+        return spec, [self.access_log.write_fd, *(s.fileno() for s in self.sockets)]
 
     # -- messages --------------------------------------------------------------
 
@@ -585,7 +587,7 @@ class WebGroup(Group):
         await self.zygotes.stop()
         for child in self.children.values():
             child.close_link()
-        os.close(self.access_fd)
+        self.access_log.close()
 
     def kill(self) -> None:
         """Stop at once: SIGKILL every worker (the zygotes follow in stop())."""

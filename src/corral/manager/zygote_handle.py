@@ -18,9 +18,9 @@ from typing import Any
 
 from corral.ipc import channel
 from corral.ipc.messages import Exit, Loaded, LoadFailed, Message
+from corral.manager.exits import describe_exit
 from corral.manager.launcher_handle import Forked, LauncherHandle
 from corral.manager.output import Output
-from corral.posix import describe_exit
 
 EXIT_TIMEOUT = 5.0
 
