@@ -11,6 +11,7 @@ import itertools
 import json
 import queue
 import re
+import socket
 import subprocess
 import sys
 import threading
@@ -100,4 +101,20 @@ def test_access_lines_do_not_reach_corral_logs_with_the_access_log_off(corral):
     server.wait_workers(1)
     _get(server, ["/unlogged"])
     assert not any("/unlogged" in line for line in _logs(server, "-n", "200"))
+    assert server.stop() == 0
+
+
+def test_a_decoded_newline_in_the_path_cannot_forge_an_access_line(corral):
+    """uvicorn decodes %0A in the path; the line keeps it quoted, so one request is one line."""
+    server = corral("run", "plain:app", "--port", "0")
+    host, port = server.url().removeprefix("http://").rsplit(":", 1)
+    forged = '127.0.0.1:1 - "GET /admin HTTP/1.1" 200 0.1ms'
+    target = "/x%0A" + forged.replace(" ", "%20").replace('"', "%22")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        while sock.recv(65536):
+            pass
+    line = server.wait_for(r'"GET /x%0A127\.0\.0\.1:1%20-%20%22GET%20/admin', timeout=5)
+    assert line.string.endswith("ms"), line.string
+    assert not any(text.endswith(forged) for text in server.lines), server.output
     assert server.stop() == 0

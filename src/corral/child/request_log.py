@@ -26,6 +26,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
 from time import perf_counter_ns
 from typing import Any
+from urllib.parse import quote
 
 from corral.child.request_stats import RequestStats
 
@@ -63,6 +64,8 @@ def format_lines(entries: Iterable[Entry]) -> Iterator[str]:
     durations = _DURATIONS
     for client, method, path, query, version, status, started, ended in entries:
         who = format_client(client)
+        if not path.isprintable():  # a %0A the client sent, decoded: one request, one line
+            path = quote(path, safe="/:@!$&'()*+,;=-._~")
         target = f"{path}?{query.decode('latin-1')}" if query else path
         tenths = (ended - started + 50_000) // 100_000  # of a millisecond, rounded
         took = durations[tenths] if tenths < 1000 else f"{tenths // 10}.{tenths % 10}ms"
