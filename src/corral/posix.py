@@ -20,6 +20,7 @@ import setproctitle
 from corral.errors import UsageError
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 # The C library, loaded once: `CDLL(None)` is the running program's own symbols, libc among
 # them, so nothing is searched for (ctypes.util.find_library runs `ldconfig -p`, a process).
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
@@ -46,6 +47,18 @@ def die_with_parent(expected_parent: int, sig: int = signal.SIGTERM) -> bool:
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     return os.getppid() == expected_parent
+
+
+def become_subreaper() -> bool:
+    """Be the parent of every orphan among our descendants; False where the OS cannot.
+
+    Linux only (prctl, since 3.4): a process of our subtree whose parent
+    exits is handed to us instead of to init, so we can still stop it.
+    Elsewhere it goes to init (launchd); see `corral.child.launcher`.
+    """
+    if _LIBC is None:
+        return False
+    return int(_LIBC.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
 
 
 def is_manager(pid: int) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import os
 import signal
 import sys
 from typing import Any
@@ -60,9 +59,7 @@ def _run_async(make: Any) -> int:
 
 def main() -> int:
     name, target_name = sys.argv[1], sys.argv[2]
-    posix.set_title(f"corral: {name}")
-    if not posix.die_with_parent(int(os.environ["CORRAL_MANAGER_PID"])):
-        return OK
+    posix.set_title(f"corral: {name}")  # the launcher asked for the parent-death signal
     try:
         target = load_app(target_name, factory=False)
     except AppLoadError as error:

@@ -35,6 +35,7 @@ class WebZygote(ForkServer):
         super().__init__(link, decoder, stop_timeout=spec.stop_timeout)
         self.access_fd, *self.listen_fds = fds  # the spec's descriptors, in this order
         self.log_format = spec.log_format
+        self.color = spec.color
         self.app: Any | None = None
 
     def load(self) -> None:
@@ -64,6 +65,7 @@ class WebZygote(ForkServer):
             access_fd=self.access_fd,
             zygote_pid=os.getppid(),
             log_format=self.log_format,
+            color=self.color,
         )
         return run_worker(spec)
 

@@ -66,6 +66,7 @@ class WorkerSpec:
     access_fd: int
     zygote_pid: int
     log_format: str  # text or json, for the access lines
+    color: bool = False  # the access lines' prefixes are colored (corral writes to a terminal)
 
 
 def run_worker(spec: WorkerSpec) -> int:
@@ -88,7 +89,7 @@ def run_worker(spec: WorkerSpec) -> int:
     writer = None
     if spec.config.access_log:
         json_for = (spec.name, os.getpid()) if spec.log_format == "json" else None
-        prefix = output_prefix(spec.name, spec.access_fd)
+        prefix = output_prefix(spec.name, spec.color)
         writer = BlockWriter(spec.access_fd, prefix, json_for)
     requests = RequestLog(RequestStats(), writer)
     if writer is not None:
@@ -112,11 +113,11 @@ def run_worker(spec: WorkerSpec) -> int:
     return OK if server.started else APP_FAILED
 
 
-def output_prefix(name: str, fd: int) -> str:
-    """The `web.2 | ` prefix for lines this worker writes straight to corral's output."""
+def output_prefix(name: str, color: bool) -> str:
+    """The `web.2 | ` prefix of this worker's access lines, which corral copies as they are."""
     from corral.logformat import prefix_for
 
-    return prefix_for(name, color=os.isatty(fd))
+    return prefix_for(name, color)
 
 
 def channel_socket(fd: int) -> socket.socket:

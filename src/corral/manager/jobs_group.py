@@ -28,7 +28,7 @@ from corral.manager.launcher_handle import LauncherHandle
 from corral.manager.metrics import Metrics
 from corral.manager.output import Output
 from corral.manager.schedule import Schedule
-from corral.manager.spawn import argv_for, signal_group, spawn
+from corral.manager.spawn import Spawned, argv_for, signal_group, spawn
 from corral.manager.zygote_handle import AppFailed, ZygoteHandle
 from corral.manager.zygote_slot import ZygoteSlot
 from corral.posix import describe_exit
@@ -43,7 +43,7 @@ class Run:
     started: float = field(default_factory=time.monotonic)
     pid: int | None = None
     timed_out: bool = False
-    process: asyncio.subprocess.Process | None = None  # for a command job
+    process: Spawned | None = None  # for a command job
     zygote: ZygoteHandle | None = None  # for a call job: the zygote that forked it
     started_at: float = field(default_factory=time.time)
 
@@ -66,7 +66,7 @@ class JobsGroup(Group):
     def __init__(
         self,
         jobs: dict[str, JobConfig],
-        launcher: LauncherHandle | None,  # None when no job is a `call`
+        launcher: LauncherHandle,  # forks the jobs zygote, starts the command runs
         env: dict[str, str],
         output: Output,
         metrics: Metrics,
@@ -82,21 +82,20 @@ class JobsGroup(Group):
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.runs: dict[int, Run] = {}
         self.keys = itertools.count(1)
-        self.zygotes: ZygoteSlot | None = None
-        if launcher is not None:
-            self.zygotes = ZygoteSlot(
-                "jobs",
-                "corral.child.jobs_zygote",
-                launcher,
-                output,
-                spec=self._zygote_spec,
-                env=lambda: self.env,
-                identity=identity,
-                on_message=self._on_zygote_message,
-                on_lost=self._on_zygote_lost,
-                on_replaced=lambda: None,
-                on_failed=lambda: None,
-            )
+        self.launcher = launcher
+        self.zygotes = ZygoteSlot(
+            "jobs",
+            "corral.child.jobs_zygote",
+            launcher,
+            output,
+            spec=self._zygote_spec,
+            env=lambda: self.env,
+            identity=identity,
+            on_message=self._on_zygote_message,
+            on_lost=self._on_zygote_lost,
+            on_replaced=lambda: None,
+            on_failed=lambda: None,
+        )
         self.background = Background()
         self.stopping = False
 
@@ -121,15 +120,13 @@ class JobsGroup(Group):
 
     async def _launch_zygote(self) -> None:
         """A zygote with the current code and jobs; the previous one retires."""
-        if self.zygotes is None:
-            raise Refused("a `call` job needs corral to be restarted: no launcher runs")
         old = self.zygotes.promote(await self.zygotes.launch())
         if old is not None:
             self.zygotes.retire_if_idle(old, self._has_runs(old))
 
     def _on_zygote_lost(self, zygote: ZygoteHandle) -> None:
         """Its runs in flight died with it (counted failed)."""
-        if self.zygotes is not None and zygote is self.zygotes.current:
+        if zygote is self.zygotes.current:
             for run in [r for r in self.runs.values() if r.zygote is zygote]:
                 self._finish(run, FAILURE)
 
@@ -187,7 +184,7 @@ class JobsGroup(Group):
         return True
 
     def _fork_run(self, run: Run, config: JobConfig) -> None:
-        zygote = self.zygotes.current if self.zygotes is not None else None
+        zygote = self.zygotes.current
         if zygote is None or not zygote.can_fork():
             self._missed(run)
             return
@@ -212,6 +209,7 @@ class JobsGroup(Group):
         env = {**self.env, **config.env}
         try:
             run.process = await spawn(
+                self.launcher,
                 run.job,
                 argv_for(run.job, config),
                 self.output,
@@ -236,7 +234,7 @@ class JobsGroup(Group):
 
     def _finish(self, run: Run, code: int) -> None:
         self.runs.pop(run.key, None)
-        if run.zygote is not None and self.zygotes is not None:
+        if run.zygote is not None:
             self.zygotes.retire_if_idle(run.zygote, self._has_runs(run.zygote))
         took = time.monotonic() - run.started
         if run.timed_out:
@@ -308,8 +306,6 @@ class JobsGroup(Group):
 
         A job whose declaration changed is rescheduled; runs under way finish.
         """
-        if any(c.call is not None for c in declaration.values()) and self.zygotes is None:
-            raise Refused("adding a `call` job needs a restart of corral (no launcher runs)")
         old, self.jobs, self.env = self.jobs, declaration, env
         for name in old:
             if name not in declaration:
@@ -326,8 +322,6 @@ class JobsGroup(Group):
 
     def status(self) -> list[dict[str, Any]]:
         """The jobs zygotes as processes (each run is short-lived and not listed)."""
-        if self.zygotes is None:
-            return []
         return [
             status_row(
                 "jobs.zygote",
@@ -381,8 +375,7 @@ class JobsGroup(Group):
         for run in list(self.runs.values()):
             self._kill(run)
         await self.background.wait(timeout=5)
-        if self.zygotes is not None:
-            await self.zygotes.stop()
+        await self.zygotes.stop()
 
     def kill(self) -> None:
         self.stop_ticking()

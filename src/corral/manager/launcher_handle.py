@@ -1,4 +1,5 @@
-"""The manager's side of the launcher (`corral.child.launcher`): ask for zygotes, learn exits.
+"""The manager's side of the launcher (`corral.child.launcher`): ask for zygotes and programs,
+learn exits.
 
 The launcher is the zygotes' parent, so it reaps them and reports each exit
 with its status. Should the launcher itself die, its zygotes get the
@@ -21,14 +22,14 @@ from collections.abc import Callable
 from typing import Any
 
 from corral.ipc import channel
-from corral.ipc.messages import Exited, LaunchZygote
+from corral.ipc.messages import Exited, LaunchZygote, Spawn, SpawnFailed
 from corral.ipc.messages import Forked as ForkedMessage
 from corral.manager.exit_watch import watch_exit
 from corral.posix import describe_exit
 
 
 class Forked:
-    """A zygote the launcher forked: its pid, and its exit status once it has exited."""
+    """A child of the launcher (a zygote, a program): its pid, and its exit status once exited."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -82,6 +83,28 @@ class LauncherHandle:
         channel.send(self.link, message, fds)
         return await answer
 
+    async def spawn(
+        self,
+        argv: list[str],
+        log_fd: int,
+        env: dict[str, str],
+        cwd: str,
+        identity: dict[str, Any],
+        stop_signal: str,
+        stop_timeout: float,
+    ) -> Forked:
+        """Have the launcher start `argv`, its output to `log_fd` (see `messages.Spawn`).
+
+        OSError if it cannot start (no such program, not executable, the launcher has gone).
+        """
+        if self.lost:
+            raise ConnectionError("the launcher has gone")
+        key = next(self.keys)
+        answer = self.pending[key] = asyncio.get_running_loop().create_future()
+        message = Spawn(key, argv, env, cwd, identity, stop_signal, stop_timeout)
+        channel.send(self.link, message, [log_fd])
+        return await answer
+
     def _on_readable(self) -> None:
         data = channel.receive(self.link)
         if data is None:
@@ -93,6 +116,9 @@ class LauncherHandle:
             if isinstance(message, ForkedMessage):
                 child = self.forked[message.pid] = Forked(message.pid)
                 self.pending.pop(message.key).set_result(child)
+            elif isinstance(message, SpawnFailed):
+                error = OSError(message.errno, message.strerror)
+                self.pending.pop(message.key).set_exception(error)
             elif isinstance(message, Exited):
                 child = self.forked.pop(message.pid, None)
                 if child is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from corral.manager.launcher_handle import LauncherHandle
 from corral.manager.output import Output
 from corral.manager.spawn import spawn
 from corral.posix import describe_exit
@@ -18,7 +19,11 @@ from corral.settings.declared import SHELL
 
 
 async def run_prestart(
-    config: PrestartConfig, env: dict[str, str], output: Output, identity: dict[str, Any]
+    config: PrestartConfig,
+    env: dict[str, str],
+    output: Output,
+    identity: dict[str, Any],
+    launcher: LauncherHandle,
 ) -> bool:
     """Run every step in order, as `identity`; False (and a message) at the first that fails."""
     for number, step in enumerate(config.steps, start=1):
@@ -29,7 +34,7 @@ async def run_prestart(
             what = repr(step)
             argv = [SHELL, "-c", step]
         output.say(f"prestart step {number}: {what}")
-        process = await spawn("prestart", argv, output, env, identity=identity)
+        process = await spawn(launcher, "prestart", argv, output, env, identity=identity)
         code = await process.wait()
         if code != 0:
             output.say(f"prestart step {number} failed ({describe_exit(code)}): nothing starts")

@@ -53,6 +53,7 @@ from corral.manager.process_group import ProcessGroup
 from corral.manager.web_group import AppFailed, WebGroup
 from corral.settings import ProcessConfig, System, WebConfig
 
+OUTPUT_DRAIN = 1.0  # seconds to read what the stopped children left in their pipes
 RESTART_ONLY_WEB_SETTINGS = ("bind", "host", "port", "uds", "backlog", "user", "group")
 """[web] settings a reload cannot change: the sockets are bound, the identity is set."""
 
@@ -87,6 +88,7 @@ class Manager:
 
     def _run_everything(self) -> int:
         manager, web = self.system.manager, self.system.web
+        self.output.open_files(manager.log_file, manager.access_logfile)
         # Computed once: every child runs as [corral]'s user, web as [web]'s where it has one.
         self.identity = posix.identity(manager.user, manager.group)
         web_identity = self.identity
@@ -113,9 +115,8 @@ class Manager:
                 self.output.say(f"error: {message}")
             return USAGE
         self.bug = True
-        self.output.say("error: an unexpected error (a bug in corral); its traceback:")
-        for line in "".join(traceback.format_exception(error)).splitlines():
-            self.output.say(line)
+        trace = "".join(traceback.format_exception(error)).rstrip("\n")
+        self.output.say(f"error: an unexpected error (a bug in corral); its traceback:\n{trace}")
         return FAILURE
 
     def _on_uncaught(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -132,7 +133,7 @@ class Manager:
         needs_zygotes = self.system.web is not None or any(
             job.call is not None for job in self.system.jobs.values()
         )
-        launcher = fork_launcher() if needs_zygotes else None
+        launcher = fork_launcher(zygotes=needs_zygotes)
         web = self.system.web
         addresses: list[listeners.Address] = []
         sockets: list[socket.socket] = []
@@ -151,15 +152,15 @@ class Manager:
 
     async def _serve(
         self,
-        forked: tuple[int, socket.socket] | None,
+        forked: tuple[int, socket.socket],
         control: ControlPlan,
         sockets: list[socket.socket],
         web_identity: dict[str, Any],
     ) -> int:
         loop = asyncio.get_running_loop()
+        self.output.start()
         self.finished = loop.create_future()
-        if forked is not None:
-            self.launcher = LauncherHandle(*forked, self._on_launcher_lost)
+        self.launcher = LauncherHandle(*forked, self._on_launcher_lost)
         try:
             servers = await control.open(ManagerControl(self, self.output.logs), self.output)
             try:
@@ -168,8 +169,7 @@ class Manager:
                 await servers.close()
                 control.close()
         finally:
-            if self.launcher is not None:
-                self.launcher.close()
+            self.launcher.close()
 
     async def _supervise(self, sockets: list[socket.socket], web_identity: dict[str, Any]) -> int:
         assert self.finished is not None
@@ -180,12 +180,14 @@ class Manager:
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         loop.add_signal_handler(signal.SIGTTIN, self._on_scale_signal, +1)
         loop.add_signal_handler(signal.SIGTTOU, self._on_scale_signal, -1)
+        loop.add_signal_handler(signal.SIGUSR1, self.output.reopen)
         try:
             code = await self._start_and_wait(sockets, web_identity)
         except Exception as error:  # stop what has started, in order, before anything else
             code = self._fail(error)
         self.notify.stopping()
         await self._stop()
+        await self.output.drain(OUTPUT_DRAIN)  # the last lines of every child, then ours
         self.output.say("stopped")
         return FAILURE if self.bug else code
 
@@ -194,18 +196,18 @@ class Manager:
     ) -> int:
         """Start everything declared, then wait for the exit code (a signal, a stop, a failure)."""
         assert self.finished is not None
-        prestart = self.system.prestart
-        if not await run_prestart(prestart, self.system.env, self.output, self.identity):
+        prestart, launcher = self.system.prestart, self.launcher
+        assert launcher is not None
+        if not await run_prestart(prestart, self.system.env, self.output, self.identity, launcher):
             return PRESTART_FAILED
         if self.finished.done():
             return self.finished.result()
         web = self.system.web
         if web is not None:
-            assert self.launcher is not None
             group = WebGroup(
                 web,
                 sockets,
-                self.launcher,
+                launcher,
                 web_identity,
                 _web_env(self.system, web),
                 self.output,
@@ -223,7 +225,7 @@ class Manager:
             await self._add_process_group(name, config, self.system.env)
         self.jobs = JobsGroup(
             self.system.jobs,
-            self.launcher,
+            launcher,
             self.system.env,
             self.output,
             self.metrics,
@@ -245,7 +247,10 @@ class Manager:
         self, name: str, config: ProcessConfig, env: dict[str, str]
     ) -> None:
         first = self.system.only_replica.get(name, 1)
-        group = ProcessGroup(name, config, env, self.output, self.metrics, self.identity, first)
+        assert self.launcher is not None
+        group = ProcessGroup(
+            name, config, env, self.output, self.metrics, self.identity, self.launcher, first
+        )
         self.groups[name] = group
         if self.jobs is not None:  # keep the jobs last: the stop order follows this order
             self.groups["jobs"] = self.groups.pop("jobs")
@@ -379,15 +384,10 @@ class Manager:
                 self.output.say(f"reload: [processes.{name}] is new: starting it")
                 await self._add_process_group(name, config, new.env)
                 added.add(name)
-        jobs = new.jobs
         if self.jobs is not None:
-            try:
-                await self.jobs.apply(new.jobs, new.env)
-            except Refused as error:
-                self.output.say(f"reload: the jobs keep their old declaration: {error}")
-                jobs = old.jobs
+            await self.jobs.apply(new.jobs, new.env)
         web_now = old.web if new.web is None or old.web is None else new.web
-        self.system = dataclasses.replace(new, web=web_now, jobs=jobs, manager=old.manager)
+        self.system = dataclasses.replace(new, web=web_now, manager=old.manager)
         return added
 
     def _say_what_needs_a_restart(self, old: System, new: System) -> None:

@@ -99,7 +99,7 @@ class WebGroup(Group):
         self.history: dict[str, History] = {}
         self.respawner = Respawner()
         self.keys = itertools.count(1)
-        self.access_fd = os.dup(output.fd)
+        self.access_fd = output.access_pipe()  # the workers write their access lines into it
         self.zygotes = ZygoteSlot(
             "web",
             "corral.child.web_zygote",
@@ -142,6 +142,7 @@ class WebGroup(Group):
             config=self.config.model_dump(mode="json"),
             stop_timeout=self.config.graceful_timeout + 1,
             log_format="json" if self.output.json else "text",
+            color=self.output.access_color,
         )
         return spec, [self.access_fd, *(s.fileno() for s in self.sockets)]
 
