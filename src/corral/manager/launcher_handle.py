@@ -75,13 +75,8 @@ class LauncherHandle:
         stop_timeout: float,
     ) -> Forked:
         """A new zygote running `module.main(fds[0])` with its output to `fds[1]`."""
-        if self.lost:
-            raise ConnectionError("the launcher has gone")
-        key = next(self.keys)
-        answer = self.pending[key] = asyncio.get_running_loop().create_future()
-        message = LaunchZygote(key, name, module, env, identity, stop_timeout)
-        channel.send(self.link, message, fds)
-        return await answer
+        message = LaunchZygote(next(self.keys), name, module, env, identity, stop_timeout)
+        return await self._ask(message, fds)
 
     async def spawn(
         self,
@@ -97,12 +92,19 @@ class LauncherHandle:
 
         OSError if it cannot start (no such program, not executable, the launcher has gone).
         """
+        message = Spawn(next(self.keys), argv, env, cwd, identity, stop_signal, stop_timeout)
+        return await self._ask(message, [log_fd])
+
+    async def _ask(self, message: LaunchZygote | Spawn, fds: list[int]) -> Forked:
+        """Send `message` (with `fds`) and wait for its answer; ConnectionError if gone."""
         if self.lost:
             raise ConnectionError("the launcher has gone")
-        key = next(self.keys)
-        answer = self.pending[key] = asyncio.get_running_loop().create_future()
-        message = Spawn(key, argv, env, cwd, identity, stop_signal, stop_timeout)
-        channel.send(self.link, message, [log_fd])
+        answer = self.pending[message.key] = asyncio.get_running_loop().create_future()
+        try:
+            channel.send(self.link, message, fds)
+        except OSError:
+            del self.pending[message.key]
+            raise ConnectionError("the launcher has gone") from None
         return await answer
 
     def _on_readable(self) -> None:
@@ -115,10 +117,15 @@ class LauncherHandle:
         for message, _ in self.decoder.feed(data):
             if isinstance(message, ForkedMessage):
                 child = self.forked[message.pid] = Forked(message.pid)
-                self.pending.pop(message.key).set_result(child)
+                answer = self.pending.pop(message.key)
+                if answer.cancelled():  # asked for by a start that was called off (a stop)
+                    child.kill()
+                else:
+                    answer.set_result(child)
             elif isinstance(message, SpawnFailed):
-                error = OSError(message.errno, message.strerror)
-                self.pending.pop(message.key).set_exception(error)
+                answer = self.pending.pop(message.key)
+                if not answer.cancelled():
+                    answer.set_exception(OSError(message.errno, message.strerror))
             elif isinstance(message, Exited):
                 child = self.forked.pop(message.pid, None)
                 if child is not None:
@@ -130,7 +137,8 @@ class LauncherHandle:
         loop.remove_reader(self.link.fileno())
         self.lost = True
         for answer in self.pending.values():
-            answer.set_exception(ConnectionError("the launcher has gone"))
+            if not answer.done():
+                answer.set_exception(ConnectionError("the launcher has gone"))
         self.pending.clear()
         for child in self.forked.values():
             # Its exit status was the launcher's to collect: 0 stands for "gone".
