@@ -13,6 +13,8 @@ import pwd
 import signal
 import socket
 import sys
+from collections.abc import Iterable
+from types import FrameType
 from typing import Any
 
 import setproctitle
@@ -47,6 +49,39 @@ def die_with_parent(expected_parent: int, sig: int = signal.SIGTERM) -> bool:
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     return os.getppid() == expected_parent
+
+
+_held: list[int] = []  # the signals noted by hold_signals, oldest first
+_holding: set[int] = set()
+
+
+def hold_signals(signals: Iterable[int]) -> None:
+    """Note each of `signals` as it comes, rather than die of it (or raise KeyboardInterrupt).
+
+    For the manager's start, before its event loop takes the signals over:
+    a stop asked for meanwhile is honoured once the loop runs (`held_signals`).
+    """
+    for sig in signals:
+        signal.signal(sig, _hold)
+        _holding.add(sig)
+
+
+def _hold(number: int, frame: FrameType | None) -> None:
+    _held.append(number)
+
+
+def held_signals() -> list[int]:
+    """The signals `hold_signals` noted so far, oldest first; each is returned once."""
+    noted = _held[:]
+    del _held[: len(noted)]
+    return noted
+
+
+def release_signals() -> None:
+    """In a process forked from one that holds signals: their default actions again."""
+    for sig in _holding:
+        signal.signal(sig, signal.SIG_DFL)
+    _holding.clear()
 
 
 def become_subreaper() -> bool:

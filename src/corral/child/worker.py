@@ -32,6 +32,7 @@ from corral import posix
 from corral.child.app_loader import AppLoadError, load_app
 from corral.child.request_log import BlockWriter, CountRequests, RecordRequests, RequestLog
 from corral.child.request_stats import RequestStats
+from corral.child.shutdown_log import PlannedStop
 from corral.exit_codes import APP_FAILED, OK
 from corral.ipc import channel
 from corral.ipc.messages import (
@@ -103,6 +104,7 @@ def run_worker(spec: WorkerSpec) -> int:
             0, spec.config.max_requests_jitter
         )
     server = WorkerServer(uvicorn_config(spec.config, app), link, request_limit, requests)
+    logging.getLogger("uvicorn.error").addFilter(PlannedStop(lambda: server.should_exit))
     sockets = [socket.socket(fileno=fd) for fd in spec.listen_fds]
     try:
         asyncio_run(server.serve(sockets), loop_factory=server.config.get_loop_factory())
@@ -229,7 +231,11 @@ class WorkerServer(uvicorn.Server):
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        """TERM and INT drain, QUIT stops at once; unlike uvicorn, nothing is re-raised."""
+        """TERM and INT drain, QUIT stops at once; unlike uvicorn, nothing is re-raised.
+
+        A worker still booting exits at once: its lifespan startup may take
+        long, and it has no request to finish.
+        """
         previous = {
             sig: signal.signal(sig, self._on_signal)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
@@ -241,6 +247,8 @@ class WorkerServer(uvicorn.Server):
                 signal.signal(sig, handler)
 
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
+        if not self.started:  # still booting (lifespan startup): nothing to finish, so go now
+            raise SystemExit(OK)
         self.should_exit = True
         if sig == signal.SIGQUIT:
             self.force_exit = True

@@ -43,6 +43,7 @@ class Run:
     started: float = field(default_factory=time.monotonic)
     pid: int | None = None
     timed_out: bool = False
+    stopped: bool = False  # killed because corral stops: neither a success nor a failure
     process: Spawned | None = None  # for a command job
     zygote: ZygoteHandle | None = None  # for a call job: the zygote that forked it
     started_at: float = field(default_factory=time.time)
@@ -54,7 +55,7 @@ class JobRecord:
 
     last_started: float | None = None
     last_duration: float | None = None
-    last_result: str | None = None  # ok | failed: exit code 1 | timeout | skipped: overlap
+    last_result: str | None = None  # ok | failed: exit code 1 | timeout | skipped | stopped
     next_run: float | None = None
     runs: int = 0
     failures: int = 0
@@ -97,6 +98,7 @@ class JobsGroup(Group):
             on_failed=lambda: None,
         )
         self.background = Background()
+        self.reloading: asyncio.Task[None] | None = None
         self.stopping = False
 
     @property
@@ -237,7 +239,10 @@ class JobsGroup(Group):
         if run.zygote is not None:
             self.zygotes.retire_if_idle(run.zygote, self._has_runs(run.zygote))
         took = time.monotonic() - run.started
-        if run.timed_out:
+        if run.stopped:
+            self.output.say(f"{run.job} run stopped: corral is stopping ({took:.2f}s)")
+            result = "stopped"
+        elif run.timed_out:
             self.output.say(f"{run.job} run failed: killed at its timeout ({took:.2f}s)")
             result = "timeout"
         elif code != 0:
@@ -275,7 +280,7 @@ class JobsGroup(Group):
         """Load the current code of the call jobs in a new zygote; the old one retires."""
         if self.stopping:
             return "jobs: not reloaded, corral is stopping"
-        self.background.start(self._reload())
+        self.reloading = self.background.start(self._reload())
         return "reloading jobs"
 
     async def _reload(self) -> None:
@@ -361,10 +366,15 @@ class JobsGroup(Group):
         return rows
 
     def stop_ticking(self) -> None:
-        """No new run from now on (the first thing a stop does; running ones go on)."""
+        """No new run from now on (the first thing a stop does; running ones go on).
+
+        A reload under way is called off: its zygote, still loading, is killed.
+        """
         self.stopping = True
         for name in list(self.timers):
             self._disarm(name)
+        if self.reloading is not None:
+            self.reloading.cancel()
 
     async def stop(self) -> None:
         """No new runs; running ones finish (up to their timeout, or 10 s), then are killed."""
@@ -373,6 +383,7 @@ class JobsGroup(Group):
         while self.runs and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for run in list(self.runs.values()):
+            run.stopped = not run.timed_out
             self._kill(run)
         await self.background.wait(timeout=5)
         await self.zygotes.stop()
@@ -380,4 +391,5 @@ class JobsGroup(Group):
     def kill(self) -> None:
         self.stop_ticking()
         for run in list(self.runs.values()):
+            run.stopped = not run.timed_out
             self._kill(run)

@@ -57,7 +57,7 @@ RESTART_CAUSES = frozenset(
     {"crash", "timeout", "max-requests", "max-memory", "reload", "scale", "restart"}
 )
 RELOAD_RESULTS = ("ok", "failed")
-JOB_RESULTS = frozenset({"ok", "failed", "timeout", "skipped"})
+JOB_RESULTS = frozenset({"ok", "failed", "timeout", "skipped", "stopped"})
 
 _OWN_DIR_PREFIX = "corral-metrics-"  # then the manager's pid: corral-metrics-PID-XXXXXXXX
 # prometheus_client's per-process files: counter_<pid>.db, gauge_livesum_<pid>.db, ...

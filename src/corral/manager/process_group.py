@@ -97,6 +97,9 @@ class ProcessGroup(Group):
             child.to(State.STOPPED)
             self._after_exit(index, child, 127)
             return
+        except asyncio.CancelledError:  # corral stops before this replica has started
+            child.to(State.STOPPED)
+            raise
         child.process, child.pid = process, process.pid
         child.to(State.RUNNING)
         self.output.say(f"{name} started (pid {process.pid})")

@@ -7,9 +7,11 @@ should the manager die.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -102,3 +104,13 @@ def signal_group(process: Spawned, sig: int) -> None:
     """
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, sig)
+
+
+async def stop(process: Spawned, sig: int, timeout: float) -> int:
+    """Send `sig` to the process's group, and SIGKILL after `timeout` seconds; its exit code."""
+    signal_group(process, sig)
+    try:
+        return await asyncio.wait_for(process.wait(), timeout)
+    except asyncio.TimeoutError:
+        signal_group(process, signal.SIGKILL)
+        return await process.wait()

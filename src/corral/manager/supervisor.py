@@ -53,6 +53,16 @@ from corral.manager.process_group import ProcessGroup
 from corral.manager.web_group import AppFailed, WebGroup
 from corral.settings import ProcessConfig, System, WebConfig
 
+SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGUSR1,
+)
+"""The signals the manager answers (see the `_on_*_signal` handlers)."""
 OUTPUT_DRAIN = 1.0  # seconds to read what the stopped children left in their pipes
 RESTART_ONLY_WEB_SETTINGS = ("bind", "host", "port", "uds", "backlog", "user", "group")
 """[web] settings a reload cannot change: the sockets are bound, the identity is set."""
@@ -81,6 +91,7 @@ class Manager:
     def run(self) -> int:
         """Run everything declared until stopped; return the exit code."""
         posix.set_title(posix.MANAGER_TITLE)
+        posix.hold_signals(SIGNALS)  # until the loop handles them: a stop while we start
         try:
             return self._run_everything()
         except Exception as error:
@@ -181,6 +192,9 @@ class Manager:
         loop.add_signal_handler(signal.SIGTTIN, self._on_scale_signal, +1)
         loop.add_signal_handler(signal.SIGTTOU, self._on_scale_signal, -1)
         loop.add_signal_handler(signal.SIGUSR1, self.output.reopen)
+        for sig in posix.held_signals():  # come while we started: a stop is honoured now
+            if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+                self._on_stop_signal(sig)
         try:
             code = await self._start_and_wait(sockets, web_identity)
         except Exception as error:  # stop what has started, in order, before anything else
@@ -194,14 +208,39 @@ class Manager:
     async def _start_and_wait(
         self, sockets: list[socket.socket], web_identity: dict[str, Any]
     ) -> int:
-        """Start everything declared, then wait for the exit code (a signal, a stop, a failure)."""
+        """Start everything declared, then wait for the exit code (a signal, a stop, a failure).
+
+        A stop that comes while things start calls the start off: the step,
+        the zygote or the process being started is stopped there and then.
+        """
         assert self.finished is not None
+        if self.finished.done():  # a stop asked for before the loop ran: nothing starts
+            return self.finished.result()
+        starting = asyncio.ensure_future(self._start(sockets, web_identity))
+        await asyncio.wait([starting, self.finished], return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+        elif (failed := starting.result()) is not None:
+            return failed
+        web = self.system.web
+        if self.finished.done() or web is None or not web.reload:
+            return await self.finished
+        watching = asyncio.get_running_loop().create_task(self._reload_on_change())
+        try:
+            return await self.finished
+        finally:
+            watching.cancel()
+
+    async def _start(
+        self, sockets: list[socket.socket], web_identity: dict[str, Any]
+    ) -> int | None:
+        """Run prestart, then start every group; the exit code if that fails, else None."""
         prestart, launcher = self.system.prestart, self.launcher
         assert launcher is not None
         if not await run_prestart(prestart, self.system.env, self.output, self.identity, launcher):
             return PRESTART_FAILED
-        if self.finished.done():
-            return self.finished.result()
         web = self.system.web
         if web is not None:
             group = WebGroup(
@@ -235,13 +274,7 @@ class Manager:
         await self.jobs.start()
         if web is None:
             self.notify.ready()
-        if web is None or not web.reload:
-            return await self.finished
-        watching = asyncio.get_running_loop().create_task(self._reload_on_change())
-        try:
-            return await self.finished
-        finally:
-            watching.cancel()
+        return None
 
     async def _add_process_group(
         self, name: str, config: ProcessConfig, env: dict[str, str]
