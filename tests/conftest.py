@@ -336,6 +336,16 @@ def launch(started: Started) -> Callable[..., Corral]:
     return started.command
 
 
+class Clock:
+    """A wall clock the test sets: what a `Schedule` reads instead of time.time()."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class LoadResult:
     """What wrk saw: requests completed, and every kind of failure it counts."""
 

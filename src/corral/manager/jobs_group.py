@@ -139,8 +139,9 @@ class JobsGroup(Group):
 
     def _arm(self, name: str) -> None:
         schedule = self.schedules[name]
+        tick = schedule.next_run()  # each intended time once, even for a timer that fires early
         now = time.time()
-        delay = schedule.next_tick(now) - now + schedule.jitter()
+        delay = tick - now + schedule.jitter()
         self.records[name].next_run = now + delay
         self.timers[name] = asyncio.get_running_loop().call_later(delay, self._tick, name)
 
