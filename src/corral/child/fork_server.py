@@ -84,12 +84,19 @@ class ForkServer:
                 self._fork(message, message_fds)
 
     def _fork(self, message: Message, fds: list[int]) -> None:
-        """Fork a child for `message` (a request with a `key`); report its pid."""
+        """Fork a child for `message` (a request with a `key`); report its pid.
+
+        SIGTERM is blocked across the fork: one sent to the child as soon as
+        its pid is known (a stop) waits until the child has shed our handler,
+        then stops it, rather than run our handler in it.
+        """
         sys.stdout.flush()
         sys.stderr.flush()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         pid = os.fork()
         if pid == 0:
             os._exit(self._in_child(message, fds))
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         for fd in fds:
             os.close(fd)
         self.children.add(pid)
@@ -101,6 +108,7 @@ class ForkServer:
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGCHLD, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # see _fork
             for fd in (self.wake_read, self.wake_write, self.link.fileno()):
                 os.close(fd)
             return self.become(message, fds)

@@ -162,7 +162,8 @@ class WebGroup(Group):
         elif child.key not in self.children:
             return
         elif isinstance(message, Ready):
-            self._on_ready(child)
+            if child.state is State.STARTING:  # not if asked to stop as it became ready
+                self._on_ready(child)
         elif isinstance(message, Draining):
             if not child.stopped_accepting.done():
                 child.stopped_accepting.set_result(None)
