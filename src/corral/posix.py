@@ -52,7 +52,7 @@ def die_with_parent(expected_parent: int, sig: int = signal.SIGTERM) -> bool:
 
 
 _held: list[int] = []  # the signals noted by hold_signals, oldest first
-_holding: set[int] = set()
+_holding: dict[int, Any] = {}  # each held signal's handler before
 
 
 def hold_signals(signals: Iterable[int]) -> None:
@@ -62,8 +62,7 @@ def hold_signals(signals: Iterable[int]) -> None:
     a stop asked for meanwhile is honoured once the loop runs (`held_signals`).
     """
     for sig in signals:
-        signal.signal(sig, _hold)
-        _holding.add(sig)
+        _holding.setdefault(sig, signal.signal(sig, _hold))
 
 
 def _hold(number: int, frame: FrameType | None) -> None:
@@ -78,10 +77,11 @@ def held_signals() -> list[int]:
 
 
 def release_signals() -> None:
-    """In a process forked from one that holds signals: their default actions again."""
-    for sig in _holding:
-        signal.signal(sig, signal.SIG_DFL)
+    """The handlers from before `hold_signals` again (in its process, or in one forked from it)."""
+    for sig, before in _holding.items():
+        signal.signal(sig, before)
     _holding.clear()
+    _held.clear()
 
 
 def become_subreaper() -> bool:

@@ -225,7 +225,7 @@ def fork_launcher(zygotes: bool = True) -> tuple[int, socket.socket]:
 
 
 def _run(link: socket.socket, manager: int) -> int:
-    posix.release_signals()  # the manager's, held while it starts
+    posix.release_signals()  # held by the manager while it starts
     if not posix.die_with_parent(manager):
         return OK
     posix.become_subreaper()

@@ -26,7 +26,7 @@ from corral.manager.child import status_row, unix_time
 from corral.manager.group import Group, Refused
 from corral.manager.launcher_handle import LauncherHandle
 from corral.manager.metrics import Metrics
-from corral.manager.output import Output
+from corral.manager.output import Output, Pump
 from corral.manager.schedule import Schedule
 from corral.manager.spawn import Spawned, argv_for, signal_group, spawn
 from corral.manager.zygote_handle import AppFailed, ZygoteHandle
@@ -46,6 +46,7 @@ class Run:
     stopped: bool = False  # killed because corral stops: neither a success nor a failure
     process: Spawned | None = None  # for a command job
     zygote: ZygoteHandle | None = None  # for a call job: the zygote that forked it
+    pump: Pump | None = None  # for a call job: its output (a command's is its process's)
     started_at: float = field(default_factory=time.time)
 
 
@@ -201,7 +202,7 @@ class JobsGroup(Group):
             return
         finally:
             os.close(log_write)
-        self.output.attach(log_read, run.job)
+        run.pump = self.output.attach(log_read, run.job)
         run.zygote = zygote
 
     def _missed(self, run: Run) -> None:
@@ -236,6 +237,8 @@ class JobsGroup(Group):
                 self._finish(run, message.code)
 
     def _finish(self, run: Run, code: int) -> None:
+        if run.pump is not None:
+            run.pump.read_available()  # its last lines (a traceback) before its result
         self.runs.pop(run.key, None)
         if run.zygote is not None:
             self.zygotes.retire_if_idle(run.zygote, self._has_runs(run.zygote))

@@ -226,6 +226,11 @@ class Pump(_PipeReader):
         if self.records.held:
             self._timer = asyncio.get_running_loop().call_later(HOLD, self._release)
 
+    def read_available(self) -> None:
+        """Take everything written so far, and let the last record go: its writer has exited."""
+        super().read_available()
+        self._end()
+
     def _release(self) -> None:
         self._timer = None
         held = self.records.release()

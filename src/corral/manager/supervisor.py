@@ -96,6 +96,8 @@ class Manager:
             return self._run_everything()
         except Exception as error:
             return self._fail(error)
+        finally:
+            posix.release_signals()
 
     def _run_everything(self) -> int:
         manager, web = self.system.manager, self.system.web

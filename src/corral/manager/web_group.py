@@ -235,6 +235,8 @@ class WebGroup(Group):
         if child is None:
             return
         child.read_last_messages()  # its last heartbeat carries its final counts
+        if child.pump is not None:
+            child.pump.read_available()  # its last lines, before the line saying it exited
         self.metrics.worker_exited(pid)
         cause = describe_exit(code)
         history = self.history[child.name]
