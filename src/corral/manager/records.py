@@ -1,10 +1,10 @@
 """A process's output lines, grouped into records: a line and the lines that continue it.
 
 What continues a line: a Python traceback (its `Traceback (most recent call
-last):`, its indented frames, the exception's own line, the blank lines and
-`During handling of the above exception...` between chained exceptions),
-faulthandler's stack dump (`... (most recent call first):`), and any
-indented line. So the logging record `ERROR: Exception in ASGI application`
+last):`, its indented frames, the exception's own line, `During handling of
+the above exception...` between chained exceptions), faulthandler's stack
+dump (`... (most recent call first):` and its frames), any indented line
+and any blank line. So the logging record `ERROR: Exception in ASGI application`
 and the traceback under it are one record, with that record's level.
 
 Lines are bytes, without their newline.
@@ -17,7 +17,8 @@ import enum
 MAX_LINES = 1000  # a record this long is let go as it is; what follows starts a new one
 MAX_BYTES = 1 << 16
 
-_HEADERS = (b"(most recent call last):", b"(most recent call first):")
+_TRACEBACK = b"(most recent call last):"  # frames, then the exception's line
+_HEADERS = (_TRACEBACK, b"(most recent call first):")  # and faulthandler's: frames alone
 _CHAINS = (
     b"During handling of the above exception, another exception occurred:",
     b"The above exception was the direct cause of the following exception:",
@@ -45,8 +46,7 @@ class Records:
             if not (self.held and self._continues(line)):
                 if self.held:
                     done.append(self.held)
-                self.held, self._size = [], 0
-                self._in = _In.FRAMES if line.rstrip().endswith(_HEADERS) else _In.LINES
+                self.held, self._size, self._in = [], 0, _after(line)
             self.held.append(line)
             self._size += len(line)
             if len(self.held) >= MAX_LINES or self._size >= MAX_BYTES:
@@ -63,9 +63,16 @@ class Records:
         if line[:1] in (b" ", b"\t"):
             return True
         if line.rstrip().endswith(_HEADERS):
-            self._in = _In.FRAMES
+            self._in = _after(line)
             return True
-        if self._in is _In.FRAMES and line:  # the exception's line ends the traceback
+        if not line:
+            return True
+        if self._in is _In.FRAMES:  # the exception's line ends the traceback
             self._in = _In.AFTER
             return True
-        return self._in is _In.AFTER and (not line or line in _CHAINS)
+        return self._in is _In.AFTER and line in _CHAINS
+
+
+def _after(line: bytes) -> _In:
+    """Where a record stands after `line`: in a traceback's frames after its header."""
+    return _In.FRAMES if line.rstrip().endswith(_TRACEBACK) else _In.LINES
