@@ -261,3 +261,50 @@ def test_a_job_run_still_going_at_the_stops_bound_is_stopped_not_failed(corral, 
     _wait_file(tmp_path / "running", server)
     _stops_within(server, 10 + PROMPTLY)
     server.wait_for(r"^corral\s+\| long run stopped: corral is stopping")
+
+
+def test_a_declared_program_starts_with_no_signal_ignored_or_blocked(corral, tmp_path):
+    """What corral ignores or blocks for itself is not its children's: `stop_signal = "SIGINT"`
+    stops a program that leaves SIGINT to its default action."""
+    _write(
+        tmp_path,
+        {
+            "corral.toml": """
+                [processes.sleeper]
+                command = "sleep 60"
+                stop_signal = "SIGINT"
+            """
+        },
+    )
+    server = corral("run", cwd=tmp_path)
+    pid = int(server.wait_for(r"sleeper\.1 started \(pid (\d+)\)")[1])
+    status = dict(
+        line.split(":\t", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    assert (int(status["SigIgn"], 16), int(status["SigBlk"], 16)) == (0, 0), status
+    _stops_within(server, PROMPTLY)
+    server.wait_for(rf"sleeper\.1 stopped \(pid {pid}, killed by SIGINT\)")
+
+
+def test_ctrl_c_on_corral_job_stops_the_run_without_a_traceback(corral, tmp_path):
+    """`corral job` passes the signal on to its run: a stop, not a KeyboardInterrupt."""
+    _write(
+        tmp_path,
+        {
+            "tasks.py": """
+                import time
+
+                def slow():
+                    print("working", flush=True)
+                    time.sleep(60)
+            """,
+            "corral.toml": '[jobs.slow]\ncall = "tasks:slow"\nevery = "1h"\n',
+        },
+    )
+    run = corral("job", "slow", cwd=tmp_path)
+    run.wait_for(r"^slow\s+\| working$")
+    began = time.monotonic()
+    run.send(signal.SIGINT)
+    assert run.wait(PROMPTLY + 10) == 0, run.output
+    assert time.monotonic() - began < PROMPTLY
+    assert run.count(r"Traceback|KeyboardInterrupt|failed") == 0, run.output

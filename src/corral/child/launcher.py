@@ -101,7 +101,7 @@ class Launcher(ForkServer):
                 user=identity.get("user"),
                 group=identity.get("group"),
                 extra_groups=identity.get("extra_groups"),
-                preexec_fn=functools.partial(_die_with, self.pid),
+                preexec_fn=functools.partial(_in_the_child, self.pid),
             )
         except (OSError, subprocess.SubprocessError) as error:
             code = getattr(error, "errno", None) or 0
@@ -183,8 +183,14 @@ class Launcher(ForkServer):
         return code
 
 
-def _die_with(launcher: int) -> None:
-    """In a child started by `Launcher._spawn`, before it executes its program."""
+def _in_the_child(launcher: int) -> None:
+    """In a child started by `Launcher._spawn`, before it executes its program.
+
+    SIGINT gets its default action back (the launcher ignores it, and an
+    ignored signal stays ignored across exec: a `stop_signal = "SIGINT"`
+    would not stop the program); then the parent-death signal.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     if not posix.die_with_parent(launcher):
         os._exit(OK)  # the launcher died meanwhile: nobody would ever stop this child
 
