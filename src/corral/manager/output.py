@@ -95,7 +95,7 @@ class Output:
 
     def reopen(self) -> None:
         """SIGUSR1: open the log files again by their names (logrotate has renamed them)."""
-        files = {self.file, self.access_file}
+        files = [self.file] if self.access_file is self.file else [self.file, self.access_file]
         for destination in files:
             destination.reopen()
         named = [str(f.path) for f in files if f.path is not None]
