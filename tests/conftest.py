@@ -31,10 +31,12 @@ class Corral:
         self,
         command: list[str],
         cwd: Path,
-        env: dict[str, str],
+        env: dict[str, str | None],
         pass_fds: Sequence[int] = (),
     ) -> None:
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+        """Run `command`; `env` adds to ours, and a None in it removes that variable."""
+        merged = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
+        self.env = {name: value for name, value in merged.items() if value is not None}
         self.proc = subprocess.Popen(
             command,
             cwd=cwd,
@@ -289,7 +291,7 @@ class Started:
         self,
         command: list[str],
         cwd: Path = APPS,
-        env: dict[str, str] | None = None,
+        env: dict[str, str | None] | None = None,
         pass_fds: Sequence[int] = (),
     ) -> Corral:
         instance = Corral(command, cwd, env or {}, pass_fds)
@@ -332,6 +334,16 @@ def corral(started: Started) -> Callable[..., Corral]:
 def launch(started: Started) -> Callable[..., Corral]:
     """Start a command of the test's own that becomes a corral manager (a wrapper that execs)."""
     return started.command
+
+
+class Clock:
+    """A wall clock the test sets: what a `Schedule` reads instead of time.time()."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class LoadResult:

@@ -22,6 +22,7 @@ from textwrap import dedent
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
+from conftest import Clock
 from corral.manager.schedule import Schedule
 from corral.settings import JobConfig
 
@@ -575,7 +576,7 @@ def _job(**settings) -> JobConfig:
 
 def test_every_ticks_stay_on_the_grid_of_the_start():
     start = 1_000_000.25
-    schedule = Schedule(_job(every=10), now=start)
+    schedule = Schedule(_job(every=10), clock=Clock(start))
     assert schedule.next_tick(start) == start + 10  # strictly after
     assert schedule.next_tick(start + 0.001) == start + 10
     assert schedule.next_tick(start + 9.999) == start + 10
@@ -583,7 +584,7 @@ def test_every_ticks_stay_on_the_grid_of_the_start():
     assert schedule.next_tick(start + 37.5) == start + 40  # late: the next grid point, no drift
     assert schedule.next_tick(start - 3) == start  # the clock went back: the start itself
 
-    half = Schedule(_job(every=0.5), now=start)
+    half = Schedule(_job(every=0.5), clock=Clock(start))
     assert [half.next_tick(start + k * 0.5) for k in range(4)] == [
         start + 0.5,
         start + 1.0,
@@ -598,7 +599,7 @@ def test_every_next_tick_is_strictly_after_on_a_fractional_grid():
     Float arithmetic must not make the tick equal to `after` (a timer of 0 s: the same tick
     run twice).
     """
-    schedule = Schedule(_job(every=0.1), now=0.0)
+    schedule = Schedule(_job(every=0.1), clock=Clock(0.0))
     now = 0.0
     for _ in range(1000):
         tick = schedule.next_tick(now)
@@ -608,7 +609,7 @@ def test_every_next_tick_is_strictly_after_on_a_fractional_grid():
 
 
 def test_cron_ticks_in_utc_by_default():
-    schedule = Schedule(_job(schedule="*/5 * * * *"), now=_utc("2024-06-01T10:02:30"))
+    schedule = Schedule(_job(schedule="*/5 * * * *"), clock=Clock(_utc("2024-06-01T10:02:30")))
     now = _utc("2024-06-01T10:02:30")
     ticks = []
     for _ in range(4):
@@ -621,10 +622,10 @@ def test_cron_ticks_in_utc_by_default():
 
 def test_cron_with_a_timezone_follows_its_daylight_saving_time():
     config = _job(schedule="0 9 * * *", timezone="Europe/Paris")
-    winter = Schedule(config, now=_utc("2024-01-15T12:00:00"))
+    winter = Schedule(config, clock=Clock(_utc("2024-01-15T12:00:00")))
     assert winter.next_tick(_utc("2024-01-15T12:00:00")) == _utc("2024-01-16T08:00:00")  # CET
 
-    across = Schedule(config, now=_utc("2024-03-30T12:00:00"))
+    across = Schedule(config, clock=Clock(_utc("2024-03-30T12:00:00")))
     now = _utc("2024-03-30T12:00:00")
     first = across.next_tick(now)
     second = across.next_tick(first)
@@ -632,7 +633,8 @@ def test_cron_with_a_timezone_follows_its_daylight_saving_time():
     assert second == _utc("2024-04-01T07:00:00")
 
     hourly = Schedule(
-        _job(schedule="0 * * * *", timezone="Europe/Paris"), now=_utc("2024-10-26T22:30:00")
+        _job(schedule="0 * * * *", timezone="Europe/Paris"),
+        clock=Clock(_utc("2024-10-26T22:30:00")),
     )
     now = _utc("2024-10-26T22:30:00")
     ticks = []
@@ -644,12 +646,12 @@ def test_cron_with_a_timezone_follows_its_daylight_saving_time():
 
 
 def test_jitter_delays_within_its_bound():
-    schedule = Schedule(_job(every=1, jitter=0.5), now=0.0)
+    schedule = Schedule(_job(every=1, jitter=0.5), clock=Clock(0.0))
     delays = [schedule.jitter() for _ in range(2000)]
     assert all(0 <= d <= 0.5 for d in delays)
     assert max(delays) > 0.45 and min(delays) < 0.05  # spread over the bound
     assert len(set(delays)) > 1900  # random each time, not one fixed offset
-    assert Schedule(_job(every=1), now=0.0).jitter() == 0.0
+    assert Schedule(_job(every=1), clock=Clock(0.0)).jitter() == 0.0
     # Jitter delays the run, not the grid: the ticks are those of the schedule without it.
     assert schedule.next_tick(0.3) == 1.0
 

@@ -16,7 +16,8 @@ from datetime import datetime, timezone
 
 _COLORS = (36, 33, 32, 35, 34, 96, 93, 92, 95, 94)
 _NAME_WIDTH = 10
-_LEVEL = re.compile(r"^(CRITICAL|ERROR|WARNING|INFO|DEBUG|TRACE): ")
+# Python logging's `LEVEL: ` (as corral's children configure it) and the manager's `error: `.
+_LEVEL = re.compile(r"^(CRITICAL|ERROR|WARNING|INFO|DEBUG|TRACE): ", re.IGNORECASE)
 # What `prefix_for` writes, colored or not: the name, padded, " |", then one space.
 _PREFIXED = re.compile(r"(?:\x1b\[\d+m)?(\S+) *\|(?:\x1b\[0m)? ?(.*)", re.DOTALL)
 
@@ -34,7 +35,7 @@ def iso_time(epoch: float) -> str:
 
 
 def json_line(process: str, pid: int | None, line: str, level: str = "info") -> str:
-    """One line as a JSON object; a leading `LEVEL: ` (Python logging's) becomes its level."""
+    """One record (a line, or several) as a JSON object; a leading `LEVEL: ` becomes its level."""
     found = _LEVEL.match(line)
     if found:
         level, line = found.group(1).lower(), line[found.end() :]

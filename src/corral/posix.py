@@ -15,6 +15,8 @@ import signal
 import socket
 import sys
 import termios
+from collections.abc import Iterable
+from types import FrameType
 from typing import Any
 
 import setproctitle
@@ -22,6 +24,7 @@ import setproctitle
 from corral.errors import UsageError
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 # The C library, loaded once: `CDLL(None)` is the running program's own symbols, libc among
 # them, so nothing is searched for (ctypes.util.find_library runs `ldconfig -p`, a process).
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
@@ -48,6 +51,51 @@ def die_with_parent(expected_parent: int, sig: int = signal.SIGTERM) -> bool:
     if _LIBC is not None:
         _LIBC.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
     return os.getppid() == expected_parent
+
+
+_held: list[int] = []  # the signals noted by hold_signals, oldest first
+_holding: dict[int, Any] = {}  # each held signal's handler before
+
+
+def hold_signals(signals: Iterable[int]) -> None:
+    """Note each of `signals` as it comes, rather than die of it (or raise KeyboardInterrupt).
+
+    For the manager's start, before its event loop takes the signals over:
+    a stop asked for meanwhile is honoured once the loop runs (`held_signals`).
+    """
+    for sig in signals:
+        _holding.setdefault(sig, signal.signal(sig, _hold))
+
+
+def _hold(number: int, frame: FrameType | None) -> None:
+    _held.append(number)
+
+
+def held_signals() -> list[int]:
+    """The signals `hold_signals` noted so far, oldest first; each is returned once."""
+    noted = _held[:]
+    del _held[: len(noted)]
+    return noted
+
+
+def release_signals() -> None:
+    """The handlers from before `hold_signals` again (in its process, or in one forked from it)."""
+    for sig, before in _holding.items():
+        signal.signal(sig, before)
+    _holding.clear()
+    _held.clear()
+
+
+def become_subreaper() -> bool:
+    """Be the parent of every orphan among our descendants; False where the OS cannot.
+
+    Linux only (prctl, since 3.4): a process of our subtree whose parent
+    exits is handed to us instead of to init, so we can still stop it.
+    Elsewhere it goes to init (launchd); see `corral.child.launcher`.
+    """
+    if _LIBC is None:
+        return False
+    return int(_LIBC.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
 
 
 def is_manager(pid: int) -> bool:

@@ -37,6 +37,7 @@ class ForkServer:
         self.stop_timeout = stop_timeout
         self.children: set[int] = set()
         self.exiting = False
+        self.stop_asked = False  # SIGTERM: stop the children, then exit
         self.wake_read, self.wake_write = os.pipe()
 
     def become(self, message: Message, fds: list[int]) -> int:
@@ -48,7 +49,8 @@ class ForkServer:
             os.set_blocking(fd, False)
         signal.set_wakeup_fd(self.wake_write)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        signal.signal(signal.SIGTERM, lambda *_: self._stop_children())
+        # Only noted here: the loop stops the children, never a handler that interrupts a fork.
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "stop_asked", True))
         selector = selectors.DefaultSelector()
         selector.register(self.link, selectors.EVENT_READ)
         selector.register(self.wake_read, selectors.EVENT_READ)
@@ -59,6 +61,8 @@ class ForkServer:
                 else:
                     self._drain_wakeups()
             self._reap()
+            if self.stop_asked and not self.exiting:
+                self._stop_children()
         selector.close()
         return OK
 
@@ -67,6 +71,8 @@ class ForkServer:
             data, fds, _, _ = socket.recv_fds(self.link, 65536, channel.MAX_FDS_PER_READ)
         except (BlockingIOError, InterruptedError):
             return
+        except OSError:  # reset: the manager died with our reports unread
+            data, fds = b"", []
         if not data:
             # The manager has gone: no process of ours may outlive it.
             self._stop_children()
@@ -78,12 +84,19 @@ class ForkServer:
                 self._fork(message, message_fds)
 
     def _fork(self, message: Message, fds: list[int]) -> None:
-        """Fork a child for `message` (a request with a `key`); report its pid."""
+        """Fork a child for `message` (a request with a `key`); report its pid.
+
+        SIGTERM is blocked across the fork: one sent to the child as soon as
+        its pid is known (a stop) waits until the child has shed our handler,
+        then stops it, rather than run our handler in it.
+        """
         sys.stdout.flush()
         sys.stderr.flush()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         pid = os.fork()
         if pid == 0:
             os._exit(self._in_child(message, fds))
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         for fd in fds:
             os.close(fd)
         self.children.add(pid)
@@ -95,6 +108,7 @@ class ForkServer:
             signal.set_wakeup_fd(-1)
             for sig in (signal.SIGCHLD, signal.SIGTERM):
                 signal.signal(sig, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # see _fork
             for fd in (self.wake_read, self.wake_write, self.link.fileno()):
                 os.close(fd)
             return self.become(message, fds)
@@ -111,7 +125,8 @@ class ForkServer:
                 pass
 
     def _reap(self) -> None:
-        while self.children:
+        """Collect every child that has exited, and report those the manager asked for."""
+        while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
@@ -119,11 +134,19 @@ class ForkServer:
                 return
             if pid == 0:
                 return
-            self.children.discard(pid)
-            code = os.waitstatus_to_exitcode(status)
-            if not self.exiting:
-                with contextlib.suppress(OSError):
-                    channel.send(self.link, Exited(pid=pid, code=code))
+            self._exited(pid, os.waitstatus_to_exitcode(status))
+
+    def _exited(self, pid: int, code: int) -> None:
+        """Child `pid` has exited with `code`; the manager hears of it unless we are exiting.
+
+        A pid we did not fork is an orphan handed to us (see `corral.posix.become_subreaper`).
+        """
+        if pid not in self.children:
+            return
+        self.children.discard(pid)
+        if not self.exiting:
+            with contextlib.suppress(OSError):
+                channel.send(self.link, Exited(pid=pid, code=code))
 
     def _stop_children(self) -> None:
         """SIGTERM every child, SIGKILL those still there after the stop timeout, then exit."""

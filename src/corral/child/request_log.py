@@ -142,6 +142,7 @@ class RequestLog:
     def __init__(self, stats: RequestStats, writer: BlockWriter | None) -> None:
         self.stats = stats
         self.writer = writer
+        self.counting = False  # whether a middleware counts into `stats` (see `instrument`)
         self.entries: list[Entry] = []
         self._timer: asyncio.TimerHandle | None = None
 
@@ -165,8 +166,8 @@ class RequestLog:
         entries.clear()
 
 
-class _StatusNoter:
-    """Stands in for `send` to note the response status.
+class _Noter:
+    """Stands in for `send` to note the status the client got.
 
     `send` returns the real send's own awaitable: it adds a call per message
     but no coroutine frame. Measured, a closure or a `__call__` costs the same.
@@ -178,15 +179,56 @@ class _StatusNoter:
         self._send = send
         self.status = 0
 
+    def failed(self) -> None:
+        """The app raised: with no response started, uvicorn answers 500 (that is the status)."""
+        if not self.status:
+            self.status = 500
+
+
+class _StatusNoter(_Noter):
+    """An HTTP request's: the status of its response."""
+
+    __slots__ = ()
+
     def send(self, message: Message) -> Awaitable[None]:
         if message["type"] == "http.response.start":
             self.status = message["status"]
         return self._send(message)
 
 
-class RecordRequests:
-    """ASGI middleware: records each HTTP request (client, method, path, status, duration).
+class _SessionNoter(_Noter):
+    """A WebSocket session's: 101 once accepted, 403 if closed before, or its denial's status."""
 
+    __slots__ = ()
+
+    def send(self, message: Message) -> Awaitable[None]:
+        if not self.status:
+            kind = message["type"]
+            if kind == "websocket.accept":
+                self.status = 101
+            elif kind == "websocket.close":
+                self.status = 403
+            elif kind == "websocket.http.response.start":
+                self.status = message["status"]
+        return self._send(message)
+
+
+def _noter(scope: Scope, send: Send) -> _Noter | None:
+    """The noter for a connection the app serves (a request, a session); None for lifespan."""
+    kind = scope["type"]
+    if kind == "http":
+        return _StatusNoter(send)
+    if kind == "websocket":
+        return _SessionNoter(send)
+    return None
+
+
+class RecordRequests:
+    """ASGI middleware: records each request (client, method, path, status, duration).
+
+    Every connection the app serves is one: an HTTP request (streamed or
+    not) and a WebSocket session, recorded as the `GET` of its handshake,
+    with status 101 once accepted and the session's length as its duration.
     The request's own coroutine only records the raw values (reading the
     scope after the app, which may have rewritten it); `RequestLog` counts
     and formats them later. It keeps no reference to the scope: holding
@@ -200,13 +242,16 @@ class RecordRequests:
         self._entries = log.entries
 
     async def __call__(self, scope: Scope, receive: Any, send: Send) -> None:
-        if scope["type"] != "http":
+        noter = _noter(scope, send)
+        if noter is None:
             await self.app(scope, receive, send)
             return
-        noter = _StatusNoter(send)
         started = perf_counter_ns()
         try:
             await self.app(scope, receive, noter.send)
+        except BaseException:
+            noter.failed()
+            raise
         finally:
             entries = self._entries
             if not entries:
@@ -214,7 +259,7 @@ class RecordRequests:
             entries.append(
                 (
                     scope.get("client"),
-                    scope["method"],
+                    scope.get("method", "GET"),
                     scope["path"],
                     scope["query_string"],
                     scope["http_version"],
@@ -226,7 +271,7 @@ class RecordRequests:
 
 
 class CountRequests:
-    """ASGI middleware for when the access log is off: counts each HTTP request at once.
+    """ASGI middleware for when the access log is off: counts each request at once (as above).
 
     Without lines to write there is nothing to batch, and holding a block of
     entries for FLUSH_INTERVAL only makes them survive into the garbage
@@ -239,12 +284,29 @@ class CountRequests:
         self.stats = stats
 
     async def __call__(self, scope: Scope, receive: Any, send: Send) -> None:
-        if scope["type"] != "http":
+        noter = _noter(scope, send)
+        if noter is None:
             await self.app(scope, receive, send)
             return
-        noter = _StatusNoter(send)
         started = perf_counter_ns()
         try:
             await self.app(scope, receive, noter.send)
+        except BaseException:
+            noter.failed()
+            raise
         finally:
-            self.stats.finished(scope["method"], noter.status, (perf_counter_ns() - started) / 1e9)
+            seconds = (perf_counter_ns() - started) / 1e9
+            self.stats.finished(scope.get("method", "GET"), noter.status, seconds)
+
+
+def instrument(app: ASGIApp, log: RequestLog, count: bool) -> ASGIApp:
+    """`app`, recording its requests for the access log (and counting them), or only counting
+    them if `count` (for /metrics, for --max-requests), or as it is if nothing needs them."""
+    if log.writer is not None:
+        app = RecordRequests(app, log)  # counts too: in its blocks, at no extra cost
+    elif count:
+        app = CountRequests(app, log.stats)
+    else:
+        return app
+    log.counting = True
+    return app

@@ -31,6 +31,9 @@ manager's and /metrics' label set without bound.
 """
 
 
+SWITCHING_PROTOCOLS = 101  # the status of an accepted WebSocket session
+
+
 class RequestStats:
     """Counts of the requests a worker has finished, and how many it is serving now.
 
@@ -53,6 +56,8 @@ class RequestStats:
         The common case is one dict increment, one bisect and one addition;
         a (method, status) pair seen for the first time takes the slower path,
         which is also where an unknown method is folded into OTHER_METHOD.
+        A WebSocket session (status 101) is counted, and left out of the
+        latency histogram: it lasts as long as the client stays.
         `bisect_left` puts a duration equal to a bound into that bound's
         bucket, as Prometheus' `le` ("less or equal") requires.
         """
@@ -60,12 +65,19 @@ class RequestStats:
             self._by[method, status] += 1
         except KeyError:
             self._first(method, status)
+        if status == SWITCHING_PROTOCOLS:
+            return  # a WebSocket session: its length is no response time
         self._buckets[bisect_left(BUCKETS, seconds)] += 1
         self._sum += seconds
 
     def _first(self, method: str, status: int) -> None:
         key = (method if method in METHODS else OTHER_METHOD, status)
         self._by[key] = self._by.get(key, 0) + 1
+
+    @property
+    def total(self) -> int:
+        """Every request counted since the worker started (a sum: call it seldom)."""
+        return sum(self._by.values())
 
     def snapshot(self) -> dict[str, Any]:
         """Everything counted since the worker started, as JSON-able data.

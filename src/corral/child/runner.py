@@ -2,16 +2,16 @@
 
 For `[processes.NAME] call = ...`, `[jobs.NAME] call = ...` and prestart
 `{ call = ... }`. A coroutine function (or a function returning an
-awaitable) runs in its own event loop. SIGTERM asks it to stop: a sync
-function gets SystemExit (its `finally` blocks run), an async one is
-cancelled. Exit code 0 when it returns, 1 with its traceback when it raises.
+awaitable) runs in its own event loop. SIGTERM or SIGINT asks it to stop:
+a sync function gets SystemExit (its `finally` blocks run; no
+KeyboardInterrupt traceback), an async one is cancelled. Exit code 0 when
+it returns, 1 with its traceback when it raises.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import os
 import signal
 import sys
 from typing import Any
@@ -20,11 +20,14 @@ from corral import posix
 from corral.child.app_loader import AppLoadError, load_app, user_traceback
 from corral.exit_codes import FAILURE, OK
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
 
 def run_callable(target: Any) -> int:
     if inspect.iscoroutinefunction(target):
         return _run_async(target)
-    signal.signal(signal.SIGTERM, _exit_on_term)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _exit_on_term)
     try:
         result = target()
         if inspect.isawaitable(result):
@@ -44,7 +47,8 @@ def _exit_on_term(sig: int, frame: object) -> None:
 def _run_async(make: Any) -> int:
     async def main() -> int:
         task = asyncio.ensure_future(make())
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        for sig in STOP_SIGNALS:
+            asyncio.get_running_loop().add_signal_handler(sig, task.cancel)
         try:
             await task
         except asyncio.CancelledError:
@@ -60,9 +64,7 @@ def _run_async(make: Any) -> int:
 
 def main() -> int:
     name, target_name = sys.argv[1], sys.argv[2]
-    posix.set_title(f"corral: {name}")
-    if not posix.die_with_parent(int(os.environ["CORRAL_MANAGER_PID"])):
-        return OK
+    posix.set_title(f"corral: {name}")  # the launcher asked for the parent-death signal
     try:
         target = load_app(target_name, factory=False)
     except AppLoadError as error:

@@ -32,9 +32,10 @@ from corral import posix
 from corral.child.app_loader import AppLoadError
 from corral.child.client_limits import ClientLimits, LimitedHttpToolsProtocol
 from corral.child.proxy_headers import ProxyHeaders
-from corral.child.request_log import BlockWriter, CountRequests, RecordRequests, RequestLog
+from corral.child.request_log import BlockWriter, RequestLog, instrument
 from corral.child.request_stats import RequestStats
 from corral.child.send_watch import SendWatch
+from corral.child.shutdown_log import PlannedStop
 from corral.child.web_app import WebApp, load_web_app
 from corral.child.wsgi import BusyThreads, serve_wsgi
 from corral.exit_codes import APP_FAILED, OK
@@ -101,10 +102,8 @@ def run_worker(spec: WorkerSpec) -> int:
         prefix = prefix_for(spec.name, spec.color)
         writer = BlockWriter(spec.access_fd, prefix, json_for)
     requests = RequestLog(RequestStats(), writer)
-    if writer is not None:
-        app = RecordRequests(app, requests)  # counts too: in its blocks, at no extra cost
-    elif spec.config.request_metrics:
-        app = CountRequests(app, requests.stats)
+    count = spec.config.request_metrics or spec.config.max_requests is not None
+    app = instrument(app, requests, count)
     link = channel_socket(spec.channel_fd)
     request_limit = None
     if spec.config.max_requests is not None:
@@ -117,14 +116,17 @@ def run_worker(spec: WorkerSpec) -> int:
     )
     server.busy = busy
     server.app_description = web_app.describe(spec.config.threads)
+    logging.getLogger("uvicorn.error").addFilter(PlannedStop(lambda: server.should_exit))
     sockets = [socket.socket(fileno=fd) for fd in spec.listen_fds]
     try:
         asyncio_run(server.serve(sockets), loop_factory=server.config.get_loop_factory())
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else APP_FAILED
+    except asyncio.CancelledError:  # stopped while booting (WorkerServer._on_signal)
+        return OK
     finally:
         server.send_heartbeat()  # the last counts, so the manager's totals miss no request
-    return OK if server.started else APP_FAILED
+    return OK if server.started or server.boot_called_off else APP_FAILED
 
 
 def channel_socket(fd: int) -> socket.socket:
@@ -255,10 +257,16 @@ class WorkerServer(uvicorn.Server):
         self.recycle_asked_at: float | None = None
         self.busy: BusyThreads | None = None  # a WSGI app's threads
         self.app_description = ""  # which app, found how (the manager says it once)
+        self.booting: asyncio.Task[Any] | None = None  # the startup under way
+        self.boot_called_off = False  # a stop signal came before we served
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        """TERM and INT drain, QUIT stops at once; unlike uvicorn, nothing is re-raised."""
+        """TERM and INT drain, QUIT stops at once; unlike uvicorn, nothing is re-raised.
+
+        A worker still booting exits at once: its lifespan startup may take
+        long, and it has no request to finish.
+        """
         previous = {
             sig: signal.signal(sig, self._on_signal)
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
@@ -271,6 +279,11 @@ class WorkerServer(uvicorn.Server):
 
     def _on_signal(self, sig: int, frame: FrameType | None) -> None:
         self.should_exit = True
+        if not self.started:  # still booting (lifespan startup): nothing to finish, so go now
+            self.boot_called_off = True
+            if self.booting is not None:
+                self.booting.get_loop().call_soon_threadsafe(self.booting.cancel)
+            return
         if sig == signal.SIGQUIT:
             self.force_exit = True
         if self.started and self.loop is not None:
@@ -307,7 +320,10 @@ class WorkerServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self.listeners = sockets or []
-        await super().startup(sockets)
+        self.booting = asyncio.current_task()  # what a stop signal cancels until we serve
+        if not self.should_exit:
+            await super().startup(sockets)
+        self.booting = None
         if self.started and not self.should_exit:
             loop = self.loop = asyncio.get_running_loop()
             loop.add_reader(self.link.fileno(), self._on_manager_message)
@@ -327,14 +343,20 @@ class WorkerServer(uvicorn.Server):
         self.requests.flush()
         stats = self.requests.stats
         stats.in_flight = len(self.server_state.tasks)
-        served = self.server_state.total_requests
         longest = self.busy.longest() if self.busy is not None else None
-        self._send(Heartbeat(requests=served, stats=stats.snapshot(), longest=longest))
+        self._send(Heartbeat(requests=self.served(), stats=stats.snapshot(), longest=longest))
+
+    def served(self) -> int:
+        """Requests served since the start, as the access log and /metrics count them: HTTP
+        requests and WebSocket sessions alike. uvicorn's count (HTTP only) if nothing counts."""
+        if self.requests.counting:
+            return self.requests.stats.total
+        return self.server_state.total_requests
 
     def _check_request_limit(self) -> None:
         """Past --max-requests, ask the manager for a replacement (it drains us when ready)."""
         loop = asyncio.get_running_loop()
-        served = self.server_state.total_requests
+        served = self.served()
         assert self.request_limit is not None
         if served >= self.request_limit and (
             self.recycle_asked_at is None or loop.time() - self.recycle_asked_at > RECYCLE_REMINDER

@@ -4,8 +4,8 @@ Each message is a frozen dataclass with a `tag`; on the wire it is a JSON
 object whose `"t"` is the tag and whose other keys are the fields (see
 `corral.ipc.channel`). Descriptors travel beside a message, never in it.
 
-    manager  -> launcher   LaunchZygote
-    launcher -> manager    Forked, Exited
+    manager  -> launcher   LaunchZygote, Spawn
+    launcher -> manager    Forked, SpawnFailed, Exited
     manager  -> zygote     WebZygoteSpec or JobsZygoteSpec (first), ForkWorker, ForkRun, Exit
     zygote   -> manager    Loaded, LoadFailed, Forked, Exited
     manager  -> worker     TakeBacklogThenStop
@@ -79,6 +79,28 @@ class LaunchZygote(Message):
     stop_timeout: float
 
 
+@_message
+@dataclass(frozen=True)
+class Spawn(Message):
+    """Start `argv` (a declared process, a command job's run, a prestart step) as `identity`.
+
+    It runs with exactly `env`, in `cwd` ("" for the launcher's own), in a
+    session of its own, with the one descriptor that comes with this
+    message as its stdout and stderr. Should the manager die, its process
+    group gets `stop_signal` (a name, such as "SIGTERM"), and SIGKILL after
+    `stop_timeout` seconds.
+    """
+
+    tag: ClassVar[str] = "spawn"
+    key: int
+    argv: list[str]
+    env: dict[str, str]
+    cwd: str
+    identity: dict[str, Any]
+    stop_signal: str
+    stop_timeout: float
+
+
 # -- launcher or zygote -> manager ------------------------------------------------
 
 
@@ -90,6 +112,17 @@ class Forked(Message):
     tag: ClassVar[str] = "forked"
     key: int
     pid: int
+
+
+@_message
+@dataclass(frozen=True)
+class SpawnFailed(Message):
+    """What was asked under `key` could not start: `errno` and its words, as OSError has them."""
+
+    tag: ClassVar[str] = "spawn-failed"
+    key: int
+    errno: int
+    strerror: str
 
 
 @_message

@@ -32,11 +32,14 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from corral.ipc import channel
 from corral.ipc.messages import Message
 from corral.manager.output import Pump
+
+if TYPE_CHECKING:
+    from corral.manager.spawn import Spawned
 
 
 class State(enum.Enum):
@@ -87,7 +90,7 @@ class Child:
         self.replaced_by: Child | None = None  # the child starting to take over from this one
         self.replace_reason: str | None = None  # why it is being replaced (reload, max-requests...)
         self.pump: Pump | None = None  # its output
-        self.process: asyncio.subprocess.Process | None = None  # a process the manager started
+        self.process: Spawned | None = None  # a process the launcher started for the manager
         self._link: socket.socket | None = None  # a web worker's channel
         self._decoder = channel.Decoder()
         self._on_message: MessageHandler | None = None

@@ -28,9 +28,9 @@ from corral.manager.group import Group, Refused
 from corral.manager.job_runs import JobRuns, RunRecord
 from corral.manager.launcher_handle import LauncherHandle
 from corral.manager.metrics import Metrics
-from corral.manager.output import Output
+from corral.manager.output import Output, Pump
 from corral.manager.schedule import Schedule
-from corral.manager.spawn import argv_for, signal_group, spawn
+from corral.manager.spawn import Spawned, argv_for, signal_group, spawn
 from corral.manager.zygote_handle import AppFailed, ZygoteHandle
 from corral.manager.zygote_slot import ZygoteSlot
 from corral.settings import JobConfig
@@ -45,8 +45,10 @@ class Run:
     started: float = field(default_factory=time.monotonic)
     pid: int | None = None
     timed_out: bool = False
-    process: asyncio.subprocess.Process | None = None  # for a command job
+    stopped: bool = False  # killed because corral stops: neither a success nor a failure
+    process: Spawned | None = None  # for a command job
     zygote: ZygoteHandle | None = None  # for a call job: the zygote that forked it
+    pump: Pump | None = None  # for a call job: its output (a command's is its process's)
     started_at: float = field(default_factory=time.time)
 
 
@@ -56,7 +58,7 @@ class JobRecord:
 
     last_started: float | None = None
     last_duration: float | None = None
-    last_result: str | None = None  # ok | failed: exit code 1 | timeout | skipped: overlap
+    last_result: str | None = None  # ok | failed: exit code 1 | timeout | skipped | stopped
     next_run: float | None = None
     runs: int = 0
     failures: int = 0
@@ -69,7 +71,7 @@ class JobsGroup(Group):
     def __init__(
         self,
         jobs: dict[str, JobConfig],
-        launcher: LauncherHandle | None,  # None when no job is a `call`
+        launcher: LauncherHandle,  # forks the jobs zygote, starts the command runs
         env: dict[str, str],
         output: Output,
         metrics: Metrics,
@@ -86,22 +88,22 @@ class JobsGroup(Group):
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.runs: dict[int, Run] = {}
         self.keys = itertools.count(1)
-        self.zygotes: ZygoteSlot | None = None
-        if launcher is not None:
-            self.zygotes = ZygoteSlot(
-                "jobs",
-                "corral.child.jobs_zygote",
-                launcher,
-                output,
-                spec=self._zygote_spec,
-                env=lambda: self.env,
-                identity=identity,
-                on_message=self._on_zygote_message,
-                on_lost=self._on_zygote_lost,
-                on_replaced=lambda: None,
-                on_failed=lambda: None,
-            )
+        self.launcher = launcher
+        self.zygotes = ZygoteSlot(
+            "jobs",
+            "corral.child.jobs_zygote",
+            launcher,
+            output,
+            spec=self._zygote_spec,
+            env=lambda: self.env,
+            identity=identity,
+            on_message=self._on_zygote_message,
+            on_lost=self._on_zygote_lost,
+            on_replaced=lambda: None,
+            on_failed=lambda: None,
+        )
         self.background = Background()
+        self.reloading: asyncio.Task[None] | None = None
         self.stopping = False
 
     @property
@@ -125,15 +127,13 @@ class JobsGroup(Group):
 
     async def _launch_zygote(self) -> None:
         """A zygote with the current code and jobs; the previous one retires."""
-        if self.zygotes is None:
-            raise Refused("a `call` job needs corral to be restarted: no launcher runs")
         old = self.zygotes.promote(await self.zygotes.launch())
         if old is not None:
             self.zygotes.retire_if_idle(old, self._has_runs(old))
 
     def _on_zygote_lost(self, zygote: ZygoteHandle) -> None:
         """Its runs in flight died with it (counted failed)."""
-        if self.zygotes is not None and zygote is self.zygotes.current:
+        if zygote is self.zygotes.current:
             for run in [r for r in self.runs.values() if r.zygote is zygote]:
                 self._finish(run, FAILURE)
 
@@ -144,8 +144,9 @@ class JobsGroup(Group):
 
     def _arm(self, name: str) -> None:
         schedule = self.schedules[name]
+        tick = schedule.next_run()  # each intended time once, even for a timer that fires early
         now = time.time()
-        delay = schedule.next_tick(now) - now + schedule.jitter()
+        delay = tick - now + schedule.jitter()
         self.records[name].next_run = now + delay
         self.timers[name] = asyncio.get_running_loop().call_later(delay, self._tick, name)
 
@@ -192,7 +193,7 @@ class JobsGroup(Group):
         return True
 
     def _fork_run(self, run: Run, config: JobConfig) -> None:
-        zygote = self.zygotes.current if self.zygotes is not None else None
+        zygote = self.zygotes.current
         if zygote is None or not zygote.can_fork():
             self._missed(run)
             return
@@ -206,7 +207,7 @@ class JobsGroup(Group):
             return
         finally:
             os.close(log_write)
-        self.output.attach(log_read, run.job, run.record.take)
+        run.pump = self.output.attach(log_read, run.job, run.record.take)
         run.zygote = zygote
 
     def _missed(self, run: Run) -> None:
@@ -218,6 +219,7 @@ class JobsGroup(Group):
         env = {**self.env, **config.env}
         try:
             run.process = await spawn(
+                self.launcher,
                 run.job,
                 argv_for(run.job, config),
                 self.output,
@@ -243,11 +245,16 @@ class JobsGroup(Group):
                 self._finish(run, message.code)
 
     def _finish(self, run: Run, code: int) -> None:
+        if run.pump is not None:
+            run.pump.read_available()  # its last lines (a traceback) before its result
         self.runs.pop(run.key, None)
-        if run.zygote is not None and self.zygotes is not None:
+        if run.zygote is not None:
             self.zygotes.retire_if_idle(run.zygote, self._has_runs(run.zygote))
         took = time.monotonic() - run.started
-        if run.timed_out:
+        if run.stopped:
+            self.output.say(f"{run.job} run stopped: corral is stopping ({took:.2f}s)")
+            result = "stopped"
+        elif run.timed_out:
             self.output.say(f"{run.job} run failed: killed at its timeout ({took:.2f}s)")
             result = "timeout"
         elif code != 0:
@@ -286,7 +293,7 @@ class JobsGroup(Group):
         """Load the current code of the call jobs in a new zygote; the old one retires."""
         if self.stopping:
             return "jobs: not reloaded, corral is stopping"
-        self.background.start(self._reload())
+        self.reloading = self.background.start(self._reload())
         return "reloading jobs"
 
     async def _reload(self) -> None:
@@ -317,8 +324,6 @@ class JobsGroup(Group):
 
         A job whose declaration changed is rescheduled; runs under way finish.
         """
-        if any(c.call is not None for c in declaration.values()) and self.zygotes is None:
-            raise Refused("adding a `call` job needs a restart of corral (no launcher runs)")
         old, self.jobs, self.env = self.jobs, declaration, env
         for name in old:
             if name not in declaration:
@@ -336,8 +341,6 @@ class JobsGroup(Group):
 
     def status(self) -> list[dict[str, Any]]:
         """The jobs zygotes as processes (each run is short-lived and not listed)."""
-        if self.zygotes is None:
-            return []
         return [
             status_row(
                 "jobs.zygote",
@@ -377,10 +380,15 @@ class JobsGroup(Group):
         return rows
 
     def stop_ticking(self) -> None:
-        """No new run from now on (the first thing a stop does; running ones go on)."""
+        """No new run from now on (the first thing a stop does; running ones go on).
+
+        A reload under way is called off: its zygote, still loading, is killed.
+        """
         self.stopping = True
         for name in list(self.timers):
             self._disarm(name)
+        if self.reloading is not None:
+            self.reloading.cancel()
 
     async def stop(self) -> None:
         """No new runs; running ones finish (up to their timeout, or 10 s), then are killed."""
@@ -389,12 +397,13 @@ class JobsGroup(Group):
         while self.runs and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         for run in list(self.runs.values()):
+            run.stopped = not run.timed_out
             self._kill(run)
         await self.background.wait(timeout=5)
-        if self.zygotes is not None:
-            await self.zygotes.stop()
+        await self.zygotes.stop()
 
     def kill(self) -> None:
         self.stop_ticking()
         for run in list(self.runs.values()):
+            run.stopped = not run.timed_out
             self._kill(run)

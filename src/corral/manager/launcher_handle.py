@@ -1,4 +1,5 @@
-"""The manager's side of the launcher (`corral.child.launcher`): ask for zygotes, learn exits.
+"""The manager's side of the launcher (`corral.child.launcher`): ask for zygotes and programs,
+learn exits.
 
 The launcher is the zygotes' parent, so it reaps them and reports each exit
 with its status. Should the launcher itself die, its zygotes get the
@@ -21,14 +22,14 @@ from collections.abc import Callable
 from typing import Any
 
 from corral.ipc import channel
-from corral.ipc.messages import Exited, LaunchZygote
+from corral.ipc.messages import Exited, LaunchZygote, Spawn, SpawnFailed
 from corral.ipc.messages import Forked as ForkedMessage
 from corral.manager.exit_watch import watch_exit
 from corral.manager.exits import describe_exit
 
 
 class Forked:
-    """A zygote the launcher forked: its pid, and its exit status once it has exited."""
+    """A child of the launcher (a zygote, a program): its pid, and its exit status once exited."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -74,12 +75,36 @@ class LauncherHandle:
         stop_timeout: float,
     ) -> Forked:
         """A new zygote running `module.main(fds[0])` with its output to `fds[1]`."""
+        message = LaunchZygote(next(self.keys), name, module, env, identity, stop_timeout)
+        return await self._ask(message, fds)
+
+    async def spawn(
+        self,
+        argv: list[str],
+        log_fd: int,
+        env: dict[str, str],
+        cwd: str,
+        identity: dict[str, Any],
+        stop_signal: str,
+        stop_timeout: float,
+    ) -> Forked:
+        """Have the launcher start `argv`, its output to `log_fd` (see `messages.Spawn`).
+
+        OSError if it cannot start (no such program, not executable, the launcher has gone).
+        """
+        message = Spawn(next(self.keys), argv, env, cwd, identity, stop_signal, stop_timeout)
+        return await self._ask(message, [log_fd])
+
+    async def _ask(self, message: LaunchZygote | Spawn, fds: list[int]) -> Forked:
+        """Send `message` (with `fds`) and wait for its answer; ConnectionError if gone."""
         if self.lost:
             raise ConnectionError("the launcher has gone")
-        key = next(self.keys)
-        answer = self.pending[key] = asyncio.get_running_loop().create_future()
-        message = LaunchZygote(key, name, module, env, identity, stop_timeout)
-        channel.send(self.link, message, fds)
+        answer = self.pending[message.key] = asyncio.get_running_loop().create_future()
+        try:
+            channel.send(self.link, message, fds)
+        except OSError:
+            del self.pending[message.key]
+            raise ConnectionError("the launcher has gone") from None
         return await answer
 
     def _on_readable(self) -> None:
@@ -92,7 +117,15 @@ class LauncherHandle:
         for message, _ in self.decoder.feed(data):
             if isinstance(message, ForkedMessage):
                 child = self.forked[message.pid] = Forked(message.pid)
-                self.pending.pop(message.key).set_result(child)
+                answer = self.pending.pop(message.key)
+                if answer.cancelled():  # asked for by a start that was called off (a stop)
+                    child.kill()
+                else:
+                    answer.set_result(child)
+            elif isinstance(message, SpawnFailed):
+                answer = self.pending.pop(message.key)
+                if not answer.cancelled():
+                    answer.set_exception(OSError(message.errno, message.strerror))
             elif isinstance(message, Exited):
                 child = self.forked.pop(message.pid, None)
                 if child is not None:
@@ -104,7 +137,8 @@ class LauncherHandle:
         loop.remove_reader(self.link.fileno())
         self.lost = True
         for answer in self.pending.values():
-            answer.set_exception(ConnectionError("the launcher has gone"))
+            if not answer.done():
+                answer.set_exception(ConnectionError("the launcher has gone"))
         self.pending.clear()
         for child in self.forked.values():
             # Its exit status was the launcher's to collect: 0 stands for "gone".

@@ -58,7 +58,7 @@ RESTART_CAUSES = frozenset(
     {"crash", "timeout", "max-requests", "max-memory", "reload", "scale", "restart"}
 )
 RELOAD_RESULTS = ("ok", "failed")
-JOB_RESULTS = frozenset({"ok", "failed", "timeout", "skipped"})
+JOB_RESULTS = frozenset({"ok", "failed", "timeout", "skipped", "stopped"})
 RELOADS_KEPT = 100  # the last reloads' results, with their times, for the dashboard's charts
 
 _OWN_DIR_PREFIX = "corral-metrics-"  # then the manager's pid: corral-metrics-PID-XXXXXXXX

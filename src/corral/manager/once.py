@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 import time
+from collections.abc import Awaitable, Callable
 
 from corral import posix
-from corral.exit_codes import FAILURE, OK, PRESTART_FAILED
+from corral.child.launcher import fork_launcher
+from corral.errors import UsageError
+from corral.exit_codes import FAILURE, OK, PRESTART_FAILED, USAGE
+from corral.manager.launcher_handle import LauncherHandle
 from corral.manager.output import Output
 from corral.manager.prestart import run_prestart
 from corral.manager.spawn import argv_for, signal_group, spawn
@@ -26,16 +31,16 @@ DRAIN_TIMEOUT = 1.0  # seconds to read what a finished child left in its pipe
 def prestart(system: System) -> int:
     """Run the prestart steps in order: 0, or 4 at the first that fails (as `corral run`)."""
 
-    async def steps() -> int:
+    async def steps(launcher: LauncherHandle) -> int:
         output = _output(system)
         if not system.prestart.steps:
             output.say("prestart: no steps declared")
         identity = posix.identity(system.manager.user, system.manager.group)
-        succeeded = await run_prestart(system.prestart, system.env, output, identity)
+        succeeded = await run_prestart(system.prestart, system.env, output, identity, launcher)
         await output.drain(DRAIN_TIMEOUT)
         return OK if succeeded else PRESTART_FAILED
 
-    return asyncio.run(steps())
+    return _with_launcher(steps)
 
 
 def job(system: System, name: str) -> int:
@@ -47,13 +52,13 @@ def job(system: System, name: str) -> int:
     """
     config = system.jobs[name]
 
-    async def run() -> int:
+    async def run(launcher: LauncherHandle) -> int:
         output = _output(system)
         started = time.monotonic()
         env = {**system.env, **config.env}
         identity = posix.identity(system.manager.user, system.manager.group)
         process = await spawn(
-            name, argv_for(name, config), output, env, config.cwd, identity=identity
+            launcher, name, argv_for(name, config), output, env, config.cwd, identity=identity
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -72,8 +77,33 @@ def job(system: System, name: str) -> int:
         await output.drain(DRAIN_TIMEOUT)
         return OK if code == 0 else FAILURE
 
+    return _with_launcher(run)
+
+
+def _with_launcher(main: Callable[[LauncherHandle], Awaitable[int]]) -> int:
+    """Run `main` in an event loop, with a launcher to start its children (none outlives us).
+
+    Should the launcher die, the child it started gets the parent-death
+    signal and its end ends `main`.
+    """
+    forked = fork_launcher(zygotes=False)
+
+    async def run() -> int:
+        launcher = LauncherHandle(*forked, on_lost=lambda cause: None)
+        try:
+            return await main(launcher)
+        except UsageError as error:  # a log file, a user: before anything started
+            for message in error.messages:
+                print(f"corral: error: {message}", file=sys.stderr)
+            return USAGE
+        finally:
+            launcher.close()
+
     return asyncio.run(run())
 
 
 def _output(system: System) -> Output:
-    return Output(json_format=system.manager.log_format == "json")
+    output = Output(json_format=system.manager.log_format == "json")
+    output.open_files(system.manager.log_file, system.manager.access_logfile)
+    output.start()
+    return output

@@ -20,10 +20,11 @@ from corral.manager.background import Background
 from corral.manager.child import Child, History, State, child_row
 from corral.manager.exits import describe_exit
 from corral.manager.group import Group, Refused
+from corral.manager.launcher_handle import LauncherHandle
 from corral.manager.metrics import Metrics
 from corral.manager.output import Output
 from corral.manager.respawn import Respawner
-from corral.manager.spawn import argv_for, signal_group, spawn
+from corral.manager.spawn import Spawned, argv_for, signal_group, spawn
 from corral.settings import ProcessConfig
 
 
@@ -37,9 +38,11 @@ class ProcessGroup(Group):
         output: Output,
         metrics: Metrics,
         identity: dict[str, Any],  # corral.posix.identity: who the replicas run as
+        launcher: LauncherHandle,  # starts each replica
         first: int = 1,
     ) -> None:
         self.name = name
+        self.launcher = launcher
         self.identity = identity
         self.first = first  # the first replica's number: `--only consumer.2` runs consumer.2
         self.config = config
@@ -81,24 +84,29 @@ class ProcessGroup(Group):
         env = {**self.env, **self.config.env, "CORRAL_REPLICA": str(index)}
         try:
             process = await spawn(
+                self.launcher,
                 name,
                 argv_for(name, self.config),
                 self.output,
                 env,
                 self.config.cwd,
                 identity=self.identity,
+                stop=(self.config.stop_signal, self.config.stop_timeout),
             )
         except OSError as error:
             self.output.say(f"{name} cannot start: {error}")
             child.to(State.STOPPED)
             self._after_exit(index, child, 127)
             return
+        except asyncio.CancelledError:  # corral stops before this replica has started
+            child.to(State.STOPPED)
+            raise
         child.process, child.pid = process, process.pid
         child.to(State.RUNNING)
         self.output.say(f"{name} started (pid {process.pid})")
         self.background.start(self._watch(index, child, process))
 
-    async def _watch(self, index: int, child: Child, process: asyncio.subprocess.Process) -> None:
+    async def _watch(self, index: int, child: Child, process: Spawned) -> None:
         code = await process.wait()
         planned = self.stopping or child.stop_reason is not None
         child.to(State.STOPPED)

@@ -1,9 +1,25 @@
-"""Schedules: when a job's next tick is, from `every` (an interval) or `schedule` (cron)."""
+"""Schedules: when a job runs, from `every` (an interval) or `schedule` (cron, in a time zone).
+
+Each intended time gets exactly one run, whatever the calendar or the clock does:
+
+- `next_run` hands each time out once: a timer that fires a little before
+  its time (the wall clock was slewed back while it waited) gets the next
+  time, not the same one again.
+- Daylight saving time, as cron (Vixie cron, cronie) handles it. A job at
+  fixed times of day (`30 2 * * *`) runs once per wall time: in the hour
+  the clocks repeat (autumn) only at the first pass, unless corral started
+  after it; at a time the clocks skip (spring), once, right after the
+  change. A job that repeats through the hour or the day, a `*` or `*/N`
+  in its minute or hour field (`0 * * * *`, `*/20 2 * * *`), runs at each
+  real occurrence: in both passes of a repeated hour, never at a time that
+  does not exist.
+"""
 
 from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
@@ -12,23 +28,43 @@ from croniter import croniter
 from corral.settings import JobConfig
 
 
-class Schedule:
-    """The ticks of one job, as wall-clock timestamps; jitter delays each run, not the tick."""
+def repeats_within_the_day(expression: str) -> bool:
+    """Whether a cron expression's minute or hour field is `*` or `*/N` (cron's "wildcard" job)."""
+    if expression.startswith("@"):
+        return expression.lower() == "@hourly"
+    minute, hour = expression.split()[:2]
+    return minute.startswith("*") or hour.startswith("*")
 
-    def __init__(self, config: JobConfig, now: float | None = None) -> None:
+
+class Schedule:
+    """The intended times of one job's runs, as Unix times; jitter delays each run, not its time.
+
+    `clock` gives the wall-clock time (time.time); the schedule starts at
+    its first reading.
+    """
+
+    def __init__(self, config: JobConfig, clock: Callable[[], float] = time.time) -> None:
         self.config = config
-        self.start = time.time() if now is None else now
-        self.cron = None
+        self.clock = clock
+        self.start = clock()
+        self.last: float | None = None  # the last time handed out by next_run
+        self.zone = ZoneInfo(config.timezone) if config.timezone else timezone.utc
+        self.wildcard = config.schedule is not None and repeats_within_the_day(config.schedule)
         if config.schedule is not None:
-            zone = ZoneInfo(config.timezone) if config.timezone else timezone.utc
-            self.cron = croniter(config.schedule, datetime.fromtimestamp(self.start, zone))
+            self.minutes, self.hours = croniter.expand(config.schedule)[0][:2]
+
+    def next_run(self) -> float:
+        """The next intended time: after now, and after the last one handed out."""
+        now = self.clock()
+        self.last = self.next_tick(now if self.last is None else max(now, self.last))
+        return self.last
 
     def next_tick(self, after: float) -> float:
-        """The first tick strictly after `after` (interval ticks stay on the start's grid)."""
-        if self.cron is not None:
-            tick = self.cron.get_next(float)
-            while tick <= after:
-                tick = self.cron.get_next(float)
+        """The first intended time strictly after `after` (intervals stay on the start's grid)."""
+        if self.config.schedule is not None:
+            tick = self._cron_after(after)
+            while not self._intended(tick):
+                tick = self._cron_after(tick)
             return tick
         assert self.config.every is not None
         every = self.config.every
@@ -36,6 +72,27 @@ class Schedule:
         while self.start + count * every <= after:  # floating point can land on `after`
             count += 1
         return self.start + count * every
+
+    def _cron_after(self, after: float) -> float:
+        assert self.config.schedule is not None
+        cron = croniter(self.config.schedule, datetime.fromtimestamp(after, self.zone))
+        tick: float = cron.get_next(float)
+        while tick <= after:
+            tick = cron.get_next(float)
+        return tick
+
+    def _intended(self, tick: float) -> bool:
+        """Whether croniter's `tick` is a run, by the rules of daylight saving time above."""
+        local = datetime.fromtimestamp(tick, self.zone)
+        if not self.wildcard:
+            first_pass = local.replace(fold=0).timestamp()  # this wall time's first occurrence
+            return first_pass == tick or first_pass < self.start
+        # croniter runs a time the clocks skipped at the change: a wildcard job does not.
+        return self._matches(self.minutes, local.minute) and self._matches(self.hours, local.hour)
+
+    @staticmethod
+    def _matches(values: list[int | str], value: int) -> bool:
+        return values == ["*"] or value in values
 
     def jitter(self) -> float:
         return random.uniform(0, self.config.jitter) if self.config.jitter else 0.0

@@ -56,6 +56,18 @@ from corral.manager.upgrade import NewManagerSide, Upgrade
 from corral.manager.web_group import AppFailed, WebGroup
 from corral.settings import ProcessConfig, System, WebConfig
 
+SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+)
+"""The signals the manager answers (see the `_on_*_signal` handlers)."""
+OUTPUT_DRAIN = 1.0  # seconds to read what the stopped children left in their pipes
 RESTART_ONLY_WEB_SETTINGS = ("bind", "host", "port", "uds", "backlog", "user", "group")
 """[web] settings a reload cannot change: the sockets are bound, the identity is set."""
 
@@ -88,13 +100,17 @@ class Manager:
     def run(self) -> int:
         """Run everything declared until stopped; return the exit code."""
         posix.set_title(posix.MANAGER_TITLE)
+        posix.hold_signals(SIGNALS)  # until the loop handles them: a stop while we start
         try:
             return self._run_everything()
         except Exception as error:
             return self._fail(error)
+        finally:
+            posix.release_signals()
 
     def _run_everything(self) -> int:
         manager, web = self.system.manager, self.system.web
+        self.output.open_files(manager.log_file, manager.access_logfile)
         # Computed once: every child runs as [corral]'s user, web as [web]'s where it has one.
         self.identity = posix.identity(manager.user, manager.group)
         web_identity = self.identity
@@ -122,9 +138,8 @@ class Manager:
                 self.output.say(f"error: {message}")
             return USAGE
         self.bug = True
-        self.output.say("error: an unexpected error (a bug in corral); its traceback:")
-        for line in "".join(traceback.format_exception(error)).splitlines():
-            self.output.say(line)
+        trace = "".join(traceback.format_exception(error)).rstrip("\n")
+        self.output.say(f"error: an unexpected error (a bug in corral); its traceback:\n{trace}")
         return FAILURE
 
     def _on_uncaught(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -141,7 +156,7 @@ class Manager:
         needs_zygotes = self.system.web is not None or any(
             job.call is not None for job in self.system.jobs.values()
         )
-        launcher = fork_launcher() if needs_zygotes else None
+        launcher = fork_launcher(zygotes=needs_zygotes)
         web = self.system.web
         addresses: list[listeners.Address] = []
         sockets: list[socket.socket] = []
@@ -162,16 +177,16 @@ class Manager:
 
     async def _serve(
         self,
-        forked: tuple[int, socket.socket] | None,
+        forked: tuple[int, socket.socket],
         control: ControlPlan,
         sockets: list[socket.socket],
         web_identity: dict[str, Any],
     ) -> int:
         loop = asyncio.get_running_loop()
+        self.output.start()
         self.finished = loop.create_future()
         self._handle_signals(loop)
-        if forked is not None:
-            self.launcher = LauncherHandle(*forked, self._on_launcher_lost)
+        self.launcher = LauncherHandle(*forked, self._on_launcher_lost)
         try:
             servers = await control.open(ManagerControl(self, self.output.logs), self.output)
             try:
@@ -180,8 +195,7 @@ class Manager:
                 await servers.close()
                 control.close()
         finally:
-            if self.launcher is not None:
-                self.launcher.close()
+            self.launcher.close()
 
     async def _supervise(self, sockets: list[socket.socket], web_identity: dict[str, Any]) -> int:
         assert self.finished is not None
@@ -192,6 +206,7 @@ class Manager:
         if not self.handed_over:  # else the new manager is the service now
             self.notify.stopping()
         await self._stop()
+        await self.output.drain(OUTPUT_DRAIN)  # the last lines of every child, then ours
         self.output.say("stopped")
         return FAILURE if self.bug else code
 
@@ -203,27 +218,54 @@ class Manager:
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         loop.add_signal_handler(signal.SIGTTIN, self._on_scale_signal, +1)
         loop.add_signal_handler(signal.SIGTTOU, self._on_scale_signal, -1)
+        loop.add_signal_handler(signal.SIGUSR1, self.output.reopen)
         loop.add_signal_handler(signal.SIGUSR2, self._on_upgrade_signal)
+        for sig in posix.held_signals():  # come while we started: a stop is honoured now
+            if sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+                self._on_stop_signal(sig)
 
     async def _start_and_wait(
         self, sockets: list[socket.socket], web_identity: dict[str, Any]
     ) -> int:
-        """Start everything declared, then wait for the exit code (a signal, a stop, a failure)."""
+        """Start everything declared, then wait for the exit code (a signal, a stop, a failure).
+
+        A stop that comes while things start calls the start off: the step,
+        the zygote or the process being started is stopped there and then.
+        """
         assert self.finished is not None
-        if self.finished.done():  # stopped while the control API opened
+        if self.finished.done():  # a stop asked for before the loop ran: nothing starts
             return self.finished.result()
-        prestart = self.system.prestart
-        if not await run_prestart(prestart, self.system.env, self.output, self.identity):
+        starting = asyncio.ensure_future(self._start(sockets, web_identity))
+        await asyncio.wait([starting, self.finished], return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+        elif (failed := starting.result()) is not None:
+            return failed
+        web = self.system.web
+        if self.finished.done() or web is None or not web.reload:
+            return await self.finished
+        watching = asyncio.get_running_loop().create_task(self._reload_on_change())
+        try:
+            return await self.finished
+        finally:
+            watching.cancel()
+
+    async def _start(
+        self, sockets: list[socket.socket], web_identity: dict[str, Any]
+    ) -> int | None:
+        """Run prestart, then start every group; the exit code if that fails, else None."""
+        prestart, launcher = self.system.prestart, self.launcher
+        assert launcher is not None
+        if not await run_prestart(prestart, self.system.env, self.output, self.identity, launcher):
             return PRESTART_FAILED
-        if self.finished.done():
-            return self.finished.result()
         web = self.system.web
         if web is not None:
-            assert self.launcher is not None
             group = WebGroup(
                 web,
                 sockets,
-                self.launcher,
+                launcher,
                 web_identity,
                 _web_env(self.system, web),
                 self.output,
@@ -241,7 +283,7 @@ class Manager:
             await self._add_process_group(name, config, self.system.env)
         self.jobs = JobsGroup(
             self.system.jobs,
-            self.launcher,
+            launcher,
             self.system.env,
             self.output,
             self.metrics,
@@ -254,19 +296,16 @@ class Manager:
             await self.jobs.start()
         if web is None:
             self.notify.ready()
-        if web is None or not web.reload:
-            return await self.finished
-        watching = asyncio.get_running_loop().create_task(self._reload_on_change())
-        try:
-            return await self.finished
-        finally:
-            watching.cancel()
+        return None
 
     async def _add_process_group(
         self, name: str, config: ProcessConfig, env: dict[str, str]
     ) -> None:
         first = self.system.only_replica.get(name, 1)
-        group = ProcessGroup(name, config, env, self.output, self.metrics, self.identity, first)
+        assert self.launcher is not None
+        group = ProcessGroup(
+            name, config, env, self.output, self.metrics, self.identity, self.launcher, first
+        )
         self.groups[name] = group
         await group.start()
 
@@ -430,15 +469,10 @@ class Manager:
                 self.output.say(f"reload: [processes.{name}] is new: starting it")
                 await self._add_process_group(name, config, new.env)
                 added.add(name)
-        jobs = new.jobs
         if self.jobs is not None:
-            try:
-                await self.jobs.apply(new.jobs, new.env)
-            except Refused as error:
-                self.output.say(f"reload: the jobs keep their old declaration: {error}")
-                jobs = old.jobs
+            await self.jobs.apply(new.jobs, new.env)
         web_now = old.web if new.web is None or old.web is None else new.web
-        self.system = dataclasses.replace(new, web=web_now, jobs=jobs, manager=old.manager)
+        self.system = dataclasses.replace(new, web=web_now, manager=old.manager)
         return added
 
     def _say_what_needs_a_restart(self, old: System, new: System) -> None:

@@ -42,7 +42,6 @@ from corral.ipc.messages import (
     WebZygoteSpec,
 )
 from corral.manager import listeners
-from corral.manager.access_log import AccessLog
 from corral.manager.background import Background
 from corral.manager.child import (
     Child,
@@ -101,7 +100,7 @@ class WebGroup(Group):
         self.history: dict[str, History] = {}
         self.respawner = Respawner()
         self.keys = itertools.count(1)
-        self.access_log = AccessLog(output)  # the workers' access lines, to corral's output
+        self.access_fd = output.access_pipe()  # the workers write their access lines into it
         self.zygotes = ZygoteSlot(
             "web",
             "corral.child.web_zygote",
@@ -147,9 +146,9 @@ class WebGroup(Group):
             config=self.config.model_dump(mode="json"),
             stop_timeout=self.config.graceful_timeout + 1,
             log_format="json" if self.output.json else "text",
-            color=self.output.color,
+            color=self.output.access_color,
         )
-        return spec, [self.access_log.write_fd, *(s.fileno() for s in self.sockets)]
+        return spec, [self.access_fd, *(s.fileno() for s in self.sockets)]
 
     # -- messages --------------------------------------------------------------
 
@@ -248,6 +247,8 @@ class WebGroup(Group):
         if child is None:
             return
         child.read_last_messages()  # its last heartbeat carries its final counts
+        if child.pump is not None:
+            child.pump.read_available()  # its last lines, before the line saying it exited
         self.metrics.worker_exited(pid)
         cause = describe_exit(code)
         history = self.history[child.name]
@@ -587,7 +588,7 @@ class WebGroup(Group):
         await self.zygotes.stop()
         for child in self.children.values():
             child.close_link()
-        self.access_log.close()
+        os.close(self.access_fd)
 
     def kill(self) -> None:
         """Stop at once: SIGKILL every worker (the zygotes follow in stop())."""

@@ -86,7 +86,13 @@ class ZygoteHandle:
         asyncio.get_running_loop().add_reader(ours.fileno(), self._on_readable)
         channel.send(ours, spec, spec_fds)
         exited = asyncio.ensure_future(self.process.wait())
-        await asyncio.wait([self.loaded, exited], return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait([self.loaded, exited], return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # a stop while it loads: it has no child to wait for
+            self.process.kill()
+            exited.cancel()
+            self.close()
+            raise
         if not (self.loaded.done() and self.loaded.result()):
             await exited
             self.close()

@@ -43,6 +43,20 @@ class ManagerConfig(Settings):
     log_format: Annotated[Literal["text", "json"], flag("--log-format", group=LOGGING)] = Field(
         "text", description="text (NAME | line) or json (one object per line)."
     )
+    log_file: Annotated[str, flag("--log-file", group=LOGGING, metavar="PATH")] = Field(
+        "-",
+        min_length=1,
+        description="Write corral's whole output (every process's lines) to this file, "
+        "appended to and reopened on SIGUSR1; - for stdout.",
+    )
+    access_logfile: Annotated[
+        str | None, flag("--access-logfile", group=LOGGING, metavar="PATH")
+    ] = Field(
+        None,
+        min_length=1,
+        description="Write the access lines to this file instead (reopened on SIGUSR1); "
+        "- for stdout. By default they go with the rest of the output.",
+    )
     user: Annotated[str | None, flag("--user", group=PROCESS)] = Field(
         None,
         description="Run every child (web, processes, jobs, prestart) as this user "
