@@ -30,6 +30,7 @@ from corral.settings import ProcessConfig
 
 class ProcessGroup(Group):
     stop_phase = 1
+
     def __init__(
         self,
         name: str,
