@@ -1,16 +1,15 @@
 """What corral asks of the operating system: process titles, parent-death signals, privileges,
 the length of a listening socket's queue, the output a socket's peer has not taken.
 
-Used by the manager and the children alike; it imports nothing of corral's but its error type.
+Used by the manager and the children alike; it imports nothing of corral's but
+`corral.identity` (the lookups of users and groups, which the settings use too).
 """
 
 from __future__ import annotations
 
 import ctypes
 import fcntl
-import grp
 import os
-import pwd
 import signal
 import socket
 import sys
@@ -21,7 +20,10 @@ from typing import Any
 
 import setproctitle
 
-from corral.errors import UsageError
+# What the manager asks about identities, looked up where the settings can use it too.
+from corral.identity import IdentityError as IdentityError
+from corral.identity import identity as identity
+from corral.identity import owner as owner
 
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -30,10 +32,6 @@ _PR_SET_CHILD_SUBREAPER = 36
 _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
 
 MANAGER_TITLE = "corral: manager"
-
-
-class IdentityError(UsageError):
-    """A user or group that does not exist, or that corral cannot run its children as."""
 
 
 def set_title(title: str) -> None:
@@ -113,50 +111,6 @@ def is_manager(pid: int) -> bool:
         return True  # not ours to look at, so not ours to clean up after either
 
 
-def identity(user: str | None, group: str | None) -> dict[str, Any]:
-    """The `user`, `group` and `extra_groups` ids for running a child as `user`/`group`,
-    and the `environment` that says who it is (HOME, USER, LOGNAME, as su and systemd set).
-
-    The manager keeps its own identity (so it can remove its pidfile and
-    socket files, and bind again on reload); the children, which run the
-    user's code, are started as the user. Names or numeric ids.
-    IdentityError names one that does not exist, or one that only root
-    could become: not being root, corral can only keep its own identity
-    (then nothing needs changing, and {} is returned).
-    """
-    if user is None and group is None:
-        return {}
-    chosen: dict[str, Any] = {}
-    if group is not None:
-        chosen["group"] = _gid(group)
-    if user is not None:
-        entry = _passwd(user)
-        gid = chosen.setdefault("group", entry.pw_gid)
-        chosen["user"] = entry.pw_uid
-        chosen["extra_groups"] = os.getgrouplist(entry.pw_name, gid)
-        chosen["environment"] = {
-            "HOME": entry.pw_dir,
-            "USER": entry.pw_name,
-            "LOGNAME": entry.pw_name,
-        }
-    if os.geteuid() != 0:
-        if (chosen.get("user", os.geteuid()), chosen["group"]) == (os.geteuid(), os.getegid()):
-            return {}
-        asked = " ".join(f"{k} {v!r}" for k, v in (("user", user), ("group", group)) if v)
-        raise IdentityError(
-            f"{asked}: only root can run the children as another user or group "
-            f"(corral runs as uid {os.geteuid()}, gid {os.getegid()})"
-        )
-    return chosen
-
-
-def owner(chosen: dict[str, Any]) -> tuple[int, int] | None:
-    """(uid, gid) for os.chown from what `identity()` chose (-1: left as is); None for neither."""
-    if not chosen:
-        return None
-    return chosen.get("user", -1), chosen.get("group", -1)
-
-
 def assume_identity(chosen: dict[str, Any]) -> None:
     """Become what `identity()` chose, as Popen would: supplementary groups, group, then user."""
     if "extra_groups" in chosen:
@@ -165,22 +119,6 @@ def assume_identity(chosen: dict[str, Any]) -> None:
         os.setgid(chosen["group"])
     if "user" in chosen:
         os.setuid(chosen["user"])
-
-
-def _passwd(user: str) -> pwd.struct_passwd:
-    try:
-        return pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
-    except KeyError:
-        raise IdentityError(f"user {user!r}: no such user") from None
-
-
-def _gid(group: str) -> int:
-    if group.isdigit():
-        return int(group)
-    try:
-        return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise IdentityError(f"group {group!r}: no such group") from None
 
 
 def describe_exit(code: int) -> str:

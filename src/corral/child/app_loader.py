@@ -9,6 +9,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from corral.words import with_article
+
 # Frames from these are corral's and Python's machinery, not the user's code.
 _NOT_THE_USERS = (
     str(Path(__file__).resolve().parent.parent),
@@ -28,7 +30,7 @@ def load_app(spec: str, factory: bool) -> Any:
     if factory:
         return call_factory(target)
     if not callable(target):
-        raise AppLoadError(f"{spec!r} is a {type(target).__name__}, not an ASGI app")
+        raise AppLoadError(f"{spec!r} is {with_article(type(target).__name__)}, not callable")
     return target
 
 

@@ -23,6 +23,8 @@ import functools
 import inspect
 from typing import Any, Literal
 
+from corral.words import with_article
+
 Interface = Literal["asgi", "wsgi"]
 WSGI_NAMES = ("environ", "start_response")
 ASGI_NAMES = ("scope", "receive", "send")
@@ -35,7 +37,7 @@ class Undecided(Exception):
 def detect(app: Any) -> Interface:
     """ASGI or WSGI, from how `app` is called; Undecided when that is not sure."""
     if not callable(app):
-        raise Undecided(f"it is a {type(app).__name__}, not callable")
+        raise Undecided(f"it is {with_article(type(app).__name__)}, not callable")
     if inspect.isclass(app):
         raise Undecided("it is a class (an app is an instance or a function)")
     if _is_coroutine_callable(app):

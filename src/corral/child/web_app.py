@@ -17,6 +17,7 @@ from typing import Any
 from corral.child.app_loader import AppLoadError, attribute_of, call_factory, import_module
 from corral.child.interface import Interface, Undecided, app_like, detect
 from corral.settings import WebConfig, app_ref
+from corral.words import with_article
 
 NAMES = ("app", "api", "application")
 
@@ -104,7 +105,8 @@ def _guess(app: Any) -> Interface | None:
 
 def _interface(app: Any, shown: str, config: WebConfig) -> Interface:
     if not callable(app):
-        raise AppLoadError(f"{shown} is a {type(app).__name__}, not an ASGI or WSGI app")
+        kind = with_article(type(app).__name__)
+        raise AppLoadError(f"{shown} is {kind}, not an ASGI or WSGI app")
     if config.interface != "auto":
         return config.interface
     try:

@@ -11,7 +11,7 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
-from corral.control.address import TcpAddress, UnixAddress
+from corral.addresses import TcpAddress, UnixAddress
 
 CONNECT_TIMEOUT = 5.0
 # A call waits this long for its answer (a reload answers once it has begun).

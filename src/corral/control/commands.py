@@ -22,7 +22,7 @@ from urllib.parse import quote, urlencode
 
 import click
 
-from corral.control.address import TcpAddress, UnixAddress, parse_control
+from corral.addresses import TcpAddress, UnixAddress, parse_control
 from corral.control.api import DEFAULT_LOG_LINES
 from corral.control.client import ClientError, ControlClient
 from corral.control.discovery import the_one_running, token_here

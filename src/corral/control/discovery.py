@@ -13,7 +13,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from corral.control.address import ROOT, UnixAddress, control_folder, control_paths
+from corral.addresses import UnixAddress
+from corral.control.address import ROOT, control_folder, control_paths
 from corral.control.client import ClientError, ControlClient, NotRunning
 from corral.control.table import MISSING, render_table
 from corral.control.token import read_token, read_token_path, token_path

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import uvicorn
 
-from corral.control.address import TcpAddress, UnixAddress
+from corral.addresses import TcpAddress, UnixAddress
 from corral.control.api import ControlApp
 from corral.errors import UsageError
 from corral.manager import listeners

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from corral.words import counted
+
 MISSING = "-"
 # The states that have an uptime.
 _LIVE_STATES = frozenset({"starting", "ready", "running", "draining", "retiring"})
@@ -31,7 +33,7 @@ def render_status(status: dict[str, Any], now: float) -> str:
     reloads = corral.get("reloads", 0)
     summary = (
         f"corral {corral.get('version', '?')}, pid {corral.get('pid', '?')}, up {uptime}, "
-        f"{reloads} reload{'' if reloads == 1 else 's'}, in {corral.get('project', '?')}"
+        f"{counted(reloads, 'reload')}, in {corral.get('project', '?')}"
     )
     parts = [summary, "", render_table(PROCESS_HEADERS, process_rows(status["processes"], now))]
     if status.get("jobs"):

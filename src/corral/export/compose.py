@@ -30,6 +30,7 @@ from corral.export.common import (
 from corral.export.documents import dump
 from corral.settings import System
 from corral.settings.declared import jobs_stop_timeout
+from corral.words import counted
 
 ENGINE = "compose"
 FILE = "compose.yaml"
@@ -98,8 +99,8 @@ class _Services:
         }
         service["stop_grace_period"] = f"{graceful_stop(web)}s"
         self.notes.append(
-            f"compose: web: one container, corral with {web.workers} workers, published on "
-            + ", ".join(service["ports"])
+            f"compose: web: one container, corral with {counted(web.workers, 'worker')}, "
+            f"published on {', '.join(service['ports'])}"
         )
         return service
 

@@ -38,6 +38,7 @@ from corral.export.common import (
 from corral.export.documents import dump_all
 from corral.settings import System
 from corral.settings.declared import jobs_stop_timeout
+from corral.words import counted
 
 ENGINE = "kubernetes"
 PRESTOP_SLEEP = 5  # seconds for the endpoints to drop a stopping pod before it gets SIGTERM
@@ -166,8 +167,8 @@ class _Objects:
         container["livenessProbe"] = _probe("/livez", PROBE_PERIOD * 2, 3)
         container["lifecycle"] = {"preStop": {"sleep": {"seconds": PRESTOP_SLEEP}}}
         self.notes.append(
-            f"kubernetes: web: Deployment {self.name('web')} of {web.workers} pods of 1 worker "
-            f"each, listening on 0.0.0.0 in the pod (Service {self.name('web')}, port "
+            f"kubernetes: web: Deployment {self.name('web')} of {counted(web.workers, 'pod')} "
+            f"of 1 worker each, listening on 0.0.0.0 in the pod (Service {self.name('web')}, port "
             f"{', '.join(map(str, self.web_ports))}); probes on port {self.probes}"
         )
         grace = PRESTOP_SLEEP + graceful_stop(web)

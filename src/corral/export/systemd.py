@@ -30,6 +30,7 @@ from corral.export.common import (
 )
 from corral.settings import System
 from corral.settings.declared import jobs_stop_timeout
+from corral.words import counted
 
 ENGINE = "systemd"
 WEEKDAYS = ("Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat")  # cron's 0..6
@@ -154,7 +155,7 @@ class _Units:
         addresses = ", ".join(line.partition("=")[2] for line in listen)
         self.notes.append(
             f"systemd: web: {self.name('web')}.socket ({addresses}) "
-            f"and {self.name('web')}.service, corral with {web.workers} workers"
+            f"and {self.name('web')}.service, corral with {counted(web.workers, 'worker')}"
         )
 
     def process(self, group: str) -> None:

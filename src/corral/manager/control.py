@@ -16,13 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from corral.control.address import (
-    ControlPathError,
-    TcpAddress,
-    UnixAddress,
-    control_path,
-    parse_control,
-)
+from corral.addresses import TcpAddress, UnixAddress, parse_control, parse_tcp
+from corral.control.address import control_path
 from corral.control.api import ControlError, make_app, make_probes_app
 from corral.control.discovery import running_in
 from corral.control.server import ControlServers, serve_control
@@ -199,12 +194,11 @@ class ControlPlan:
         and `--probes` HOST:PORT, a listener of its own for the probes and /metrics.
 
         The default socket is this manager's own in the folder, whose
-        leftovers of killed managers go. ControlPathError (a UsageError)
-        names a setting that cannot work.
+        leftovers of killed managers go. Both settings were validated with
+        the configuration (`corral.settings.web.ManagerConfig`); a folder that
+        cannot hold the socket is a ControlPathError (a UsageError).
         """
-        self.probes = parse_control(probes) if probes is not None else None
-        if self.probes is not None and not isinstance(self.probes, TcpAddress):
-            raise ControlPathError(f"--probes {probes!r}: expected HOST:PORT, such as 0.0.0.0:9000")
+        self.probes = parse_tcp(probes) if probes is not None else None
         address = parse_control(setting) if setting is not None else None
         self.tcp = address if isinstance(address, TcpAddress) else None
         if isinstance(address, UnixAddress):

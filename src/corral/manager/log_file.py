@@ -23,6 +23,8 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from corral.words import counted
+
 QUEUE_LIMIT = 4 << 20  # bytes waiting for a slow output before lines are dropped
 EXIT_FLUSH = 2.0  # seconds the manager's exit waits for its last lines to be written
 GONE = (errno.EPIPE, errno.EBADF, errno.ECONNRESET)  # the output will take nothing more
@@ -113,7 +115,9 @@ class LogFile:
                     self._queued -= len(item)
                 dropped, self._dropped = self._dropped, 0
             if dropped:
-                self._write(self.note(f"[{dropped} lines dropped here: the output was not read]"))
+                self._write(
+                    self.note(f"[{counted(dropped, 'line')} dropped here: the output was not read]")
+                )
             if isinstance(item, _Reopen):
                 self._reopen()
             else:

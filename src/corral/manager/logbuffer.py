@@ -22,6 +22,7 @@ from itertools import islice
 from typing import NamedTuple
 
 from corral.logformat import read_lines
+from corral.words import counted
 
 
 class Entry(NamedTuple):
@@ -82,7 +83,7 @@ class Subscription:
             raise StopAsyncIteration
         batch, self._pending = self._pending, []
         if self._dropped:
-            missed = f"[{self._dropped} lines not shown here: this follower fell behind]"
+            missed = f"[{counted(self._dropped, 'line')} not shown here: this follower fell behind]"
             batch.append(Entry(time.time(), "corral", missed))
             self._dropped = 0
         return batch

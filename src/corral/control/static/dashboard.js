@@ -34,6 +34,10 @@ function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+function counted(count, noun) {
+  return `${count} ${count === 1 ? noun : noun + "s"}`;
+}
+
 function setText(node, text) {
   text = text === null || text === undefined ? "" : String(text);
   if (node.textContent !== text) node.textContent = text;
@@ -186,7 +190,7 @@ function render() {
   const corral = state.corral;
   const what = corral.app || corral.config || corral.project;
   setText($("about"), `${what} · pid ${corral.pid} · up ${duration(state.now - corral.started)} · ` +
-    `${corral.reloads} reloads · v${corral.version}${corral.stopping ? " · stopping" : ""}`);
+    `${counted(corral.reloads, "reload")} · v${corral.version}${corral.stopping ? " · stopping" : ""}`);
   const role = $("role");
   role.hidden = false;
   setText(role, state.you.role);
@@ -209,7 +213,7 @@ function renderGroups() {
   }
   for (const group of state.groups) {
     const node = box.querySelector(`[data-group="${CSS.escape(group.name)}"] .size`);
-    if (node) setText(node, group.name === "jobs" ? `${group.size} job${group.size === 1 ? "" : "s"}` : `${group.size} wanted`);
+    if (node) setText(node, group.name === "jobs" ? counted(group.size, "job") : `${group.size} wanted`);
   }
 }
 
@@ -305,7 +309,7 @@ function sparkline(cell, values) {
   const span = Math.max(max - min, max * 0.05, 1); // a change of a few pages is no slope
   const points = values.map((v, i) => `${(i / (values.length - 1)) * w},${h - 1 - ((v - min) / span) * (h - 2)}`).join(" ");
   cell.replaceChildren(el("svg:svg", { cls: "spark", viewBox: `0 0 ${w} ${h}`, preserveAspectRatio: "none" },
-    el("svg:title", { text: `memory, last ${values.length} samples: ${bytes(min)} to ${bytes(max)}` }),
+    el("svg:title", { text: `memory, last ${counted(values.length, "sample")}: ${bytes(min)} to ${bytes(max)}` }),
     el("svg:polyline", { points })));
 }
 
@@ -388,7 +392,7 @@ async function showRun(job, number) {
     const run = await call(`/dashboard/run?job=${encodeURIComponent(job)}&number=${number}`);
     setText($("run-title"), `${job} #${number} (${run.trigger}) started ${clock(run.started)}: ` +
       `${run.result || "running"}${run.duration !== null ? `, ${duration(run.duration)}` : ""}` +
-      (run.lines_dropped ? ` (its first ${run.lines_dropped} lines are not kept)` : ""));
+      (run.lines_dropped ? ` (its first ${counted(run.lines_dropped, "line")} are not kept)` : ""));
     setText($("run-text"), run.output.join("\n") || "(it printed nothing)");
   } catch (error) {
     setText($("run-text"), error.message);
@@ -639,7 +643,7 @@ function flushLogs() {
   let extra = log.childElementCount - MAX_LOG_LINES;
   while (extra-- > 0) log.firstElementChild.remove();
   if (atBottom) log.scrollTop = log.scrollHeight;
-  setText($("log-note"), `${received} lines received; the last ${Math.min(log.childElementCount, MAX_LOG_LINES)} shown`);
+  setText($("log-note"), `${counted(received, "line")} received; the last ${Math.min(log.childElementCount, MAX_LOG_LINES)} shown`);
 }
 
 function renderLogFilter() {
