@@ -28,7 +28,8 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from corral.control.address import TcpAddress, UnixAddress, control_folder
+from corral.addresses import TcpAddress, UnixAddress
+from corral.control.address import control_folder
 from corral.control.api import ControlError, make_app
 from corral.control.client import ControlClient, ControlFailed, NotRunning
 from corral.control.commands import jobs, logs, reload, restart, scale, status, stop

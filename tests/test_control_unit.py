@@ -12,15 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from corral.control.address import (
-    UNIX_PATH_MAX,
-    ControlPathError,
-    TcpAddress,
-    UnixAddress,
-    control_path,
-    control_paths,
-    parse_control,
-)
+from corral.addresses import UNIX_PATH_MAX, AddressError, TcpAddress, UnixAddress, parse_control
+from corral.control.address import ControlPathError, control_path, control_paths
 from corral.control.table import (
     human_duration,
     job_rows,
@@ -307,7 +300,7 @@ def test_parse_control_tells_tcp_from_a_path(value, address):
     ],
 )
 def test_parse_control_names_the_value_and_what_was_expected(value, message):
-    with pytest.raises(ControlPathError) as raised:
+    with pytest.raises(AddressError) as raised:
         parse_control(value)
     assert message in str(raised.value)
     assert value == "" or repr(value) in str(raised.value)

@@ -100,15 +100,33 @@ def test_run_help_has_every_flag_the_readme_names(corral):
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["plain:app", "--workers", "0"], ["--workers", "greater than or equal to 1", "'0'"]),
+        (["plain:app", "--workers", "0"], ["--workers: expected a number of 1 or more, got '0'"]),
         (["plain:app", "--workers", "x"], ["--workers", "integer", "'x'"]),
         (["plain:app", "--timeout", "soon"], ["--timeout", "duration", "'soon'"]),
+        (["plain:app", "--timeout", "0"], ["--timeout: expected a duration greater than 0", "'0'"]),
+        (["plain:app", "--timeout", "-5"], ["--timeout: expected a duration greater than 0"]),
+        (["plain:app", "--keep-alive", "-1s"], ["--keep-alive: expected a duration of 0 or more"]),
+        (["plain:app", "--ws-max-size", "0"], ["--ws-max-size: expected a size greater than 0"]),
+        (["plain:app", "--port", "70000"], ["--port: expected a number of 65535 or less"]),
         (["plain:app", "--log-level", "loud"], ["--log-level", "'debug'", "'loud'"]),
         ([], ["no app", "MODULE:ATTRIBUTE"]),
         (["plainapp"], ["MODULE:ATTRIBUTE", "'plainapp'"]),
         (["plain:app", "--wrokers", "2"], ["--wrokers", "--workers"]),
     ],
-    ids=["workers-0", "workers-x", "timeout", "log-level", "no-app", "no-colon", "unknown-flag"],
+    ids=[
+        "workers-0",
+        "workers-x",
+        "timeout",
+        "timeout-0",
+        "timeout-negative",
+        "keep-alive-negative",
+        "size-0",
+        "port",
+        "log-level",
+        "no-app",
+        "no-colon",
+        "unknown-flag",
+    ],
 )
 def test_bad_input_exits_2_with_one_message_naming_it(corral, args, expected):
     line = fails_with_usage(corral("run", *args))

@@ -27,6 +27,7 @@ class IdentityError(UsageError):
     def __init__(self, setting: str, value: str, reason: str) -> None:
         super().__init__(f"{setting} {value!r}: {reason}")
         self.setting = setting
+        self.value = value
         self.reason = reason
 
 

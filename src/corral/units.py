@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
@@ -11,38 +12,62 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)", re.IGNORECA
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
+DURATION_EXAMPLE = "such as 30, '30s' or '1m30s'"
+
+
 def parse_duration(value: Any) -> float:
-    """Seconds from a number or a string such as "500ms", "30s", "1m30s"."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30, '30s' or '1m30s'")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    elif isinstance(value, str):
+    """Seconds, 0 or more, from a number or a string such as "500ms", "30s", "1m30s".
+
+    Raises ValueError naming what was given and what was expected.
+    """
+    seconds = _seconds(value)
+    if seconds < 0:
+        raise ValueError(f"expected a duration of 0 or more, {DURATION_EXAMPLE}, got {value!r}")
+    return seconds
+
+
+def parse_positive_duration(value: Any) -> float:
+    """Seconds, more than 0, as `parse_duration` reads them; ValueError otherwise."""
+    seconds = _seconds(value)
+    if seconds <= 0:
+        raise ValueError(f"expected a duration greater than 0, {DURATION_EXAMPLE}, got {value!r}")
+    return seconds
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"expected a duration, {DURATION_EXAMPLE}, got {value!r}")
+    if isinstance(value, str):
         text = value.strip()
         try:
             seconds = float(text)
         except ValueError:
-            seconds = _parse_duration_text(text)
+            return _parse_duration_text(text)
     else:
-        raise ValueError("expected a duration such as 30, '30s' or '1m30s'")
-    if seconds < 0:
-        raise ValueError(f"expected a duration of 0 or more, got {value!r}")
+        seconds = float(value)
+    if not math.isfinite(seconds):
+        raise ValueError(f"expected a duration, {DURATION_EXAMPLE}, got {value!r}")
     return seconds
 
 
 def _parse_duration_text(text: str) -> float:
+    """Seconds from "1m30s"; "-1s" is read too, to be refused for its sign, not its form."""
+    sign, rest = (-1.0, text[1:]) if text.startswith("-") else (1.0, text)
     position, total = 0, 0.0
-    for match in _DURATION_PART.finditer(text):
-        if match.start() != position and text[position : match.start()].strip():
+    for match in _DURATION_PART.finditer(rest):
+        if match.start() != position and rest[position : match.start()].strip():
             break
         total += float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
         position = match.end()
-    if position == 0 or text[position:].strip():
-        raise ValueError(f"expected a duration such as 30, '30s' or '1m30s', got {text!r}")
-    return total
+    if position == 0 or rest[position:].strip():
+        raise ValueError(f"expected a duration, {DURATION_EXAMPLE}, got {text!r}")
+    return sign * total
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+"""Seconds, 0 or more."""
+PositiveDuration = Annotated[float, BeforeValidator(parse_positive_duration)]
+"""Seconds, more than 0."""
 
 
 def parse_file_mode(value: Any) -> int:

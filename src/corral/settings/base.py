@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from pydantic import (
     BaseModel,
+    ByteSize,
     ConfigDict,
     ValidationError,
 )
@@ -75,17 +76,19 @@ class Settings(BaseModel):
         source: str,
         describe: Callable[[str], str] | None = None,
         environ: Mapping[str, str] | None = None,
+        context: dict[str, Any] | None = None,
     ) -> _S:
         """Validate `values`, overridden by `CORRAL_*` variables, or raise ConfigError.
 
         `describe(name)` says how the user spelled a setting (its flag, say),
-        so that a message points at what the user typed.
+        so that a message points at what the user typed. `context` is the
+        validation's (`corral.settings.here`: where the files must be).
         """
         environ = os.environ if environ is None else environ
         from_env = env_values(cls, environ)
         merged = {**values, **from_env}
         try:
-            return cls.model_validate(merged)
+            return cls.model_validate(merged, context=context)
         except ValidationError as error:
             messages = []
             for problem in error.errors():
@@ -141,12 +144,33 @@ def _is_list(info: FieldInfo) -> bool:
     return getattr(info.annotation, "__origin__", None) is list
 
 
+# pydantic's bounds, in corral's words: (the bound's key, the phrase after the noun).
+_BOUNDS = {
+    "greater_than": ("gt", "greater than {}"),
+    "greater_than_equal": ("ge", "of {} or more"),
+    "less_than": ("lt", "less than {}"),
+    "less_than_equal": ("le", "of {} or less"),
+}
+
+
 def explain(model: type[BaseModel], where: str, name: str, problem: Mapping[str, Any]) -> str:
+    """One line for one of pydantic's problems with setting `name` of `model`, after `where`."""
     if problem["type"] == "extra_forbidden":
         close = difflib.get_close_matches(name, list(model.model_fields), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"{where}: unknown setting{hint}"
+    if problem["type"] in _BOUNDS:
+        key, phrase = _BOUNDS[problem["type"]]
+        bound = phrase.format(problem["ctx"][key])
+        return f"{where}: expected {_noun(model, name)} {bound}, got {problem['input']!r}"
     message = str(problem["msg"]).removeprefix("Value error, ")
     if problem["type"] in ("value_error", "assertion_error") or "input" not in problem:
         return f"{where}: {message}"
     return f"{where}: {message}, got {problem['input']!r}"
+
+
+def _noun(model: type[BaseModel], name: str) -> str:
+    """What setting `name` of `model` holds, as a message names it: a size, or a number."""
+    info = model.model_fields.get(name)
+    sizes = (ByteSize, ByteSize | None)
+    return "a size" if info is not None and info.annotation in sizes else "a number"

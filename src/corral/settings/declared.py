@@ -18,7 +18,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from corral.units import Duration
+from corral.settings import here
+from corral.units import Duration, PositiveDuration
 
 CONFIG_FILE = "corral.toml"
 NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
@@ -56,6 +57,7 @@ class Runnable(_Strict):
     cwd: Path | None = Field(None, description="The directory it runs in (default: corral's own).")
 
     _call_is_a_target = field_validator("call")(_target)
+    _cwd_is_there = field_validator("cwd")(here.existing_folder)
 
     @field_validator("command")
     @classmethod
@@ -105,8 +107,8 @@ class ProcessConfig(Runnable):
 
 
 class JobConfig(Runnable):
-    every: Duration | None = Field(
-        None, gt=0, description='Run at this interval ("1s", "5m"); or give schedule.'
+    every: PositiveDuration | None = Field(
+        None, description='Run at this interval ("1s", "5m"); or give schedule.'
     )
     schedule: str | None = Field(
         None, description='Run on this cron schedule ("*/5 * * * *"); or give every.'
@@ -119,8 +121,8 @@ class JobConfig(Runnable):
         description="What a tick does while the previous run still goes: skip it, or allow "
         "a second run.",
     )
-    timeout: Duration | None = Field(
-        None, gt=0, description="Seconds after which a run is killed and counted failed."
+    timeout: PositiveDuration | None = Field(
+        None, description="Seconds after which a run is killed and counted failed."
     )
     jitter: Duration = Field(
         0.0, description="A random delay of up to this many seconds before each run."

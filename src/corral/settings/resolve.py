@@ -10,6 +10,7 @@ key and what was expected; nothing starts.
 
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -19,7 +20,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from corral.settings import app_ref
+from corral.settings import app_ref, identities
+from corral.settings import here as here_checks
 from corral.settings.base import ConfigError, env_name, explain
 from corral.settings.declared import (
     CONFIG_FILE,
@@ -87,11 +89,14 @@ def _parse(path: Path) -> dict[str, Any]:
 _MODELS: dict[str, type[BaseModel]] = {"processes": ProcessConfig, "jobs": JobConfig}
 
 
-def validate(file: ConfigFile) -> FileConfig:
-    """The file's content as models, or ConfigError with one message per problem."""
+def validate(file: ConfigFile, context: dict[str, Any] | None = None) -> FileConfig:
+    """The file's content as models, or ConfigError with one message per problem.
+
+    `context` is the validation's (`corral.settings.here`: where files must be).
+    """
     messages = _name_problems(file)
     try:
-        declared = FileConfig.model_validate(file.table)
+        declared = FileConfig.model_validate(file.table, context=context)
     except ValidationError as error:
         for problem in error.errors():
             keys = [str(k) for k in problem["loc"] if not isinstance(k, int)]
@@ -104,12 +109,25 @@ def validate(file: ConfigFile) -> FileConfig:
                 model = PrestartConfig
             if section in _MODELS and len(keys) == 2:  # about the entry as a whole
                 where = file.where(keys, None)
+            elif len(keys) == 1 and problem["type"] == "extra_forbidden":
+                messages.append(_unknown_top_level(file, section, problem["input"]))
+                continue
             else:
                 where = file.where(keys[:-1], keys[-1] if keys else None)
             messages.append(explain(model, where, keys[-1] if keys else "", problem))
     if messages:
         raise ConfigError(sorted(set(messages)))
     return declared
+
+
+def _unknown_top_level(file: ConfigFile, key: str, value: Any) -> str:
+    """A key corral.toml has no use for: a table ([mystery]) or a setting, with a did-you-mean."""
+    tables = [name for name in FileConfig.model_fields if name != "env_file"]
+    if isinstance(value, dict):
+        close = difflib.get_close_matches(key, tables, n=1)
+        hint = f" (did you mean [{file.section_prefix}{close[0]}]?)" if close else ""
+        return f"{file.where([key], None)}: unknown table{hint}"
+    return explain(FileConfig, file.where([], key), key, {"type": "extra_forbidden"})
 
 
 def _name_problems(file: ConfigFile) -> list[str]:
@@ -150,38 +168,54 @@ def resolve(
     directory: Path,
     describe_flag: Callable[[str], str],
     environ: Mapping[str, str] | None = None,
+    here: bool = True,
 ) -> System:
     """Merge the file (if any), the flags and the CORRAL_* variables; ConfigError if unsound.
 
+    `directory` is where corral runs: relative paths are read from there.
     `environ` holds the CORRAL_* variables (default: this process's environment).
-    Keeps only the part that `--only` names (`corral.settings.only`).
+    Keeps only the part that `--only` names (`corral.settings.only`). With
+    `here` (the default: `run`, `check`, a reload, `prestart`, `job`), also
+    refuses what cannot work on this machine (`corral.settings.here`: files
+    that are not there; identities that do not exist or cannot be taken
+    on); `corral export`, which writes for other machines, does not ask.
+    Every problem is one message naming where its setting came from.
     """
+    environ = os.environ if environ is None else environ
+    context = here_checks.context(directory) if here else None
     file = find(explicit, directory)
     problems: list[str] = []
     declared = FileConfig()
     if file is not None:
         try:
-            declared = validate(file)
+            declared = validate(file, context)
         except ConfigError as error:
             problems += error.messages
     manager_flags = {k: v for k, v in flags.items() if k in ManagerConfig.model_fields}
     flags = {k: v for k, v in flags.items() if k not in manager_flags}
+
+    def manager_where(name: str) -> str:
+        if env_name(name) in environ:
+            return env_name(name)
+        if name in manager_flags or file is None:
+            return describe_flag(name)
+        return file.where(["corral"], name)
+
     raw_manager = file.table.get("corral") if file is not None else None
     manager_values = {**(raw_manager if isinstance(raw_manager, dict) else {}), **manager_flags}
-    manager = ManagerConfig()
+    manager_valid = True
     try:
         manager = ManagerConfig.from_sources(
             manager_values,
             source="corral run",
             environ=environ,
-            describe=lambda name: (
-                describe_flag(name)
-                if name in manager_flags or file is None
-                else file.where(["corral"], name)
-            ),
+            describe=manager_where,
+            context=context,
         )
     except ConfigError as error:
         problems += error.messages
+        # Its identity may still be checked, with the rest of the problems, if it is sound.
+        manager_valid, manager = _identity_only(manager_values, environ, manager_where)
     raw_web = file.table.get("web") if file is not None else None
     web_values = {**(raw_web if isinstance(raw_web, dict) else {}), **flags}
     if file is not None and web_values.pop("pidfile", None) is not None:  # [web] had it once
@@ -191,28 +225,46 @@ def resolve(
         web_values["app"] = app
     elif file is None and (found := app_ref.default(directory)) is not None:
         web_values["app"] = found  # `corral run` alone, as `fastapi run` alone
+
+    def web_where(name: str) -> str:
+        if name in flags or file is None or (name == "app" and app is not None):
+            return describe_flag(name)
+        return file.where(["web"], name)
+
     web = None
     if "app" in web_values:
-
-        def describe(name: str) -> str:
-            if name in flags or file is None or (name == "app" and app is not None):
-                return describe_flag(name)
-            return file.where(["web"], name)
-
         try:
             web = WebConfig.from_sources(
-                web_values, source="corral run", describe=describe, environ=environ
+                web_values,
+                source="corral run",
+                describe=web_where,
+                environ=environ,
+                context=context,
             )
             app_ref.read(web.app, directory)
         except ConfigError as error:
             problems += error.messages
         except ValueError as error:
-            problems.append(f"{describe('app')}: {error}")
+            problems.append(f"{web_where('app')}: {error}")
     elif raw_web is not None and file is not None:
         problems.append(f"{file.where(['web'], 'app')}: missing (expected {app_ref.EXPECTED})")
     elif flags:
         missing = f"no app given: expected {app_ref.EXPECTED}"
         problems.append(missing + (f"; {_no_default()}" if file is None else ""))
+    env: dict[str, str] = {}
+    try:
+        env = _environment(declared, file, directory)
+    except ConfigError as error:
+        problems += error.messages
+    others = identities.runs_others(file.table if file is not None else {}, manager.only)
+    if here and manager_valid:
+        user_where = web_where if isinstance(raw_web, dict) and "user" in raw_web else manager_where
+        group_where = (
+            web_where if isinstance(raw_web, dict) and "group" in raw_web else manager_where
+        )
+        problems += identities.problems(
+            manager, web, others, manager_where, user_where, group_where
+        )
     if problems:
         raise ConfigError(problems)
     if web is None and not declared.processes and not declared.jobs:
@@ -225,30 +277,47 @@ def resolve(
                 + (f"; {_no_default()}" if file is None else "")
             ]
         )
-    env = _environment(declared, file)
     config = file.path if file is not None else None
     system = System(web, declared.processes, declared.jobs, declared.prestart, env, manager, config)
-    if env_name("only") in (os.environ if environ is None else environ):
-        where = env_name("only")
-    elif "only" in manager_flags or file is None:
-        where = describe_flag("only")
-    else:
-        where = file.where(["corral"], "only")
-    return select(system, manager.only, where)
+    return identities.assign(select(system, manager.only, manager_where("only")), others)
+
+
+IDENTITY_SETTINGS = ("user", "group", "only")  # what tells who each child runs as
+
+
+def _identity_only(
+    values: dict[str, Any], environ: Mapping[str, str], where: Callable[[str], str]
+) -> tuple[bool, ManagerConfig]:
+    """[corral]'s identity settings alone, validated: (whether they are sound, them)."""
+    try:
+        return True, ManagerConfig.from_sources(
+            {name: values[name] for name in IDENTITY_SETTINGS if name in values},
+            source="corral run",
+            environ={
+                env_name(name): environ[env_name(name)]
+                for name in IDENTITY_SETTINGS
+                if env_name(name) in environ
+            },
+            describe=where,
+        )
+    except ConfigError:
+        return False, ManagerConfig()
 
 
 def _no_default() -> str:
     return f"none of {', '.join(app_ref.DEFAULT_FILES)} here either"
 
 
-def _environment(declared: FileConfig, file: ConfigFile | None) -> dict[str, str]:
+def _environment(declared: FileConfig, file: ConfigFile | None, directory: Path) -> dict[str, str]:
+    """env_file's variables (read from `directory`, where corral runs), then [env]'s."""
     env: dict[str, str] = {}
     if declared.env_file is not None:
         from dotenv import dotenv_values
 
-        if not declared.env_file.is_file():
+        path = directory / declared.env_file
+        if not path.is_file():
             where = file.where([], "env_file") if file is not None else "env_file"
             raise ConfigError([f"{where}: no such file {str(declared.env_file)!r}"])
-        env.update({k: v for k, v in dotenv_values(declared.env_file).items() if v is not None})
+        env.update({k: v for k, v in dotenv_values(path).items() if v is not None})
     env.update(declared.env)
     return env

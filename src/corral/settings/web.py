@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import ByteSize, Field, field_validator, model_validator
+from pydantic import ByteSize, Field, ValidationInfo, field_validator, model_validator
 
-from corral.settings import app_ref
+from corral.addresses import UnixAddress, parse_bind, parse_control, parse_tcp, unix_socket_path
+from corral.settings import app_ref, here
 from corral.settings.base import (
     BINDING,
     CONTROL,
@@ -27,7 +28,7 @@ from corral.settings.base import (
     Settings,
     flag,
 )
-from corral.units import Duration, FileMode
+from corral.units import Duration, FileMode, PositiveDuration
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 
@@ -85,6 +86,23 @@ class ManagerConfig(Settings):
     def _comma_separated(cls, groups: list[str]) -> list[str]:
         return [name.strip() for item in groups for name in item.split(",") if name.strip()]
 
+    @field_validator("control")
+    @classmethod
+    def _control_address(cls, value: str | None, info: ValidationInfo) -> str | None:
+        address = parse_control(value) if value is not None else None
+        if isinstance(address, UnixAddress):
+            here.writable_file(address.path, info)
+        return value
+
+    @field_validator("probes")
+    @classmethod
+    def _probes_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_tcp(value)
+        return value
+
+    _files_it_writes = field_validator("log_file", "access_logfile", "pidfile")(here.writable_file)
+
 
 class WebConfig(Settings):
     """Everything `corral run APP` takes."""
@@ -123,18 +141,19 @@ class WebConfig(Settings):
     workers: Annotated[int, flag("--workers", "-w", group=WORKERS)] = Field(
         1, ge=1, description="Number of web worker processes."
     )
-    timeout: Annotated[Duration, flag("--timeout", group=WORKERS, metavar="SECONDS")] = Field(
-        30.0,
-        gt=0,
-        description="Kill a worker whose event loop has not answered, or (WSGI) whose "
-        "request has run in a thread, for this long (its stack is logged first).",
+    timeout: Annotated[PositiveDuration, flag("--timeout", group=WORKERS, metavar="SECONDS")] = (
+        Field(
+            30.0,
+            description="Kill a worker whose event loop has not answered, or (WSGI) whose "
+            "request has run in a thread, for this long (its stack is logged first).",
+        )
     )
-    boot_timeout: Annotated[Duration, flag("--boot-timeout", group=WORKERS, metavar="SECONDS")] = (
-        Field(60.0, gt=0, description="Kill a worker that has not become ready in this long.")
-    )
+    boot_timeout: Annotated[
+        PositiveDuration, flag("--boot-timeout", group=WORKERS, metavar="SECONDS")
+    ] = Field(60.0, description="Kill a worker that has not become ready in this long.")
     graceful_timeout: Annotated[
         Duration, flag("--graceful-timeout", group=WORKERS, metavar="SECONDS")
-    ] = Field(30.0, ge=0, description="On stop, wait this long for in-flight requests, then kill.")
+    ] = Field(30.0, description="On stop, wait this long for in-flight requests, then kill.")
 
     max_requests: Annotated[int | None, flag("--max-requests", group=WORKERS)] = Field(
         None,
@@ -200,7 +219,6 @@ class WebConfig(Settings):
 
     keep_alive: Annotated[Duration, flag("--keep-alive", group=LIMITS, metavar="SECONDS")] = Field(
         5.0,
-        ge=0,
         description="Close a connection that starts no request for this long, "
         "from its accept and after each response.",
     )
@@ -234,37 +252,33 @@ class WebConfig(Settings):
         "such as 64KiB; a larger one gets 431.",
     )
     header_read_timeout: Annotated[
-        Duration, flag("--header-read-timeout", group=LIMITS, metavar="SECONDS")
+        PositiveDuration, flag("--header-read-timeout", group=LIMITS, metavar="SECONDS")
     ] = Field(
         5.0,
-        gt=0,
         description="A request head must arrive whole within this long (from the accept, "
         "or its first byte); else 408 and close.",
     )
     body_read_timeout: Annotated[
-        Duration, flag("--body-read-timeout", group=LIMITS, metavar="SECONDS")
+        PositiveDuration, flag("--body-read-timeout", group=LIMITS, metavar="SECONDS")
     ] = Field(
         60.0,
-        gt=0,
         description="Close a request whose body stops arriving for this long while the app "
         "waits for it (408 if no response has started).",
     )
-    send_timeout: Annotated[Duration, flag("--send-timeout", group=LIMITS, metavar="SECONDS")] = (
-        Field(
-            60.0,
-            gt=0,
-            description="Close a connection whose client reads none of the response "
-            "waiting for it for this long.",
-        )
+    send_timeout: Annotated[
+        PositiveDuration, flag("--send-timeout", group=LIMITS, metavar="SECONDS")
+    ] = Field(
+        60.0,
+        description="Close a connection whose client reads none of the response "
+        "waiting for it for this long.",
     )
     ws_ping_interval: Annotated[
-        Duration, flag("--ws-ping-interval", group=LIMITS, metavar="SECONDS")
-    ] = Field(20.0, gt=0, description="Ping each WebSocket client this often.")
+        PositiveDuration, flag("--ws-ping-interval", group=LIMITS, metavar="SECONDS")
+    ] = Field(20.0, description="Ping each WebSocket client this often.")
     ws_ping_timeout: Annotated[
-        Duration, flag("--ws-ping-timeout", group=LIMITS, metavar="SECONDS")
+        PositiveDuration, flag("--ws-ping-timeout", group=LIMITS, metavar="SECONDS")
     ] = Field(
         20.0,
-        gt=0,
         description="Close a WebSocket whose client has not answered a ping in this long.",
     )
     ws_max_size: Annotated[ByteSize, flag("--ws-max-size", group=LIMITS, metavar="SIZE")] = Field(
@@ -323,6 +337,32 @@ class WebConfig(Settings):
     @classmethod
     def _app_is_module_attribute_or_file(cls, value: str) -> str:
         return app_ref.check(value)
+
+    @field_validator("bind")
+    @classmethod
+    def _bind_addresses(cls, specs: list[str], info: ValidationInfo) -> list[str]:
+        problems = []
+        for spec in specs:
+            try:
+                address = parse_bind(spec)
+                if address.path is not None:
+                    here.writable_file(address.path, info)
+            except ValueError as error:
+                problems.append(str(error))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return specs
+
+    @field_validator("uds")
+    @classmethod
+    def _uds_path(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            here.writable_file(unix_socket_path(value), info)
+        return value
+
+    _files_it_reads = field_validator("certfile", "keyfile", "ca_certs", "env_file")(
+        here.existing_file
+    )
 
     @model_validator(mode="after")
     def _tls_pair(self) -> WebConfig:
