@@ -228,9 +228,13 @@ def _refused(server: Corral) -> str:
 @pytest.mark.parametrize(
     ("setting", "expected"),
     [
-        ('user = "no-such-user"', "user 'no-such-user': no such user"),
-        ('group = "no-such-group"', "group 'no-such-group': no such group"),
-        (f'pidfile = "{Path("/nonexistent/corral.pid")}"', "--pidfile /nonexistent/corral.pid"),
+        ('user = "no-such-user"', "corral.toml: [corral] user: 'no-such-user': no such user"),
+        ('group = "no-such-group"', "corral.toml: [corral] group: 'no-such-group': no such group"),
+        (
+            f'pidfile = "{Path("/nonexistent/corral.pid")}"',
+            "corral.toml: [corral] pidfile: cannot create '/nonexistent/corral.pid': "
+            "no such folder '/nonexistent'",
+        ),
     ],
     ids=["user", "group", "pidfile"],
 )
@@ -258,6 +262,9 @@ def test_a_user_corral_cannot_become_is_refused_when_not_root(launch, nobody_pyt
     as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
     started = time.monotonic()
     line = _refused(launch([*as_nobody, str(nobody_python), "-m", "corral", "run"], public_dir))
-    assert "user 'root': only root can run the children as another user or group" in line
+    assert (
+        "corral.toml: [corral] user: 'root': only root can run the children as another user "
+        "or group" in line
+    ), line
     assert f"corral runs as uid {pwd.getpwnam('nobody').pw_uid}" in line, line
     assert time.monotonic() - started < 15

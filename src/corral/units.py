@@ -12,7 +12,7 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d)", re.IGNORECA
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-DURATION_EXAMPLE = "such as 30, '30s' or '1m30s'"
+EXPECTED_DURATION = "expected a duration such as 30, '30s' or '1m30s'"
 
 
 def parse_duration(value: Any) -> float:
@@ -22,7 +22,7 @@ def parse_duration(value: Any) -> float:
     """
     seconds = _seconds(value)
     if seconds < 0:
-        raise ValueError(f"expected a duration of 0 or more, {DURATION_EXAMPLE}, got {value!r}")
+        raise ValueError(f"expected a duration of 0 or more, got {value!r}")
     return seconds
 
 
@@ -30,13 +30,13 @@ def parse_positive_duration(value: Any) -> float:
     """Seconds, more than 0, as `parse_duration` reads them; ValueError otherwise."""
     seconds = _seconds(value)
     if seconds <= 0:
-        raise ValueError(f"expected a duration greater than 0, {DURATION_EXAMPLE}, got {value!r}")
+        raise ValueError(f"expected a duration greater than 0, got {value!r}")
     return seconds
 
 
 def _seconds(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"expected a duration, {DURATION_EXAMPLE}, got {value!r}")
+        raise ValueError(f"{EXPECTED_DURATION}, got {value!r}")
     if isinstance(value, str):
         text = value.strip()
         try:
@@ -46,7 +46,7 @@ def _seconds(value: Any) -> float:
     else:
         seconds = float(value)
     if not math.isfinite(seconds):
-        raise ValueError(f"expected a duration, {DURATION_EXAMPLE}, got {value!r}")
+        raise ValueError(f"{EXPECTED_DURATION}, got {value!r}")
     return seconds
 
 
@@ -60,7 +60,7 @@ def _parse_duration_text(text: str) -> float:
         total += float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
         position = match.end()
     if position == 0 or rest[position:].strip():
-        raise ValueError(f"expected a duration, {DURATION_EXAMPLE}, got {text!r}")
+        raise ValueError(f"{EXPECTED_DURATION}, got {text!r}")
     return sign * total
 
 
