@@ -605,11 +605,11 @@ def test_check_exits_1_with_one_message_per_target_that_does_not_import(corral, 
     errors = _errors(server)
     assert len(errors) == 3, server.output
     by_where = {e.split("'")[0]: e for e in errors}
-    missing_module = by_where["corral: error: [processes.missing-module] call "]
+    missing_module = by_where["corral: error: corral.toml: [processes.missing-module] call "]
     assert "no module named 'nosuchmodule'" in missing_module
-    missing_attribute = by_where["corral: error: [processes.missing-attribute] call "]
+    missing_attribute = by_where["corral: error: corral.toml: [processes.missing-attribute] call "]
     assert "'tasks' has no attribute 'mian' (did you mean 'main'?)" in missing_attribute
-    assert "corral: error: [jobs.raising] call " in by_where
+    assert "corral: error: corral.toml: [jobs.raising] call " in by_where
     # The user's traceback: their file, their function, their exception; not corral's frames.
     assert 'broken.py", line 2, in read_settings' in server.output
     assert "ValueError: SETTINGS_URL is not set" in server.output

@@ -1,13 +1,22 @@
-"""`corral check`: import every target a configuration names, without running anything."""
+"""`corral check`, beyond the settings: import every target a configuration names, and find
+every program a `command` runs, without running anything.
+
+The settings themselves (files, addresses, identities) are checked as `run`
+checks them, by `corral.settings.resolve`; these are what only starting
+would otherwise tell.
+"""
 
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import sys
+from pathlib import Path
 
 from corral.child.app_loader import AppLoadError, load_app
 from corral.child.web_app import load_web_app
-from corral.settings import PrestartCall, System
+from corral.settings import PrestartCall, Runnable, System
 
 WEB_APP = "[web] app"
 
@@ -30,13 +39,15 @@ def targets(system: System) -> list[tuple[str, str, bool]]:
 
 
 def problems_with(system: System) -> list[str]:
-    """One message per target that does not import (or whose factory fails)."""
+    """One message per target that does not import (or whose factory fails), and per
+    program a `command` names that is not there to run."""
     sys.path.insert(0, os.getcwd())
     os.environ.update(system.env)
     if system.web is not None and system.web.env_file is not None:
         from dotenv import load_dotenv
 
         load_dotenv(system.web.env_file, override=False)
+    file = f"{system.config.name}: " if system.config is not None else ""
     problems = []
     for where, target, factory in targets(system):
         try:
@@ -45,5 +56,38 @@ def problems_with(system: System) -> list[str]:
             else:
                 load_app(target, factory)
         except AppLoadError as error:
-            problems.append(f"{where} {target!r}: {error}")
+            problems.append(f"{file}{where} {target!r}: {error}")
+    declared: list[tuple[str, Runnable]] = [
+        *((f"[processes.{name}]", config) for name, config in system.processes.items()),
+        *((f"[jobs.{name}]", config) for name, config in system.jobs.items()),
+    ]
+    for where, runnable in declared:
+        problem = missing_program(runnable, system.env)
+        if problem is not None:
+            problems.append(f"{file}{where} command: {problem}")
     return problems
+
+
+def missing_program(runnable: Runnable, env: dict[str, str]) -> str | None:
+    """What is wrong with the program `runnable`'s command starts, or None (or no command).
+
+    Found as the launcher will find it: on the PATH the child gets (`env`,
+    then the runnable's own, over ours), or from its working directory.
+    """
+    if runnable.command is None:
+        return None
+    program = shlex.split(runnable.command)[0]
+    cwd = Path(runnable.cwd or ".")
+    if "/" in program:
+        path = cwd / program
+        if not path.is_file():
+            return f"no such program {program!r}"
+        return None if os.access(path, os.X_OK) else f"{program!r} is not executable"
+    search = {**os.environ, **env, **runnable.env}.get("PATH", os.defpath)
+    found = shutil.which(program, path=os.pathsep.join(_from(cwd, search)))
+    return None if found is not None else f"no program {program!r} on PATH ({search})"
+
+
+def _from(cwd: Path, search: str) -> list[str]:
+    """PATH's folders, a relative one read from `cwd` as the child will."""
+    return [str(cwd / folder) for folder in search.split(os.pathsep) if folder]

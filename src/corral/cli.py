@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, ParamSpec
 
 import click
 from click.core import ParameterSource
@@ -24,6 +25,8 @@ from corral.settings import (
     resolve,
 )
 from corral.version import __version__
+
+P = ParamSpec("P")
 
 
 class GroupedOption(click.Option):
@@ -134,10 +137,28 @@ def config_option() -> GroupedOption:
     )
 
 
-def fail(messages: list[str]) -> None:
+def fail(messages: list[str], code: int = USAGE) -> NoReturn:
+    """Print each message as one `corral: error:` line, and exit `code`."""
     for message in messages:
         click.echo(f"corral: error: {message}", err=True)
-    sys.exit(USAGE)
+    sys.exit(code)
+
+
+def reports_usage_errors(code: int = USAGE) -> Callable[[Callable[P, None]], Callable[P, None]]:
+    """A command whose user's mistakes (UsageError: a file, a setting, a name, an identity)
+    are their lines and exit `code`, never a traceback."""
+
+    def decorate(command: Callable[P, None]) -> Callable[P, None]:
+        @functools.wraps(command)
+        def reporting(*args: P.args, **kwargs: P.kwargs) -> None:
+            try:
+                command(*args, **kwargs)
+            except UsageError as error:
+                fail(error.messages, code)
+
+        return reporting
+
+    return decorate
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -156,6 +177,7 @@ def main() -> None:
     ],
 )
 @click.pass_context
+@reports_usage_errors()
 def run(ctx: click.Context, app: str | None, config_path: Path | None, **_: Any) -> None:
     """Serve APP (main:app, main.py) with supervised workers, and run everything
     corral.toml declares.
@@ -170,11 +192,7 @@ def run(ctx: click.Context, app: str | None, config_path: Path | None, **_: Any)
         """The configuration as it is now: at start, and again on each SIGHUP."""
         return resolve(app, flags, config_path, directory, spelling_of_settings())
 
-    try:
-        system = load()
-    except UsageError as error:
-        fail(error.messages)
-        return
+    system = load()
     from corral.manager.supervisor import Manager
 
     sys.exit(Manager(system, load).run())
@@ -184,14 +202,9 @@ for command in COMMANDS:
     main.add_command(command)
 
 
-def resolve_or_exit(config_path: Path | None, code: int = FAILURE) -> System:
-    """The system corral.toml declares (no flags), or its problems on stderr and exit `code`."""
-    try:
-        return resolve(None, {}, config_path, Path.cwd(), spelling_of_settings())
-    except UsageError as error:
-        for message in error.messages:
-            click.echo(f"corral: error: {message}", err=True)
-        sys.exit(code)
+def resolve_file(config_path: Path | None) -> System:
+    """The system corral.toml declares (no flags) for this folder; ConfigError if unsound."""
+    return resolve(None, {}, config_path, Path.cwd(), spelling_of_settings())
 
 
 @main.command(
@@ -201,28 +214,24 @@ def resolve_or_exit(config_path: Path | None, code: int = FAILURE) -> System:
         config_option(),
     ],
 )
+@reports_usage_errors(FAILURE)
 def check(app: str | None, config_path: Path | None) -> None:
-    """Validate the configuration and import every app and `call` target; start nothing.
+    """Validate the configuration as `run` would, import every app and `call` target, and
+    look for every program a `command` runs; start nothing.
 
     Exits 0 when all is well, 1 with one message per problem otherwise.
     """
     from corral.checks import problems_with
 
-    try:
-        system = resolve(app, {}, config_path, Path.cwd(), spelling_of_settings())
-    except UsageError as error:
-        for message in error.messages:
-            click.echo(f"corral: error: {message}", err=True)
-        sys.exit(FAILURE)
+    system = resolve(app, {}, config_path, Path.cwd(), spelling_of_settings())
     problems = problems_with(system)
-    for problem in problems:
-        click.echo(f"corral: error: {problem}", err=True)
     if problems:
-        sys.exit(FAILURE)
+        fail(problems, FAILURE)
     click.echo("corral: configuration valid; every target imports")
 
 
 @main.command(params=[config_option()])
+@reports_usage_errors()
 def prestart(config_path: Path | None) -> None:
     """Run the [prestart] steps once, in order, and exit: 0, or 4 at the first that fails.
 
@@ -231,11 +240,12 @@ def prestart(config_path: Path | None) -> None:
     """
     from corral.manager import once
 
-    sys.exit(once.prestart(resolve_or_exit(config_path, USAGE)))
+    sys.exit(once.prestart(resolve_file(config_path)))
 
 
 @main.command(params=[config_option()])
 @click.argument("name")
+@reports_usage_errors()
 def job(name: str, config_path: Path | None) -> None:
     """Run job NAME once, here, and exit: 0 when it succeeds, 1 when it fails or times out.
 
@@ -244,7 +254,7 @@ def job(name: str, config_path: Path | None) -> None:
     """
     from corral.manager import once
 
-    system = resolve_or_exit(config_path, USAGE)
+    system = resolve_file(config_path)
     if name not in system.jobs:
         fail([f"no job named {name!r} (jobs: {', '.join(system.jobs) or 'none declared'})"])
     sys.exit(once.job(system, name))
@@ -282,6 +292,7 @@ def job(name: str, config_path: Path | None) -> None:
     help="The corral that the engine runs [default: systemd: the one running this command; "
     "kubernetes, compose: corral, on the image's PATH].",
 )
+@reports_usage_errors()
 def export_command(
     engine: str,
     directory: Path | None,
@@ -296,7 +307,8 @@ def export_command(
     From the file alone (never from a running corral), the same bytes for the
     same file. What the engine cannot express is refused, or kept inside
     corral; the notes on stderr say which, and where each part went.
-    Exits 1 when the engine cannot run the system as the file says.
+    Exits 2 for bad usage (a configuration that does not validate, a missing
+    option), 1 when the engine cannot run the system as the file says.
     """
     from corral.export import ExportError, Target, app_name, check_name, export
     from corral.settings.resolve import find
@@ -304,21 +316,19 @@ def export_command(
     found = find(config_path, Path.cwd())
     if found is None:
         fail(["export reads corral.toml (or [tool.corral] in pyproject.toml): none here; give -c"])
-        return
-    system = resolve_or_exit(found.path)
+    folder = found.path.resolve().parent  # where the engine runs corral: paths are read there
+    system = resolve(None, {}, found.path, folder, spelling_of_settings(), here=False)
+    target = Target(
+        name=check_name(name or app_name(found.path), given=name is not None),
+        config=found.path,
+        image=image,
+        workdir=workdir or (str(folder) if engine == "systemd" else None),
+        executable=executable or (_this_corral() if engine == "systemd" else "corral"),
+    )
     try:
-        target = Target(
-            name=check_name(name or app_name(found.path)),
-            config=found.path,
-            image=image,
-            workdir=workdir or (str(found.path.resolve().parent) if engine == "systemd" else None),
-            executable=executable or (_this_corral() if engine == "systemd" else "corral"),
-        )
         result = export(engine, system, target)
     except ExportError as error:
-        for message in error.messages:
-            click.echo(f"corral: error: {message}", err=True)
-        sys.exit(FAILURE)
+        fail(error.messages, FAILURE)
     for note in result.notes:
         click.echo(f"corral: {note}", err=True)
     if directory is None:

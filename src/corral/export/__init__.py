@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from corral.errors import UsageError
 from corral.export import compose, kubernetes, systemd
 from corral.export.common import Environment, Export, ExportError, Target, app_name, check_name
 from corral.settings import System
@@ -20,11 +21,17 @@ ENGINES = ("kubernetes", "systemd", "compose")
 __all__ = ["ENGINES", "Export", "ExportError", "Target", "app_name", "check_name", "export"]
 
 
+IMAGE_ENGINES = ("kubernetes", "compose")  # those that run corral from an image
+
+
 def export(engine: str, system: System, target: Target) -> Export:
     """The files and notes of `engine` for `system`, read from `target.config`.
 
-    Raises ExportError when the engine cannot run the system as corral.toml says.
+    Raises ExportError when the engine cannot run the system as corral.toml
+    says, UsageError when an option it needs is missing.
     """
+    if engine in IMAGE_ENGINES and target.image is None:
+        raise UsageError(f"{engine}: give --image, the image that holds the app and corral")
     if engine == "systemd":
         return systemd.export(system, target)
     environment = environment_of(target.config)

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from croniter import croniter
 
-from corral.manager.listeners import Address, BindError, parse_bind
+from corral.addresses import Address, AddressError, parse_bind
+from corral.errors import UsageError
 from corral.settings import JobConfig, PrestartCall, System, WebConfig
 
 # Seconds a stop may take beyond what corral.toml allows for it: the manager's own exit.
@@ -103,14 +104,16 @@ def app_name(config: Path) -> str:
     return re.sub(r"[^a-z0-9]+", "-", folder).strip("-")[:40]
 
 
-def check_name(name: str) -> str:
-    """`name` if Kubernetes, systemd and compose all take it; ExportError otherwise."""
+def check_name(name: str, given: bool) -> str:
+    """`name` if Kubernetes, systemd and compose all take it; UsageError otherwise.
+
+    `given`: it is --name's (else the configuration's folder's, made a DNS label).
+    """
     if not _DNS_LABEL.match(name) or len(name) > 40:
-        raise ExportError(
-            [
-                f"--name {name!r}: expected up to 40 lowercase letters, digits and '-', "
-                "starting and ending with a letter or digit"
-            ]
+        where = "--name" if given else "the configuration's folder, as a name,"
+        raise UsageError(
+            f"{where} {name!r}: expected up to 40 lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit" + ("" if given else "; give --name")
         )
     return name
 
@@ -144,7 +147,7 @@ def bind_addresses(web: WebConfig) -> list[Address]:
         specs = [f"[{web.host}]:{web.port}" if ":" in web.host else f"{web.host}:{web.port}"]
     try:
         return [parse_bind(spec) for spec in specs]
-    except BindError as error:
+    except AddressError as error:
         raise ExportError([str(error)]) from None
 
 

@@ -18,7 +18,6 @@ from corral.export.common import (
     STOP_MARGIN,
     Environment,
     Export,
-    ExportError,
     Target,
     graceful_stop,
     ports,
@@ -38,8 +37,7 @@ HEALTH_INTERVAL = 5  # seconds
 
 
 def export(system: System, target: Target, environment: Environment) -> Export:
-    if target.image is None:
-        raise ExportError(["compose: give --image, the image that holds the app and corral"])
+    assert target.image is not None, "corral.export.export() asks for the image"
     result = Export()
     services = _Services(system, target, environment, result.notes)
     found: dict[str, dict[str, Any]] = {}

@@ -22,7 +22,6 @@ from corral.export.common import (
     STOP_MARGIN,
     Environment,
     Export,
-    ExportError,
     Target,
     cron_of,
     dns_names,
@@ -48,8 +47,7 @@ STARTUP_PERIOD = 2
 
 
 def export(system: System, target: Target, environment: Environment) -> Export:
-    if target.image is None:
-        raise ExportError(["kubernetes: give --image, the image that holds the app and corral"])
+    assert target.image is not None, "corral.export.export() asks for the image"
     result = Export()
     objects = _Objects(system, target, environment, result.notes)
     documents: dict[str, list[dict[str, Any]]] = {}

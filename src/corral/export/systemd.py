@@ -82,12 +82,11 @@ class _Units:
         self.notes = notes
         self.files: dict[str, str] = {}
         self.wanted: list[str] = []
+        # Each unit runs as the identity its children need, so that corral there keeps it:
+        # web's for web's unit ([web]'s, else [corral]'s), [corral]'s for every other.
+        self.identity = _identity(system.manager.user, system.manager.group)
         web = system.web
-        self.identity = []  # every unit but web's, where corral starts the app as them itself
-        if web is not None and web.user:
-            self.identity.append(f"User={web.user}")
-        if web is not None and web.group:
-            self.identity.append(f"Group={web.group}")
+        self.web_identity = _identity(web.user, web.group) if web is not None else []
 
     def name(self, part: str) -> str:
         return f"{self.options.name}-{part}"
@@ -145,11 +144,7 @@ class _Units:
                 f"TimeoutStopSec={graceful_stop(web)}s",
                 "Restart=on-failure",
                 *self._where(),
-                *(
-                    ["# corral starts the app's processes as [web] user and group itself"]
-                    if self.identity
-                    else []
-                ),
+                *self.web_identity,
             ],
         )
         addresses = ", ".join(line.partition("=")[2] for line in listen)
@@ -291,6 +286,11 @@ class _Units:
         if problems:
             raise ExportError(problems)
         return lines
+
+
+def _identity(user: str | None, group: str | None) -> list[str]:
+    """User= and Group= lines, for those set."""
+    return [f"{key}={_escape(value)}" for key, value in (("User", user), ("Group", group)) if value]
 
 
 def on_calendar(cron: Cron) -> list[str]:

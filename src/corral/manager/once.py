@@ -57,9 +57,14 @@ def job(system: System, name: str) -> int:
         started = time.monotonic()
         env = {**system.env, **config.env}
         identity = posix.identity(system.manager.user, system.manager.group)
-        process = await spawn(
-            launcher, name, argv_for(name, config), output, env, config.cwd, identity=identity
-        )
+        try:
+            process = await spawn(
+                launcher, name, argv_for(name, config), output, env, config.cwd, identity=identity
+            )
+        except OSError as error:  # no such program, not executable: the run failed
+            output.say(f"{name} run failed: cannot start: {error}")
+            await output.drain(DRAIN_TIMEOUT)
+            return FAILURE
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, signal_group, process, sig)

@@ -58,8 +58,10 @@ class ConfigFile:
 def find(explicit: Path | None, directory: Path) -> ConfigFile | None:
     """`-c PATH`, else corral.toml here, else [tool.corral] in pyproject.toml here, else None."""
     if explicit is not None:
-        if not explicit.is_file():
+        if not explicit.exists():
             raise ConfigError([f"-c {explicit}: no such file"])
+        if explicit.is_dir():
+            raise ConfigError([f"-c {explicit}: a folder; expected a file, such as corral.toml"])
         return _read(explicit)
     candidate = directory / CONFIG_FILE
     if candidate.is_file():
@@ -84,6 +86,10 @@ def _parse(path: Path) -> dict[str, Any]:
             return tomllib.load(file)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError([f"{path.name}: not valid TOML: {error}"]) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError([f"{path}: not valid TOML: not UTF-8 text ({error.reason})"]) from None
+    except OSError as error:
+        raise ConfigError([f"{path}: cannot read it: {error.strerror or error}"]) from None
 
 
 _MODELS: dict[str, type[BaseModel]] = {"processes": ProcessConfig, "jobs": JobConfig}
@@ -268,7 +274,7 @@ def resolve(
     if problems:
         raise ConfigError(problems)
     if web is None and not declared.processes and not declared.jobs:
-        where = file.path.name if file is not None else f"no {CONFIG_FILE} here"
+        where = f"{file.path} declares none" if file is not None else f"no {CONFIG_FILE} here"
         raise ConfigError(
             [
                 f"no app given and nothing declared ({where}): expected "
