@@ -127,6 +127,11 @@ class RecordingController:
     def readiness(self) -> tuple[bool, str]:
         return self.ready
 
+    def log_selector(self, name: str) -> str:
+        if name.partition(".")[0] not in GROUPS:
+            raise ControlError(404, f"no group, process or job named {name!r}")
+        return name
+
     def metrics(self) -> bytes:
         return b"# TYPE corral_up gauge\ncorral_up 1\n"
 
@@ -490,7 +495,7 @@ def test_the_client_says_no_corral_runs_when_the_port_refuses():
     finally:
         bound.close()
     assert str(raised.value) == (
-        f"corral: no corral is running here (no control socket at 127.0.0.1:{port})"
+        f"corral: no corral is running here (nothing answers at 127.0.0.1:{port})"
     )
 
 

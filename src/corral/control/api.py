@@ -40,6 +40,7 @@ Handler = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 METRICS_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 PUBLIC_PATHS = frozenset({"/livez", "/readyz", "/metrics"})  # probes and scrapers carry no token
+DASHBOARD_PATHS = ("/dashboard", "/login", "/session", "/logout")  # see corral.control.dashboard
 MAX_BODY = 65536
 DEFAULT_LOG_LINES = 100
 CALLER = "corral.caller"  # the scope key under which a request's Caller is kept
@@ -105,6 +106,11 @@ class Controller(Protocol):
 
     def readiness(self) -> tuple[bool, str]:
         """Whether the system is ready for traffic, and why not when it is not."""
+        ...
+
+    def log_selector(self, name: str) -> str:
+        """What the log lines of `name` (a group, a process, a job, or corral) are selected by;
+        a 404 for a name it does not know."""
         ...
 
     def metrics(self) -> bytes:
@@ -232,6 +238,12 @@ class ControlApp:
             return self._routes[path]
         if self.dashboard is not None and (route := self.dashboard.route(path)) is not None:
             return route
+        if self.dashboard is None and path.startswith(DASHBOARD_PATHS):
+            raise ControlError(
+                404,
+                "the dashboard is off: it is served with the control API on TCP "
+                "(corral run --control 127.0.0.1:9000)",
+            )
         prefix, suffix = "/jobs/", "/run"
         name = path[len(prefix) : -len(suffix)]
         if path.startswith(prefix) and path.endswith(suffix) and name and "/" not in name:
@@ -331,12 +343,16 @@ class ControlApp:
     ) -> None:
         """The last `count` entries, then (`follow`) new ones until the client hangs up.
 
-        Each batch of entries goes out as `encode` makes it; `pause` seconds
+        `selector` names a group, a process, a job or corral (None: every
+        line); ControlError (404) if the manager knows no such name. Each
+        batch of entries goes out as `encode` makes it; `pause` seconds
         pass between batches (a follower's batch grows meanwhile, bounded,
         see `Subscription`), so a busy log costs a slow reader less.
         The subscription starts before the recent entries are read, with no
         await between, so a follower misses no line and sees none twice.
         """
+        if selector is not None:  # an unknown name is a 404, not an empty answer
+            selector = self.controller.log_selector(selector)
         buffer = self.controller.logs
         with buffer.follow(selector) as subscription:
             recent = buffer.recent(selector, count)

@@ -144,6 +144,8 @@ class ControlClient:
             if response.status >= 400:
                 raise ControlFailed(response.status, _error_message(response))
         except (FileNotFoundError, ConnectionRefusedError):
+            if isinstance(self.address, TcpAddress):
+                raise NotRunning(f"nothing answers at {self.address}") from None
             raise NotRunning(f"no control socket at {self.address}") from None
         except (OSError, http.client.HTTPException) as error:
             raise Unreachable(self.address, str(error) or type(error).__name__) from None

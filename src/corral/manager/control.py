@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from corral.manager.supervisor import Manager
 
 
+LOG_NAME = "corral"  # corral's own lines in the logs: the manager's
 WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1"}  # where a browser on this machine reaches them
 
 
@@ -106,6 +107,24 @@ class ManagerControl:
 
     def readiness(self) -> tuple[bool, str]:
         return self.manager.readiness()
+
+    def log_selector(self, name: str) -> str:
+        """`name` if it is corral's, a group's, a process's (as `corral status` lists them, or
+        one that printed lines) or a job's; `manager` is corral's own lines. Else a 404."""
+        manager = self.manager
+        if name == "manager":
+            return LOG_NAME
+        groups = [LOG_NAME, *manager.groups]
+        known = {*groups, *(row["name"] for row in self._processes()), *self.logs.names}
+        if manager.jobs is not None:
+            known |= {job["name"] for job in manager.jobs.schedule_status()}
+        if name not in known:
+            raise ControlError(
+                404,
+                f"no group, process or job named {name!r} (expected {', '.join(groups)}, "
+                "or a process or job `corral status` lists)",
+            )
+        return name
 
     def metrics(self) -> bytes:
         samples = []

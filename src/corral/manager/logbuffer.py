@@ -114,8 +114,10 @@ class LogBuffer:
         self._block_limit = block_bytes
         self._follower_limit = follower_limit
         self._followers: set[Subscription] = set()
+        self.names: set[str] = set()  # every process that printed a line (access lines aside)
 
     def append(self, process: str, line: str) -> None:
+        self.names.add(process)
         entry = Entry(time.time(), process, line)
         self._entries.append(entry)
         for follower in self._followers:
