@@ -324,6 +324,7 @@ def export_command(
         image=image,
         workdir=workdir or (str(folder) if engine == "systemd" else None),
         executable=executable or (_this_corral() if engine == "systemd" else "corral"),
+        output=directory,
     )
     try:
         result = export(engine, system, target)

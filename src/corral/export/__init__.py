@@ -45,5 +45,6 @@ def environment_of(config: Path) -> Environment:
     file = find(config, config.parent)
     assert file is not None  # the System was resolved from it
     declared = validate(file)
-    text = declared.env_file.read_text() if declared.env_file is not None else ""
+    folder = config.resolve().parent  # where corral reads env_file from
+    text = (folder / declared.env_file).read_text() if declared.env_file is not None else ""
     return Environment(dict(declared.env), declared.env_file, text)

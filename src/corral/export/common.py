@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from croniter import croniter
 
@@ -48,18 +49,58 @@ class ExportError(Exception):
 
 @dataclass(frozen=True)
 class Target:
-    """The export's options: where and how the engine finds the app and corral."""
+    """The export's options: where and how the engine finds the app and corral.
+
+    No path in an export depends on where the configuration's folder is on
+    this machine: a path inside it is written relative to it (`relative`),
+    or under `workdir` where the engine wants it absolute (`under_workdir`).
+    """
 
     name: str  # the application's name: APP.target, APP-web, the compose project
     config: Path  # the corral.toml (or pyproject.toml) the system was read from
     image: str | None = None  # Kubernetes, compose: the image with the app, corral, corral.toml
     workdir: str | None = None  # where corral.toml is where the engine runs corral
     executable: str = "corral"  # systemd: the corral that ExecStart runs
+    output: Path | None = None  # the folder the files go to (None: the configuration's)
+
+    @property
+    def folder(self) -> Path:
+        """The configuration's folder, where corral reads its relative paths from."""
+        return self.config.resolve().parent
 
     def corral(self, *args: str) -> list[str]:
         """The command line of a corral run there, with -c when the file is not found alone."""
         config = [] if self.config.name in CONFIG_NAMES else ["-c", self.config.name]
-        return [self.executable, *config, *args]
+        executable = self.executable  # a bare name is looked up on PATH; a path may move
+        return [self.under_workdir(executable) if "/" in executable else executable, *config, *args]
+
+    def under_workdir(self, path: str) -> str:
+        """`path` (read from the configuration's folder) where the engine finds it: a path
+        inside that folder moves with it under `workdir`; any other stays as it is."""
+        inside = _inside(self.folder, path)
+        if inside is None or self.workdir is None:
+            return path
+        return str(PurePosixPath(self.workdir) / inside) if inside.parts else self.workdir
+
+    def relative(self, path: Path) -> str:
+        """`path` (read from the configuration's folder) from the folder the files go to,
+        as a file there names it ("./.env", "../../.env"); an absolute one outside stays."""
+        if path.is_absolute() and _inside(self.folder, str(path)) is None:
+            return str(path)
+        output = (self.output or self.folder).resolve()
+        found = Path(os.path.relpath(self.folder / path, output)).as_posix()
+        return found if found.startswith("../") else f"./{found}"
+
+
+def _inside(folder: Path, path: str) -> PurePosixPath | None:
+    """`path` relative to `folder` when it lies inside it (relative paths do), else None."""
+    candidate = Path(path)
+    if not candidate.is_absolute():
+        return PurePosixPath(candidate.as_posix())
+    try:
+        return PurePosixPath(candidate.relative_to(folder).as_posix())
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -73,11 +114,12 @@ class Environment:
     def mount_path(self, target: Target, engine: str) -> str | None:
         """Where corral in a container reads env_file: an absolute path, or None without one.
 
-        ExportError when it is relative and --workdir does not say where it is relative to.
+        ExportError when it lies in the configuration's folder and --workdir does not
+        say where that folder is in the container.
         """
         if self.file is None:
             return None
-        if self.file.is_absolute():
+        if _inside(target.folder, str(self.file)) is None:
             return str(self.file)
         if target.workdir is None:
             raise ExportError(
@@ -87,7 +129,7 @@ class Environment:
                     "image's working directory, so that the file is mounted there"
                 ]
             )
-        return f"{target.workdir.rstrip('/')}/{self.file}"
+        return target.under_workdir(str(self.file))
 
 
 @dataclass

@@ -62,10 +62,18 @@ class _Services:
         self.notes = notes
         self.mount = environment.mount_path(target, ENGINE)
         self.env_file = environment.file
-        web = system.web
-        self.user = None  # for every service but web's, where corral starts the app as it itself
-        if web is not None and (web.user or web.group):
-            self.user = ":".join(part for part in (web.user, web.group) if part)
+        if self.mount is not None and self.env_file is not None:
+            folder = "the folder it is written to" if target.output else "corral.toml's folder"
+            self.notes.append(
+                f"compose: env_file is mounted from {target.relative(self.env_file)}: "
+                f"compose reads it from the folder of compose.yaml ({folder})"
+            )
+        # Each service runs as the identity its children need, so that corral there keeps it:
+        # web's for web ([web]'s, else [corral]'s), [corral]'s for every other.
+        self.user = self._user("the services but web", system.manager.user, system.manager.group)
+        self.web_user = None
+        if system.web is not None:
+            self.web_user = self._user("web", system.web.user, system.web.group)
 
     def prestart(self) -> dict[str, Any]:
         service = self._service(self.target.corral("prestart"), depends=False)
@@ -80,7 +88,7 @@ class _Services:
         probes = probes_port(self.system, listening, ENGINE)
         binds = [arg for port in listening for arg in ("--bind", f"0.0.0.0:{port}")]
         command = self.target.corral("run", "--only", "web", *binds)
-        service = self._service([*command, "--probes", f"127.0.0.1:{probes}"], user=False)
+        service = self._service([*command, "--probes", f"127.0.0.1:{probes}"], web=True)
         service["ports"] = [f"{_host(a.host)}:{a.port}:{a.port}" for a in addresses]
         readyz = f"http://127.0.0.1:{probes}/readyz"
         service["healthcheck"] = {
@@ -127,18 +135,27 @@ class _Services:
         )
         return service
 
+    def _user(self, whose: str, user: str | None, group: str | None) -> str | None:
+        """A service's `user:` (USER[:GROUP], names or numbers), or None for the image's."""
+        if user is None and group is not None:
+            self.notes.append(
+                f"compose: {whose}: group {group!r} without a user: a service's group goes "
+                "with its user, so they start as their image's user; corral there runs the "
+                f"children with group {group!r} if that user is root, else it refuses to start"
+            )
+        return None if user is None else ":".join(part for part in (user, group) if part)
+
     def _service(
-        self, command: list[str], depends: bool = True, user: bool = True
+        self, command: list[str], depends: bool = True, web: bool = False
     ) -> dict[str, Any]:
         service: dict[str, Any] = {"image": self.target.image, "command": command}
         if self.target.workdir is not None:
             service["working_dir"] = self.target.workdir
-        if user and self.user is not None:
-            service["user"] = self.user
+        user = self.web_user if web else self.user
+        if user is not None:
+            service["user"] = user
         if self.mount is not None and self.env_file is not None:
-            source = str(
-                self.env_file.resolve()
-            )  # compose reads a relative one from its own folder
+            source = self.target.relative(self.env_file)  # compose reads it from its own folder
             mount = {"type": "bind", "source": source, "target": self.mount, "read_only": True}
             service["volumes"] = [mount]
         if depends and self.system.prestart.steps:

@@ -100,7 +100,11 @@ class _Objects:
             self.web_ports = ports(tcp_addresses(system.web, ENGINE))
         self.probes = probes_port(system, self.web_ports, ENGINE)
         self.mount = environment.mount_path(target, ENGINE)
-        self._say_identity()
+        # Each pod starts as the identity its children run as, so corral there keeps it.
+        self.run_as = self._run_as("the pods but web's", system.manager.user, system.manager.group)
+        self.web_run_as: dict[str, int] = {}
+        if system.web is not None:
+            self.web_run_as = self._run_as("the web pods", system.web.user, system.web.group)
 
     def name(self, part: str) -> str:
         return f"{self.target.name}-{part}"
@@ -144,7 +148,7 @@ class _Objects:
                 "backoffLimit": 0,
                 "template": {
                     "metadata": {"labels": self._labels(name, "prestart")},
-                    "spec": self._pod_spec([container], restart="Never"),
+                    "spec": self._pod_spec([container], restart="Never", web=False),
                 },
             },
         }
@@ -171,7 +175,9 @@ class _Objects:
         )
         grace = PRESTOP_SLEEP + graceful_stop(web)
         strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
-        return self._deployment(self.name("web"), "web", web.workers, container, grace, strategy)
+        return self._deployment(
+            self.name("web"), "web", web.workers, container, grace, strategy, web=True
+        )
 
     def service(self) -> dict[str, Any]:
         name = self.name("web")
@@ -210,7 +216,9 @@ class _Objects:
             )
         grace = seconds(config.stop_timeout) + STOP_MARGIN
         strategy = {"type": "RollingUpdate"}
-        return self._deployment(name, "process", config.replicas, container, grace, strategy)
+        return self._deployment(
+            name, "process", config.replicas, container, grace, strategy, web=False
+        )
 
     def cron_job(self, job: str, schedule: str, timezone: str) -> dict[str, Any]:
         config = self.system.jobs[job]
@@ -221,7 +229,7 @@ class _Objects:
             spec["activeDeadlineSeconds"] = seconds(config.timeout)
         spec["template"] = {
             "metadata": {"labels": self._labels(name, "cronjob")},
-            "spec": self._pod_spec([container], restart="Never"),
+            "spec": self._pod_spec([container], restart="Never", web=False),
         }
         return {
             "apiVersion": "batch/v1",
@@ -246,7 +254,7 @@ class _Objects:
         stop_timeout = jobs_stop_timeout(self.system.jobs[name] for name in kept)
         grace = seconds(stop_timeout) + STOP_MARGIN
         name = self.name("jobs")
-        return self._deployment(name, "jobs", 1, container, grace, {"type": "Recreate"})
+        return self._deployment(name, "jobs", 1, container, grace, {"type": "Recreate"}, web=False)
 
     # -- parts ---------------------------------------------------------------------
 
@@ -258,6 +266,7 @@ class _Objects:
         container: dict[str, Any],
         grace: int,
         strategy: dict[str, Any],
+        web: bool,
     ) -> dict[str, Any]:
         labels = self._labels(name, component)
         return {
@@ -271,7 +280,7 @@ class _Objects:
                 "template": {
                     "metadata": {"labels": labels},
                     "spec": {
-                        **self._pod_spec([container], restart="Always"),
+                        **self._pod_spec([container], restart="Always", web=web),
                         "terminationGracePeriodSeconds": grace,
                     },
                 },
@@ -297,8 +306,14 @@ class _Objects:
             ]
         return container
 
-    def _pod_spec(self, containers: list[dict[str, Any]], restart: str) -> dict[str, Any]:
+    def _pod_spec(
+        self, containers: list[dict[str, Any]], restart: str, web: bool
+    ) -> dict[str, Any]:
+        """A pod's spec; `web`: it runs web's part (with web's identity, else [corral]'s)."""
         spec: dict[str, Any] = {"restartPolicy": restart, "containers": containers}
+        run_as = self.web_run_as if web else self.run_as
+        if run_as:
+            spec["securityContext"] = run_as
         if self.mount is not None:
             spec["volumes"] = [
                 {"name": "env-file", "secret": {"secretName": self.name("env-file")}}
@@ -316,14 +331,25 @@ class _Objects:
             "app.kubernetes.io/managed-by": "corral",
         }
 
-    def _say_identity(self) -> None:
-        web = self.system.web
-        if web is not None and (web.user or web.group):
+    def _run_as(self, whose: str, user: str | None, group: str | None) -> dict[str, int]:
+        """securityContext's runAsUser and runAsGroup for `user` and `group`, those that are
+        numbers; names are said in the notes (Kubernetes takes numbers only)."""
+        found: dict[str, int] = {}
+        named = []
+        for key, value, kind in (("runAsUser", user, "user"), ("runAsGroup", group, "group")):
+            if value is not None and value.isdigit():
+                found[key] = int(value)
+            elif value is not None:
+                named.append(f"{kind} {value!r}")
+        if named:
             self.notes.append(
-                "kubernetes: [web] user/group: corral in the web pods starts the app's "
-                "processes as them, so those pods must start as root; the other pods run "
-                "as the image's user"
+                f"kubernetes: {whose} run the children as {' and '.join(named)} "
+                f"({'names' if len(named) > 1 else 'a name'}), and securityContext "
+                "(runAsUser, runAsGroup) takes numbers: they start as their "
+                "image's user; corral there runs the children as asked if that user is root "
+                "or already them, else it refuses to start (give numbers to set securityContext)"
             )
+        return found
 
 
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:

@@ -274,8 +274,8 @@ class _Units:
         assert web is not None
         lines, problems = [], []
         for address in bind_addresses(web):
-            if address.path is not None:
-                lines.append(f"ListenStream={_escape(address.path)}")
+            if address.path is not None:  # systemd wants it absolute: under WorkingDirectory
+                lines.append(f"ListenStream={_escape(self.options.under_workdir(address.path))}")
             elif address.fd is not None or not _is_ip(address.host):
                 problems.append(
                     f"systemd: web binds {address}: a socket unit listens on an IP address "
