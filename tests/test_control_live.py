@@ -604,8 +604,33 @@ def test_unknown_names_are_refused_with_one_line_and_exit_1(corral, tmp_path):
     assert "no group named 'nosuch'" in _refused(tmp_path, "restart", "nosuch")
     assert "no job named 'nosuch'" in _refused(tmp_path, "jobs", "run", "nosuch")
     assert "at least 1" in _refused(tmp_path, "scale", "web=0")
+    unknown = "no group, process or job named 'nosuch'"
+    assert unknown in _refused(tmp_path, "logs", "nosuch")
+    assert unknown in _refused(tmp_path, "logs", "-f", "nosuch")  # not a wait for ever
+    assert "the dashboard is off" in _refused(tmp_path, "dashboard", "--no-browser")
     assert server.worker_pids() == web
     assert server.proc.poll() is None
+    assert server.stop() == 0
+
+
+def test_logs_take_every_name_status_lists_and_the_api_refuses_others_with_404(corral, tmp_path):
+    _project(tmp_path, _web(1, "access_log = false") + NAP_JOB + WORKER_GROUP)
+    server = _start(corral, tmp_path)
+    server.wait_workers(1)
+    server.wait_for(r"^worker\.1\s+\| worker 1 up$")
+    _ok(tmp_path, "jobs", "run", "nap")
+    server.wait_for(r"^nap\s+\| nap started$")
+
+    listed = {row["name"] for row in server.status()["processes"]} | {"nap"}
+    for name in sorted(listed | {"web", "worker", "jobs", "corral"}):
+        _ok(tmp_path, "logs", "-n", "5", name)  # exit 0, nothing on stderr
+    assert _ok(tmp_path, "logs", "-n", "50", "nap").splitlines()[0] == "nap        | nap started"
+    manager = _ok(tmp_path, "logs", "-n", "50", "manager").splitlines()
+    assert manager and all(line.startswith("corral ") for line in manager), manager
+    refused = server.control_get("/logs?group=nosuch")
+    assert refused.status_code == 404
+    assert "no group, process or job named 'nosuch'" in refused.json()["error"]
+    assert server.control_get("/logs?group=worker.1&lines=1").status_code == 200
     assert server.stop() == 0
 
 
