@@ -353,13 +353,78 @@ def test_systemd_units_say_what_systemd_needs_to_know(system):
     assert "mail_out: shop-mail_out@.service, instances 1..1; restart = 'on-failure'" in notes
 
 
-def test_systemd_units_run_as_the_configured_user_but_web_switches_itself(system):
-    config = system / "corral.toml"
-    config.write_text(config.read_text().replace("[web]\n", '[web]\nuser = "nobody"\n'))
-    files, _ = systemd_units(system)
-    assert "User=nobody\n" not in files["shop-web.service"]
-    for name in ("shop-prestart.service", "shop-consumer@.service", "shop-jobs.service"):
-        assert "User=nobody\n" in files[name], name
+IDENTITIES = """
+[corral]
+user = "nobody"
+group = "nogroup"
+
+[web]
+app = "plain:app"
+bind = ["127.0.0.1:{port}"]
+user = "www-data"
+
+[processes.worker]
+command = "sleep 600"
+
+[jobs.hourly]
+command = "true"
+schedule = "0 * * * *"
+"""
+
+
+def _unit_setting(unit: str, key: str) -> str:
+    return re.search(rf"^{key}=(.*)$", unit, re.MULTILINE)[1]
+
+
+def test_each_systemd_unit_runs_as_the_identity_its_children_need_and_corral_keeps_it(
+    launch, nobody_python, public_dir, free_port
+):
+    """[corral]'s user for every unit, [web]'s for web's (group: [corral]'s); corral started
+    by each as that user runs its part without trying to switch user again."""
+    (public_dir / "corral.toml").write_text(IDENTITIES.format(port=free_port))
+    shutil.copy(APPS / "plain.py", public_dir / "plain.py")
+    files, _ = export(public_dir, "systemd", "--executable", str(nobody_python.parent / "corral"))
+    name = next(n.removesuffix("-web.service") for n in files if n.endswith("-web.service"))
+    web = files[f"{name}-web.service"]
+    assert (_unit_setting(web, "User"), _unit_setting(web, "Group")) == ("www-data", "nogroup")
+    for unit in (f"{name}-worker@.service", f"{name}-hourly.service"):
+        text = files[unit]
+        assert (_unit_setting(text, "User"), _unit_setting(text, "Group")) == (
+            "nobody",
+            "nogroup",
+        ), unit
+
+    def as_unit(unit: str, instance: str = "") -> list[str]:
+        """The unit's ExecStart as systemd runs it: as its User= and Group=, with the user's
+        groups."""
+        argv = shlex.split(_unit_setting(unit, "ExecStart").replace("%i", instance))
+        user, group = _unit_setting(unit, "User"), _unit_setting(unit, "Group")
+        return ["setpriv", f"--reuid={user}", f"--regid={group}", "--init-groups", *argv]
+
+    served = launch(as_unit(web), cwd=public_dir)
+    assert served.url() == f"http://127.0.0.1:{free_port}"
+    replica = launch(as_unit(files[f"{name}-worker@.service"], "1"), cwd=public_dir)
+    replica.wait_for(r"worker\.1 started")
+    job = subprocess.run(
+        as_unit(files[f"{name}-hourly.service"]),
+        cwd=public_dir,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert job.returncode == 0, job.stdout + job.stderr
+    assert "hourly run ok" in job.stdout, job.stdout
+    assert served.stop() == 0 and replica.stop() == 0
+    for started in (served, replica):
+        assert "only root can" not in started.output, started.output
+
+    # Started as web's user, a corral for the worker cannot become [corral]'s: it says so.
+    wrong = [*as_unit(web)[:4], *as_unit(files[f"{name}-worker@.service"], "1")[4:]]
+    refused = subprocess.run(wrong, cwd=public_dir, capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert refused.stderr.startswith(
+        "corral: error: corral.toml: [corral] user: 'nobody': only root can run the children"
+    ), refused.stderr
 
 
 CALENDARS = [

@@ -202,9 +202,10 @@ for command in COMMANDS:
     main.add_command(command)
 
 
-def resolve_file(config_path: Path | None) -> System:
-    """The system corral.toml declares (no flags) for this folder; ConfigError if unsound."""
-    return resolve(None, {}, config_path, Path.cwd(), spelling_of_settings())
+def resolve_for_one_part(config_path: Path | None) -> System:
+    """The system corral.toml declares (no flags) for this folder, for a command that runs one
+    part of it other than web (prestart, a job); ConfigError if unsound."""
+    return resolve(None, {}, config_path, Path.cwd(), spelling_of_settings(), serves=False)
 
 
 @main.command(
@@ -240,7 +241,7 @@ def prestart(config_path: Path | None) -> None:
     """
     from corral.manager import once
 
-    sys.exit(once.prestart(resolve_file(config_path)))
+    sys.exit(once.prestart(resolve_for_one_part(config_path)))
 
 
 @main.command(params=[config_option()])
@@ -254,7 +255,7 @@ def job(name: str, config_path: Path | None) -> None:
     """
     from corral.manager import once
 
-    system = resolve_file(config_path)
+    system = resolve_for_one_part(config_path)
     if name not in system.jobs:
         fail([f"no job named {name!r} (jobs: {', '.join(system.jobs) or 'none declared'})"])
     sys.exit(once.job(system, name))

@@ -49,6 +49,11 @@ def runs_others(table: dict[str, Any], only: list[str]) -> bool:
     return bool(table.get("processes") or table.get("jobs") or steps)
 
 
+def runs_web(only: list[str]) -> bool:
+    """Whether a corral with `--only` `only` runs the web app (when there is one)."""
+    return not only or "web" in only
+
+
 def of_web(manager: ManagerConfig, web: WebConfig) -> tuple[str | None, str | None]:
     """The web app's user and group: [web]'s, else [corral]'s, setting by setting."""
     return web.user or manager.user, web.group or manager.group

@@ -175,6 +175,7 @@ def resolve(
     describe_flag: Callable[[str], str],
     environ: Mapping[str, str] | None = None,
     here: bool = True,
+    serves: bool = True,
 ) -> System:
     """Merge the file (if any), the flags and the CORRAL_* variables; ConfigError if unsound.
 
@@ -185,7 +186,9 @@ def resolve(
     refuses what cannot work on this machine (`corral.settings.here`: files
     that are not there; identities that do not exist or cannot be taken
     on); `corral export`, which writes for other machines, does not ask.
-    Every problem is one message naming where its setting came from.
+    `serves`: the caller may run the web app (`corral prestart` and `corral
+    job` do not, so web's identity is not theirs to take on). Every
+    problem is one message naming where its setting came from.
     """
     environ = os.environ if environ is None else environ
     context = here_checks.context(directory) if here else None
@@ -268,8 +271,9 @@ def resolve(
         group_where = (
             web_where if isinstance(raw_web, dict) and "group" in raw_web else manager_where
         )
+        selected = web if serves and identities.runs_web(manager.only) else None
         problems += identities.problems(
-            manager, web, others, manager_where, user_where, group_where
+            manager, selected, others, manager_where, user_where, group_where
         )
     if problems:
         raise ConfigError(problems)
