@@ -551,6 +551,56 @@ def test_compose_services_wait_for_prestart_and_scale_without_host_ports(system)
     assert "jobs beat, report: kept in corral, in service jobs" in notes
 
 
+# -- the same bytes wherever the folder is -----------------------------------------------
+
+MOVABLE = """
+env_file = ".env"
+
+[web]
+app = "plain:app"
+bind = ["127.0.0.1:8000"{unix}]
+
+[processes.consumer]
+command = "sleep 600"
+cwd = "work"
+"""
+MOVABLE_OPTIONS = {
+    "kubernetes": ["--image", "shop:1", "--workdir", "/app"],
+    "compose": ["--image", "shop:1", "--workdir", "/app"],
+    "systemd": ["--workdir", "/srv/shop"],
+}
+
+
+@pytest.mark.parametrize("engine", sorted(MOVABLE_OPTIONS))
+def test_a_copy_of_the_folder_elsewhere_exports_the_same_bytes(tmp_path, engine):
+    """No path in an export says where the configuration's folder is on this machine."""
+    exported = []
+    for parent in ("here", "there/deeper"):
+        folder = tmp_path / parent / "shop"
+        (folder / "work").mkdir(parents=True)
+        unix = ', "unix:run/shop.sock"' if engine == "systemd" else ""
+        (folder / "corral.toml").write_text(MOVABLE.format(unix=unix))
+        (folder / ".env").write_text("SECRET=1\n")
+        shutil.copy(APPS / "plain.py", folder / "plain.py")
+        options = MOVABLE_OPTIONS[engine]
+        if engine == "systemd":  # a corral in the folder's own virtualenv
+            corral = folder / ".venv" / "bin" / "corral"
+            corral.parent.mkdir(parents=True)
+            corral.write_text("#!/bin/sh\n")
+            options = [*options, "--executable", str(corral)]
+        files, _ = export(folder, engine, *options)
+        assert str(tmp_path) not in "".join(files.values()), files
+        exported.append(files)
+    assert exported[0] == exported[1]
+    text = "".join(exported[0].values())
+    if engine == "systemd":
+        assert "ExecStart=/srv/shop/.venv/bin/corral run --only web\n" in text
+        assert "ListenStream=/srv/shop/run/shop.sock\n" in text
+    elif engine == "compose":
+        assert "source: ../.env\n" in text  # from out-compose/, where compose.yaml is
+        assert "target: /app/.env\n" in text
+
+
 # -- the committed example ----------------------------------------------------------------
 
 EXAMPLE = ROOT / "examples" / "queue"
