@@ -1,0 +1,239 @@
+"""Every command, given each kind of mistake, says one line naming the thing and exits with the
+code the README gives; `corral check` finds every problem `corral run` would, before anything
+starts, each named where it came from.
+
+Each command runs as a subprocess in a folder of its own (`corral run` is bounded: it must
+refuse at once). No mocks: real files, real users, real programs that are not there.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import APPS
+
+TIMEOUT = 60  # seconds any of these commands may take
+
+SOUND = """
+[web]
+app = "plain:app"
+port = 0
+
+[processes.worker]
+command = "sleep 600"
+
+[jobs.tick]
+command = "true"
+every = "1h"
+"""
+
+
+def _corral(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "corral", *args],
+        cwd=directory,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+def _project(directory: Path, toml: str) -> Path:
+    shutil.copy(APPS / "plain.py", directory / "plain.py")
+    (directory / "corral.toml").write_text(toml)
+    return directory
+
+
+def _one_line(done: subprocess.CompletedProcess[str], code: int) -> str:
+    """The one line a refused command printed (stdout and stderr together); its exit code."""
+    said = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    assert "Traceback" not in done.stdout + done.stderr, done.stdout + done.stderr
+    assert len(said) == 1, done.stdout + done.stderr
+    assert done.returncode == code, (done.returncode, done.stdout + done.stderr)
+    return said[0]
+
+
+# -- each command, each kind of mistake ----------------------------------------------------
+
+# The code each command exits with for a mistake of the user's (README: exit codes).
+COMMANDS = {
+    "run": (["run"], 2),
+    "check": (["check"], 1),
+    "prestart": (["prestart"], 2),
+    "job": (["job", "tick"], 2),
+    "export kubernetes": (["export", "kubernetes", "--image", "shop:1"], 2),
+    "export systemd": (["export", "systemd"], 2),
+    "export compose": (["export", "compose", "--image", "shop:1"], 2),
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_a_missing_file_is_one_line_naming_it(tmp_path, command):
+    args, code = COMMANDS[command]
+    line = _one_line(_corral(tmp_path, *args, "-c", "/nope.toml"), code)
+    assert line == "corral: error: -c /nope.toml: no such file", line
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_a_file_that_is_not_a_configuration_is_said_to_be_so(tmp_path, command):
+    args, code = COMMANDS[command]
+    line = _one_line(_corral(tmp_path, *args, "-c", "/dev/null"), code)
+    assert "/dev/null declares none" in line, line
+    assert "no such file" not in line, line
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_a_bad_file_is_one_line_naming_the_key(tmp_path, command):
+    _project(tmp_path, SOUND.replace('every = "1h"', 'every = "soon"'))
+    args, code = COMMANDS[command]
+    line = _one_line(_corral(tmp_path, *args), code)
+    assert line.startswith("corral: error: corral.toml: [jobs.tick] every: "), line
+    assert "'soon'" in line, line
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["job", "nosuch"], "no job named 'nosuch' (jobs: tick)"),
+        (["run", "--only", "nosuch"], "--only: 'nosuch' names nothing here"),
+        (["export", "compose", "--image", "i", "--name", "Bad_Name"], "--name 'Bad_Name'"),
+        (["export", "kubernetes"], "kubernetes: give --image"),
+    ],
+    ids=["job", "run --only", "export --name", "export --image"],
+)
+def test_an_unknown_name_or_a_missing_option_is_one_line_and_exit_2(tmp_path, args, expected):
+    _project(tmp_path, SOUND)
+    line = _one_line(_corral(tmp_path, *args), 2)
+    assert line.startswith("corral: error: ") and expected in line, line
+
+
+def test_a_job_whose_program_is_not_there_fails_its_run_in_one_line(tmp_path):
+    _project(tmp_path, SOUND.replace('command = "true"', 'command = "/no/such"'))
+    line = _one_line(_corral(tmp_path, "job", "tick"), 1)
+    assert "tick run failed: cannot start:" in line and "'/no/such'" in line, line
+
+
+def test_check_names_every_program_a_command_runs_that_is_not_there(tmp_path):
+    toml = SOUND.replace('"sleep 600"', '"no-such-program-here 600"')
+    toml = toml.replace('command = "true"', 'command = "./bin/tick"')
+    done = _corral(_project(tmp_path, toml), "check")
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        "corral: error: corral.toml: [processes.worker] command: no program "
+        f"'no-such-program-here' on PATH ({_path()})",
+        "corral: error: corral.toml: [jobs.tick] command: no such program './bin/tick'",
+    ], done.stderr
+
+
+def _path() -> str:
+    import os
+
+    return os.environ.get("PATH", os.defpath)
+
+
+@pytest.mark.parametrize(
+    "command", ["run", "check", "prestart", "job"]
+)  # what runs children here; export writes for another machine
+def test_a_user_it_cannot_become_is_one_line_naming_where_it_was_set(tmp_path, command):
+    _project(tmp_path, '[corral]\nuser = "no-such-user"\n' + SOUND)
+    args, code = COMMANDS[command]
+    line = _one_line(_corral(tmp_path, *args), code)
+    assert line == "corral: error: corral.toml: [corral] user: 'no-such-user': no such user", line
+
+
+def test_an_export_does_not_ask_for_this_machines_users_or_files(tmp_path):
+    """The units run elsewhere: a user, a certificate that only exists there are not refused."""
+    toml = '[corral]\nuser = "no-such-user"\n' + SOUND.replace(
+        "port = 0", 'port = 8000\ncertfile = "/etc/there/cert.pem"'
+    )
+    done = _corral(_project(tmp_path, toml), "export", "systemd")
+    assert done.returncode == 0, done.stderr
+    assert "User=no-such-user\n" in done.stdout
+
+
+# -- check finds what run finds ------------------------------------------------------------
+
+# Every problem `run` finds before it starts anything, in one file, each with its message.
+NOT_HERE = {
+    '[corral]\nuser = "no-such-user"': "[corral] user: 'no-such-user': no such user",
+    'probes = "nope"': "[corral] probes: 'nope': expected HOST:PORT, such as 0.0.0.0:9000",
+    'pidfile = "/nonexistent/corral.pid"': "[corral] pidfile: cannot create "
+    "'/nonexistent/corral.pid': no such folder '/nonexistent'",
+    'log_file = "/nonexistent/corral.log"': "[corral] log_file: cannot create "
+    "'/nonexistent/corral.log': no such folder '/nonexistent'",
+    'control = "/nonexistent/control.sock"': "[corral] control: cannot create "
+    "'/nonexistent/control.sock': no such folder '/nonexistent'",
+    '[web]\napp = "plain:app"\nbind = ["127.0.0.1:99999"]': "[web] bind: '127.0.0.1:99999': "
+    "expected a port number from 0 to 65535",
+    'certfile = "cert.pem"': "[web] certfile: no such file 'cert.pem'",
+    'keyfile = "key.pem"': "[web] keyfile: no such file 'key.pem'",
+    'ca_certs = "ca.pem"': "[web] ca_certs: no such file 'ca.pem'",
+    'env_file = "web.env"': "[web] env_file: no such file 'web.env'",
+    '[processes.worker]\ncommand = "sleep 600"\ncwd = "no-such-folder"': "[processes.worker] "
+    "cwd: no such folder 'no-such-folder'",
+}
+
+
+def test_check_finds_every_problem_run_finds_at_once_each_named_where_it_came_from(tmp_path):
+    _project(tmp_path, "\n".join(NOT_HERE) + "\n")
+    expected = sorted(f"corral: error: corral.toml: {message}" for message in NOT_HERE.values())
+
+    checked = _corral(tmp_path, "check")
+    ran = _corral(tmp_path, "run")
+
+    assert (checked.returncode, sorted(checked.stderr.splitlines())) == (1, expected)
+    assert (ran.returncode, sorted(ran.stderr.splitlines())) == (2, expected)
+    assert ran.stdout == "" and not (tmp_path / "corral.pid").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        (["--env-file", "x.env"], "--env-file: no such file 'x.env'"),
+        (["--certfile", "cert.pem", "--keyfile", "key.pem"], "--certfile: no such file"),
+        (["--keyfile", "key.pem", "--certfile", "cert.pem"], "--keyfile: no such file 'key.pem'"),
+        (["--probes", "nope"], "--probes: 'nope': expected HOST:PORT"),
+        (["--bind", "unix:/nonexistent/web.sock"], "--bind: cannot create"),
+    ],
+    ids=["env-file", "certfile", "keyfile", "probes", "bind"],
+)
+def test_a_flag_naming_a_file_or_an_address_that_cannot_work_is_refused_at_start(
+    tmp_path, flag, message
+):
+    shutil.copy(APPS / "plain.py", tmp_path / "plain.py")
+    done = _corral(tmp_path, "run", "plain:app", "--port", "0", *flag)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert message in done.stderr, done.stderr
+    assert "listening on" not in done.stdout
+
+
+# -- words -----------------------------------------------------------------------------------
+
+
+def test_an_unknown_table_is_named_as_a_table_with_a_did_you_mean(tmp_path):
+    _project(tmp_path, SOUND + '\n[mystery]\nkey = 1\n\n[job.beat]\ncommand = "true"\n')
+    done = _corral(tmp_path, "check")
+    assert done.returncode == 1
+    assert sorted(done.stderr.splitlines()) == [
+        "corral: error: corral.toml: [job]: unknown table (did you mean [jobs]?)",
+        "corral: error: corral.toml: [mystery]: unknown table",
+    ], done.stderr
+
+
+def test_a_target_that_is_not_callable_is_named_with_its_type_and_the_right_article(tmp_path):
+    (tmp_path / "tasks.py").write_text("number = 5\nitems = []\n")
+    toml = '[web]\napp = "tasks:number"\n\n[processes.worker]\ncall = "tasks:items"\n'
+    done = _corral(_project(tmp_path, toml), "check")
+    assert done.returncode == 1
+    assert sorted(done.stderr.splitlines()) == [
+        "corral: error: corral.toml: [processes.worker] call 'tasks:items': "
+        "'tasks:items' is a list, not callable",
+        "corral: error: corral.toml: [web] app 'tasks:number': "
+        "tasks:number is an int, not an ASGI or WSGI app",
+    ], done.stderr
