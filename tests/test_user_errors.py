@@ -104,8 +104,9 @@ def test_a_bad_file_is_one_line_naming_the_key(tmp_path, command):
         (["run", "--only", "nosuch"], "--only: 'nosuch' names nothing here"),
         (["export", "compose", "--image", "i", "--name", "Bad_Name"], "--name 'Bad_Name'"),
         (["export", "kubernetes"], "kubernetes: give --image"),
+        (["export", "systemd", "--workdir", "srv"], "--workdir 'srv': expected an absolute"),
     ],
-    ids=["job", "run --only", "export --name", "export --image"],
+    ids=["job", "run --only", "export --name", "export --image", "export --workdir"],
 )
 def test_an_unknown_name_or_a_missing_option_is_one_line_and_exit_2(tmp_path, args, expected):
     _project(tmp_path, SOUND)
@@ -237,3 +238,11 @@ def test_a_target_that_is_not_callable_is_named_with_its_type_and_the_right_arti
         "corral: error: corral.toml: [web] app 'tasks:number': "
         "tasks:number is an int, not an ASGI or WSGI app",
     ], done.stderr
+
+
+def test_check_names_an_app_given_on_the_command_line_as_app(tmp_path):
+    done = _corral(_project(tmp_path, SOUND), "check", "nosuch:app")
+    assert done.returncode == 1
+    assert done.stderr.startswith("corral: error: APP 'nosuch:app': cannot import 'nosuch'"), (
+        done.stderr
+    )

@@ -21,11 +21,14 @@ from corral.settings import PrestartCall, Runnable, System
 WEB_APP = "[web] app"
 
 
-def targets(system: System) -> list[tuple[str, str, bool]]:
-    """(where it is declared, MODULE:ATTRIBUTE, is it a factory) for every Python target."""
+def targets(system: System, web_app: str = WEB_APP) -> list[tuple[str, str, bool]]:
+    """(where it is declared, MODULE:ATTRIBUTE, is it a factory) for every Python target.
+
+    `web_app` says where the web app was given ([web] app, or APP on the command line).
+    """
     found = []
     if system.web is not None:
-        found.append((WEB_APP, system.web.app, system.web.factory))
+        found.append((web_app, system.web.app, system.web.factory))
     for name, process in system.processes.items():
         if process.call is not None:
             found.append((f"[processes.{name}] call", process.call, False))
@@ -38,9 +41,12 @@ def targets(system: System) -> list[tuple[str, str, bool]]:
     return found
 
 
-def problems_with(system: System) -> list[str]:
+def problems_with(system: System, app_given: bool = False) -> list[str]:
     """One message per target that does not import (or whose factory fails), and per
-    program a `command` names that is not there to run."""
+    program a `command` names that is not there to run.
+
+    `app_given`: the web app is APP, from the command line, not corral.toml's.
+    """
     sys.path.insert(0, os.getcwd())
     os.environ.update(system.env)
     if system.web is not None and system.web.env_file is not None:
@@ -48,15 +54,17 @@ def problems_with(system: System) -> list[str]:
 
         load_dotenv(system.web.env_file, override=False)
     file = f"{system.config.name}: " if system.config is not None else ""
+    web_app = "APP" if app_given else f"{file}{WEB_APP}"
     problems = []
-    for where, target, factory in targets(system):
+    for where, target, factory in targets(system, web_app):
         try:
-            if where == WEB_APP and system.web is not None:
+            if where == web_app and system.web is not None:
                 load_web_app(system.web)  # found, and told ASGI or WSGI, as the workers will
             else:
                 load_app(target, factory)
         except AppLoadError as error:
-            problems.append(f"{file}{where} {target!r}: {error}")
+            named = where if where == web_app else f"{file}{where}"
+            problems.append(f"{named} {target!r}: {error}")
     declared: list[tuple[str, Runnable]] = [
         *((f"[processes.{name}]", config) for name, config in system.processes.items()),
         *((f"[jobs.{name}]", config) for name, config in system.jobs.items()),

@@ -6,7 +6,7 @@ import functools
 import shutil
 import sys
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn, ParamSpec
 
 import click
@@ -225,7 +225,7 @@ def check(app: str | None, config_path: Path | None) -> None:
     from corral.checks import problems_with
 
     system = resolve(app, {}, config_path, Path.cwd(), spelling_of_settings())
-    problems = problems_with(system)
+    problems = problems_with(system, app_given=app is not None)
     if problems:
         fail(problems, FAILURE)
     click.echo("corral: configuration valid; every target imports")
@@ -314,6 +314,8 @@ def export_command(
     from corral.export import ExportError, Target, app_name, check_name, export
     from corral.settings.resolve import find
 
+    if workdir is not None and not PurePosixPath(workdir).is_absolute():
+        fail([f"--workdir {workdir!r}: expected an absolute path, such as /srv/app"])
     found = find(config_path, Path.cwd())
     if found is None:
         fail(["export reads corral.toml (or [tool.corral] in pyproject.toml): none here; give -c"])
