@@ -427,6 +427,55 @@ def test_each_systemd_unit_runs_as_the_identity_its_children_need_and_corral_kee
     ), refused.stderr
 
 
+def _identities(system: Path, corral_user: str, corral_group: str, web_user: str) -> None:
+    toml = (system / "corral.toml").read_text()
+    toml = toml.replace("[web]\n", f'[web]\nuser = "{web_user}"\n')
+    table = f'[corral]\nuser = "{corral_user}"\ngroup = "{corral_group}"\n\n'
+    (system / "corral.toml").write_text(table + toml)
+
+
+def test_compose_services_run_as_the_identity_their_children_need(system):
+    _identities(system, "nobody", "nogroup", "www-data")
+    files, notes = export(system, "compose", "--image", "shop:1")
+    services = yaml.safe_load(files["compose.yaml"])["services"]
+    users = {name: service.get("user") for name, service in services.items()}
+    assert users == {
+        "prestart": "nobody:nogroup",
+        "web": "www-data:nogroup",
+        "consumer": "nobody:nogroup",
+        "mail_out": "nobody:nogroup",
+        "jobs": "nobody:nogroup",
+    }
+    assert "compose: web: user www-data:nogroup, the identity its children run as" in notes
+
+
+@pytest.mark.parametrize("numeric", [True, False], ids=["numbers", "names"])
+def test_kubernetes_pods_run_as_their_childrens_identity_when_it_is_a_number(system, numeric):
+    ids = ("65534", "65534", "33") if numeric else ("nobody", "nogroup", "www-data")
+    _identities(system, *ids)
+    files, notes = export(system, "kubernetes", "--image", "shop:1")
+    contexts = {}
+    for (kind, name), document in kubernetes_objects(files).items():
+        spec = document["spec"]
+        template = spec["jobTemplate"]["spec"] if kind == "CronJob" else spec
+        if "template" in template:
+            contexts[name] = template["template"]["spec"].get("securityContext")
+    others = {"runAsUser": 65534, "runAsGroup": 65534} if numeric else None
+    web = {"runAsUser": 33, "runAsGroup": 65534} if numeric else None
+    assert contexts.pop("shop-web") == web
+    assert contexts and all(context == others for context in contexts.values()), contexts
+    said = "user 'www-data' and group 'nogroup' (names)" in notes
+    assert said is not numeric, notes
+    paths = sorted((system / "out-kubernetes").iterdir())
+    done = subprocess.run(
+        [BIN / "kubernetes-validate", "--strict", "-k", OLDEST_KUBERNETES, *map(str, paths)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and "WARN" not in done.stdout, done.stdout + done.stderr
+
+
 CALENDARS = [
     "30 9 * * mon-fri",
     "*/15 * * * *",

@@ -137,6 +137,12 @@ class _Services:
 
     def _user(self, whose: str, user: str | None, group: str | None) -> str | None:
         """A service's `user:` (USER[:GROUP], names or numbers), or None for the image's."""
+        if user is not None:
+            self.notes.append(
+                f"compose: {whose}: user {':'.join(p for p in (user, group) if p)}, the "
+                "identity its children run as, so corral there keeps it (a name is looked "
+                "up in the image)"
+            )
         if user is None and group is not None:
             self.notes.append(
                 f"compose: {whose}: group {group!r} without a user: a service's group goes "
