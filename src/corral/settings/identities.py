@@ -60,32 +60,26 @@ def of_web(manager: ManagerConfig, web: WebConfig) -> tuple[str | None, str | No
 
 
 def problems(
-    manager: ManagerConfig,
-    web: WebConfig | None,
-    others: bool,
-    where: Where,
-    web_user: Where,
-    web_group: Where,
+    manager: ManagerConfig, web: WebConfig | None, others: bool, where: Where, web_where: Where
 ) -> list[str]:
     """One message per identity that cannot be taken on here: [corral]'s when `others` needs
-    it, web's when there is a web app.
+    it, web's when there is a web app (`web`, None when this corral does not run it).
 
-    `where(name)` names where [corral]'s `user` or `group` was set;
-    `web_user` and `web_group` where web's were (in [web], or in [corral]).
+    `where(name)` names where [corral]'s `user` or `group` was set, `web_where(name)`
+    where web's was ([web]'s, or the [corral] one it falls back on).
     """
     wanted = []
     if others:
-        wanted.append((manager.user, manager.group, where, where))
+        wanted.append((manager.user, manager.group, where))
     if web is not None:
-        wanted.append((*of_web(manager, web), web_user, web_group))
+        wanted.append((*of_web(manager, web), web_where))
     found = []
-    for user, group, user_where, group_where in wanted:
+    for user, group, named in wanted:
         if user is None and group is None:
             continue
         try:
             identity(user, group)
         except IdentityError as error:
-            named = user_where if error.setting == "user" else group_where
             message = f"{named(error.setting)}: {error.value!r}: {error.reason}"
             if message not in found:
                 found.append(message)

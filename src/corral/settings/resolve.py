@@ -267,14 +267,13 @@ def resolve(
         problems += error.messages
     others = identities.runs_others(file.table if file is not None else {}, manager.only)
     if here and manager_valid:
-        user_where = web_where if isinstance(raw_web, dict) and "user" in raw_web else manager_where
-        group_where = (
-            web_where if isinstance(raw_web, dict) and "group" in raw_web else manager_where
-        )
         selected = web if serves and identities.runs_web(manager.only) else None
-        problems += identities.problems(
-            manager, selected, others, manager_where, user_where, group_where
-        )
+        in_web = raw_web if isinstance(raw_web, dict) else {}
+
+        def web_id_where(name: str) -> str:  # [web]'s, else the [corral] one it falls back on
+            return web_where(name) if name in in_web else manager_where(name)
+
+        problems += identities.problems(manager, selected, others, manager_where, web_id_where)
     if problems:
         raise ConfigError(problems)
     if web is None and not declared.processes and not declared.jobs:
