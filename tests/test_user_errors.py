@@ -168,7 +168,7 @@ NOT_HERE = {
     "'/nonexistent/corral.pid': no such folder '/nonexistent'",
     'log_file = "/nonexistent/corral.log"': "[corral] log_file: cannot create "
     "'/nonexistent/corral.log': no such folder '/nonexistent'",
-    'control = "/nonexistent/control.sock"': "[corral] control: cannot create "
+    'control = "/nonexistent/control.sock"': "[corral] control: cannot bind "
     "'/nonexistent/control.sock': no such folder '/nonexistent'",
     '[web]\napp = "plain:app"\nbind = ["127.0.0.1:99999"]': "[web] bind: '127.0.0.1:99999': "
     "expected a port number from 0 to 65535",
@@ -200,7 +200,7 @@ def test_check_finds_every_problem_run_finds_at_once_each_named_where_it_came_fr
         (["--certfile", "cert.pem", "--keyfile", "key.pem"], "--certfile: no such file"),
         (["--keyfile", "key.pem", "--certfile", "cert.pem"], "--keyfile: no such file 'key.pem'"),
         (["--probes", "nope"], "--probes: 'nope': expected HOST:PORT"),
-        (["--bind", "unix:/nonexistent/web.sock"], "--bind: cannot create"),
+        (["--bind", "unix:/nonexistent/web.sock"], "--bind: cannot bind '/nonexistent/web.sock'"),
     ],
     ids=["env-file", "certfile", "keyfile", "probes", "bind"],
 )

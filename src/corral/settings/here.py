@@ -50,8 +50,8 @@ def existing_folder(value: Path | None, info: ValidationInfo) -> Path | None:
 
 
 def writable_file(value: str | Path | None, info: ValidationInfo) -> str | Path | None:
-    """`value`, if corral can write it at start (a log file, the pid file, a socket file):
-    it is a file it may write, or its folder is one it may create it in.
+    """`value`, if corral can write it at start (a log file, the pid file): it is a file it
+    may write, or its folder is one it may create it in.
 
     "-" (stdout) is not a file. ValueError saying what is wrong otherwise.
     """
@@ -71,6 +71,18 @@ def writable_file(value: str | Path | None, info: ValidationInfo) -> str | Path 
         raise ValueError(f"cannot create {str(value)!r}: no such folder {str(folder)!r}")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"cannot create {str(value)!r}: {str(folder)!r} is not writable")
+    return value
+
+
+def socket_folder(value: str | Path | None, info: ValidationInfo) -> str | Path | None:
+    """`value`, a Unix socket's path, if its folder is there; ValueError otherwise.
+
+    Only the folder: the socket may be bound by systemd (socket activation),
+    in a folder corral's own user cannot write.
+    """
+    path = _here(value, info)
+    if path is not None and not path.parent.is_dir():
+        raise ValueError(f"cannot bind {str(value)!r}: no such folder {str(path.parent)!r}")
     return value
 
 

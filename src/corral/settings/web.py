@@ -91,7 +91,7 @@ class ManagerConfig(Settings):
     def _control_address(cls, value: str | None, info: ValidationInfo) -> str | None:
         address = parse_control(value) if value is not None else None
         if isinstance(address, UnixAddress):
-            here.writable_file(address.path, info)
+            here.socket_folder(address.path, info)
         return value
 
     @field_validator("probes")
@@ -346,7 +346,7 @@ class WebConfig(Settings):
             try:
                 address = parse_bind(spec)
                 if address.path is not None:
-                    here.writable_file(address.path, info)
+                    here.socket_folder(address.path, info)
             except ValueError as error:
                 problems.append(str(error))
         if problems:
@@ -357,7 +357,7 @@ class WebConfig(Settings):
     @classmethod
     def _uds_path(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is not None:
-            here.writable_file(unix_socket_path(value), info)
+            here.socket_folder(unix_socket_path(value), info)
         return value
 
     _files_it_reads = field_validator("certfile", "keyfile", "ca_certs", "env_file")(
