@@ -156,6 +156,7 @@ def test_an_export_does_not_ask_for_this_machines_users_or_files(tmp_path):
     done = _corral(_project(tmp_path, toml), "export", "systemd")
     assert done.returncode == 0, done.stderr
     assert "User=no-such-user\n" in done.stdout
+    assert "corral with 1 worker\n" in done.stderr  # not "1 workers"
 
 
 # -- check finds what run finds ------------------------------------------------------------
