@@ -247,3 +247,15 @@ def test_check_names_an_app_given_on_the_command_line_as_app(tmp_path):
     assert done.stderr.startswith("corral: error: APP 'nosuch:app': cannot import 'nosuch'"), (
         done.stderr
     )
+
+
+def test_a_key_without_its_certificate_is_named_where_it_was_given(tmp_path):
+    (tmp_path / "key.pem").write_text("")
+    toml = SOUND.replace("port = 0", 'port = 0\nkeyfile = "key.pem"')
+    line = _one_line(_corral(_project(tmp_path, toml), "run"), 2)
+    assert line == (
+        "corral: error: corral.toml: [web] keyfile: a key goes with its certificate: "
+        "give certfile (--certfile) too"
+    ), line
+    line = _one_line(_corral(tmp_path, "run", "plain:app", "--keyfile", "key.pem"), 2)
+    assert line.startswith("corral: error: --keyfile: a key goes with its certificate"), line

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import ByteSize, Field, ValidationInfo, field_validator, model_validator
+from pydantic import ByteSize, Field, ValidationInfo, field_validator
 
 from corral.addresses import UnixAddress, parse_bind, parse_control, parse_tcp, unix_socket_path
 from corral.settings import app_ref, here
@@ -364,8 +364,9 @@ class WebConfig(Settings):
         here.existing_file
     )
 
-    @model_validator(mode="after")
-    def _tls_pair(self) -> WebConfig:
-        if self.keyfile and not self.certfile:
-            raise ValueError("--keyfile needs --certfile")
-        return self
+    @field_validator("keyfile")
+    @classmethod
+    def _with_its_certificate(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("certfile") is None and "certfile" in info.data:
+            raise ValueError("a key goes with its certificate: give certfile (--certfile) too")
+        return value
