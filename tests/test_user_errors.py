@@ -259,3 +259,14 @@ def test_a_key_without_its_certificate_is_named_where_it_was_given(tmp_path):
     ), line
     line = _one_line(_corral(tmp_path, "run", "plain:app", "--keyfile", "key.pem"), 2)
     assert line.startswith("corral: error: --keyfile: a key goes with its certificate"), line
+
+
+def test_a_factory_without_its_name_is_refused_where_it_was_asked_for(tmp_path):
+    toml = SOUND.replace("port = 0", "port = 0\nfactory = true")
+    line = _one_line(_corral(_project(tmp_path, toml), "check", "plain.py"), 1)
+    assert line == (
+        "corral: error: corral.toml: [web] factory: a factory is called by its name: "
+        "give it in the app, as plain.py:NAME"
+    ), line
+    line = _one_line(_corral(tmp_path, "run", "plain.py", "--factory"), 2)
+    assert line.startswith("corral: error: --factory: a factory is called by its name"), line

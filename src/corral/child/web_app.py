@@ -61,9 +61,7 @@ def load_web_app(config: WebConfig) -> WebApp:
     if ref.attribute is not None:
         target = attribute_of(module, ref.module, ref.attribute)
         name, found = ref.attribute, "as given"
-    elif config.factory:
-        raise AppLoadError(f"APP {config.app!r}: --factory needs the factory's name ({where}:NAME)")
-    else:
+    else:  # a factory always has its name: corral.settings.resolve refuses one without
         name, found = _find_app(module, where)
         target = getattr(module, name)
     if config.factory:

@@ -24,7 +24,7 @@ def pidfile(path: Path | None) -> Iterator[None]:
     try:
         path.write_text(f"{os.getpid()}\n")
     except OSError as error:
-        raise UsageError(f"--pidfile {path}: cannot write it: {error.strerror}") from None
+        raise UsageError(f"the pid file {path}: cannot write it: {error.strerror}") from None
     try:
         yield
     finally:

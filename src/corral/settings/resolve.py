@@ -250,7 +250,13 @@ def resolve(
                 environ=environ,
                 context=context,
             )
-            app_ref.read(web.app, directory)
+            ref = app_ref.read(web.app, directory)
+            if web.factory and ref.attribute is None:
+                named = ref.file if ref.file is not None else ref.module
+                problems.append(
+                    f"{web_where('factory')}: a factory is called by its name: "
+                    f"give it in the app, as {named}:NAME"
+                )
         except ConfigError as error:
             problems += error.messages
         except ValueError as error:
