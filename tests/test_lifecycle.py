@@ -9,6 +9,8 @@ import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -538,3 +540,44 @@ def test_full_stop_answers_the_connections_waiting_in_the_backlog(corral):
     assert statuses == [200] * 5
     assert server.wait(20) == 0
     assert not server.wait_until_gone(5)
+
+
+def test_a_first_worker_that_dies_before_serving_stops_corral_once_whatever_its_exit(
+    corral, tmp_path
+):
+    """Not a restart storm: an app that cannot start is said once, exit 3 (the design)."""
+    (tmp_path / "dies.py").write_text("import os\n\nos._exit(7)\n")
+    server = corral("run", "dies:app", "--port", "0", "--no-preload", cwd=tmp_path)
+    assert server.wait(30) == 3, server.output
+    assert server.count(r"the app cannot start") == 1, server.output
+    assert server.count(r"restarts in") == 0, server.output
+
+
+def _scale(server, count: int) -> subprocess.CompletedProcess[str]:
+    control = str(server.control_socket())
+    return subprocess.run(
+        [sys.executable, "-m", "corral", "scale", f"web={count}", "--control", control],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+
+
+def test_sigquit_while_many_workers_start_stops_at_once_and_leaves_nothing(corral):
+    server = corral("run", "plain:app", "--port", "0", "--workers", "2")
+    server.wait_workers(2)
+    assert _scale(server, 40).returncode == 0
+    started = time.monotonic()
+    server.send(signal.SIGQUIT)
+    assert server.wait(30) == 0, server.output
+    assert time.monotonic() - started < 10, server.output
+    assert not server.wait_until_gone(5), server.output
+
+
+def test_a_scale_past_what_corral_runs_is_refused(corral):
+    server = corral("run", "plain:app", "--port", "0")
+    server.wait_workers(1)
+    refused = _scale(server, 100_000)
+    assert refused.returncode == 1, refused
+    assert "100000 workers is more than corral runs (1024)" in refused.stderr, refused.stderr
+    assert server.stop() == 0

@@ -317,7 +317,8 @@ class JobsGroup(Group):
         raise Refused("jobs cannot be scaled: each runs once per tick")
 
     async def settle(self) -> None:
-        await self.background.wait()
+        if self.reloading is not None:  # not the runs: one may go on for hours
+            await asyncio.wait([self.reloading])
 
     async def apply(self, declaration: dict[str, JobConfig], env: dict[str, str]) -> None:
         """Take the jobs of a changed corral.toml: added ones are armed, removed ones disarmed.

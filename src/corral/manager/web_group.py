@@ -61,6 +61,7 @@ from corral.manager.respawn import Respawner
 from corral.manager.zygote_handle import AppFailed, ZygoteHandle
 from corral.manager.zygote_slot import ZygoteSlot
 from corral.settings import WebConfig
+from corral.settings.base import MAX_MEMBERS
 from corral.units import format_size
 
 WATCH_INTERVAL = 0.1
@@ -218,7 +219,9 @@ class WebGroup(Group):
         if child.pump is not None:
             child.pump.pid = pid
         self.output.say(f"{child.name} started (pid {pid})")
-        if child.state is State.DRAINING:  # asked to stop before its pid was known
+        if child.kill_at is not None and child.kill_at <= time.monotonic():
+            signal_child(child, signal.SIGKILL)  # stopped at once before its pid was known
+        elif child.state is State.DRAINING:  # asked to stop before its pid was known
             signal_child(child, signal.SIGTERM)
 
     def _on_ready(self, child: Child) -> None:
@@ -275,7 +278,7 @@ class WebGroup(Group):
         if child.replaced_by is not None:
             child.replaced_by.replaces = None  # it takes over as it is
             return
-        if code == APP_FAILED and not booted and not self.serving:
+        if not booted and not self.serving:  # the first worker died before it ever served
             self.output.say(f"the app cannot start: see {child.name}'s output above")
             child.to(State.FAILED)
             self.resting[child.name] = child
@@ -389,7 +392,9 @@ class WebGroup(Group):
         if old is not None:
             self.zygotes.retire_if_idle(old, self._has_children(old))
         await self._until_old_workers_stop_accepting(new)
-        self.output.say(f"reload complete: {rolled} workers run the new code")
+        current = [c for c in self.children.values() if c.generation == new.generation]
+        running = sum(1 for c in current if c.serving())  # the rolled and the newly scaled
+        self.output.say(f"reload complete: {running} workers run the new code")
         self.metrics.reload("ok")
 
     async def _until_old_workers_stop_accepting(self, new: ZygoteHandle) -> None:
@@ -501,6 +506,8 @@ class WebGroup(Group):
         """Run `count` workers: start the missing ones, drain the highest-numbered extras."""
         if count < 1:
             raise Refused("web needs at least 1 worker")
+        if count > MAX_MEMBERS:
+            raise Refused(f"web: {count} workers is more than corral runs ({MAX_MEMBERS})")
         self.output.say(f"scaling web to {count} workers")
         self._scale_to(count)
         return f"web to {count}"

@@ -94,7 +94,8 @@ class ZygoteSlot:
     def _on_exit(self, zygote: ZygoteHandle) -> None:
         self.live.pop(zygote.generation, None)
         zygote.close()
-        unexpected = not self.stopping and zygote is self.current
+        # Not when the launcher died: the manager stops, and no zygote can be launched.
+        unexpected = not self.stopping and zygote is self.current and not self.launcher.lost
         if unexpected:
             self.output.say(
                 f"{self.group}.zygote exited unexpectedly ({zygote.exit_cause()}): "

@@ -20,6 +20,7 @@ from corral.settings.base import (
     HTTP,
     LIMITS,
     LOGGING,
+    MAX_MEMBERS,
     PROCESS,
     SELECTION,
     TLS,
@@ -121,7 +122,7 @@ class WebConfig(Settings):
     )
 
     workers: Annotated[int, flag("--workers", "-w", group=WORKERS)] = Field(
-        1, ge=1, description="Number of web worker processes."
+        1, ge=1, le=MAX_MEMBERS, description="Number of web worker processes."
     )
     timeout: Annotated[Duration, flag("--timeout", group=WORKERS, metavar="SECONDS")] = Field(
         30.0,
