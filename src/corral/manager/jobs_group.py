@@ -22,7 +22,6 @@ from typing import Any
 from corral.exit_codes import FAILURE
 from corral.ipc.messages import Exited, Forked, ForkRun, JobsZygoteSpec, Message
 from corral.manager.background import Background
-from corral.manager.child import status_row, unix_time
 from corral.manager.exits import describe_exit
 from corral.manager.group import Group, Refused
 from corral.manager.job_runs import JobRuns, RunRecord
@@ -342,17 +341,7 @@ class JobsGroup(Group):
 
     def status(self) -> list[dict[str, Any]]:
         """The jobs zygotes as processes (each run is short-lived and not listed)."""
-        return [
-            status_row(
-                "jobs.zygote",
-                "jobs",
-                "zygote",
-                zygote.pid,
-                "retiring" if zygote.retiring else "running",
-                unix_time(zygote.started_at),
-            )
-            for zygote in self.zygotes.live.values()
-        ]
+        return self.zygotes.status()
 
     def schedule_status(self) -> list[dict[str, Any]]:
         """Each job as `corral status` shows it in its jobs table."""

@@ -49,8 +49,6 @@ from corral.manager.child import (
     State,
     child_row,
     signal_child,
-    status_row,
-    unix_time,
 )
 from corral.manager.exits import describe_exit
 from corral.manager.group import Group, Refused
@@ -558,17 +556,7 @@ class WebGroup(Group):
 
     def status(self) -> list[dict[str, Any]]:
         """The zygotes, the workers, and the names waiting out a backoff or failed."""
-        rows = [
-            status_row(
-                "web.zygote",
-                "web",
-                "zygote",
-                zygote.pid,
-                "retiring" if zygote.retiring else "running",
-                unix_time(zygote.started_at),
-            )
-            for zygote in self.zygotes.live.values()
-        ]
+        rows = self.zygotes.status()
         children = [*self.children.values(), *self.resting.values()]
         for child in sorted(children, key=lambda c: (_index(c.name), c.key)):
             rows.append(child_row(child, "web", "worker", self.history.get(child.name)))

@@ -18,6 +18,7 @@ from typing import Any
 from corral.ipc.messages import Message
 from corral.manager.background import Background
 from corral.manager.backoff import Backoff
+from corral.manager.child import status_row, unix_time
 from corral.manager.launcher_handle import LauncherHandle
 from corral.manager.output import Output
 from corral.manager.zygote_handle import AppFailed, ZygoteHandle
@@ -117,6 +118,20 @@ class ZygoteSlot:
             self.on_failed()
             return
         self.on_replaced()
+
+    def status(self) -> list[dict[str, Any]]:
+        """Each live generation as `corral status` shows it: GROUP.zygote, running or retiring."""
+        return [
+            status_row(
+                f"{self.group}.zygote",
+                self.group,
+                "zygote",
+                zygote.pid,
+                "retiring" if zygote.retiring else "running",
+                unix_time(zygote.started_at),
+            )
+            for zygote in self.live.values()
+        ]
 
     async def stop(self) -> None:
         """Let every generation exit (their children must be gone by now)."""
