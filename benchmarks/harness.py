@@ -8,6 +8,8 @@ SIGKILL if it lingers, then SIGKILL to whatever is left of its session (orphaned
 
 from __future__ import annotations
 
+import ctypes
+import json
 import os
 import re
 import signal
@@ -16,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,12 @@ import psutil
 
 HOST = "127.0.0.1"  # the only address load is sent to
 MIB = 1 << 20
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PEERS = HERE / ".peers"
+PEER_REQUIREMENTS = ("uvicorn[standard]", "gunicorn", "uvicorn-worker", "granian", "fastapi")
+PEER_PACKAGES = ("uvicorn", "gunicorn", "uvicorn-worker", "granian", "fastapi", "uvloop")
+PROJECT_PACKAGES = ("corral", "uvicorn", "fastapi", "uvloop", "httptools")
 
 # Variables that would override the flags we pass (each server reads its own prefix from the
 # environment) or make corral serve on inherited sockets.
@@ -54,6 +62,42 @@ def server_env(extra: Mapping[str, str]) -> dict[str, str]:
         if not name.startswith(_OVERRIDING_PREFIXES) and name not in _OVERRIDING_NAMES
     }
     return env | dict(extra)
+
+
+# --- the peers' environment --------------------------------------------------------------
+
+
+def ensure_peers(upgrade: bool = False) -> Path:
+    """The peers' interpreter, benchmarks/.peers/bin/python, installed on first use."""
+    python = PEERS / "bin" / "python"
+    stamp = PEERS / "requirements.txt"
+    wanted = "\n".join(PEER_REQUIREMENTS) + "\n"
+    if not python.exists():
+        print(f"creating {PEERS.relative_to(ROOT)}", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
+    if upgrade or not stamp.exists() or stamp.read_text() != wanted:
+        print(f"installing into it: {' '.join(PEER_REQUIREMENTS)}", file=sys.stderr)
+        pip = [str(python), "-m", "pip", "install", "--quiet", "--upgrade"]
+        subprocess.run([*pip, *PEER_REQUIREMENTS], check=True)
+        stamp.write_text(wanted)
+    return python
+
+
+def package_versions(python: Path | str, names: Sequence[str]) -> dict[str, str | None]:
+    code = (
+        "import importlib.metadata as m, json, sys\n"
+        "def version(name):\n"
+        "    try:\n"
+        "        return m.version(name)\n"
+        "    except m.PackageNotFoundError:\n"
+        "        return None\n"
+        "print(json.dumps({name: version(name) for name in sys.argv[1:]}))\n"
+    )
+    out = subprocess.run(
+        [str(python), "-c", code, *names], capture_output=True, text=True, check=True
+    ).stdout
+    versions: dict[str, str | None] = json.loads(out)
+    return versions
 
 
 # --- other load on the machine ----------------------------------------------------------
@@ -260,6 +304,81 @@ def tree_pss(run: Running) -> list[int]:
         with suppress(psutil.NoSuchProcess):
             found.append(proc.memory_full_info().pss)
     return found
+
+
+# --- processes that outlive their parent -------------------------------------------------
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Make this process the parent of every orphan below it (Linux 3.4 and later).
+
+    A server killed with SIGKILL leaves its children to their grandparent, this process,
+    instead of init: every process of its tree is then still below us, to be seen and waited
+    for, however it was started (forked, exec'ed, in a session of its own).
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def orphans(owned: Collection[int]) -> list[psutil.Process]:
+    """The live processes below this one, but those in `owned` (ours: wrk, a server we run)
+    and their descendants. Zombies among our direct children that are not `owned` (orphans
+    given to us as subreaper, then exited) are reaped here."""
+    me = psutil.Process()
+    found = []
+    for child in me.children():
+        if child.pid in owned:
+            continue
+        with suppress(psutil.Error):
+            if child.status() == psutil.STATUS_ZOMBIE:
+                with suppress(ChildProcessError):
+                    os.waitpid(child.pid, os.WNOHANG)
+                continue
+            found.append(child)
+            found += [p for p in child.children(recursive=True) if _alive(p)]
+    return found
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def wait_orphans_gone(owned: Collection[int], timeout: float) -> list[psutil.Process]:
+    """Wait up to `timeout` seconds for the processes `orphans` finds to end; those left."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = orphans(owned)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def describe(proc: psutil.Process) -> str:
+    """"pid 123 (corral: web.2)" for a report."""
+    try:
+        return f"pid {proc.pid} ({' '.join(proc.cmdline())[:60]})"
+    except psutil.Error:
+        return f"pid {proc.pid}"
+
+
+def held_connections(pid: int, port: int) -> int:
+    """How many established TCP connections on `port` process `pid` holds (0 if it is gone):
+    with keep-alive clients that do not pipeline, the most requests it can have in flight."""
+    try:
+        connections = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return 0
+    return sum(
+        1
+        for c in connections
+        if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
+    )
 
 
 # --- wrk ---------------------------------------------------------------------------------

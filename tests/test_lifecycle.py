@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import os
 import re
+import shutil
 import signal
 import socket
 import time
@@ -20,6 +21,7 @@ import pytest
 
 from corral.manager.backoff import STABLE_AFTER, Backoff
 
+APPS = Path(__file__).parent / "apps"
 CLOSE = {"connection": "close"}
 
 
@@ -471,16 +473,73 @@ def test_ttou_closes_idle_keep_alive_on_the_drained_worker_cleanly_and_others_se
     assert server.stop() == 0
 
 
-def test_a_killed_launcher_stops_everything_with_exit_1(corral):
-    """The launcher cannot be forked again from the running manager: corral stops, promptly."""
-    server = corral("run", "plain:app", "--workers", "2", "--port", "0")
-    server.url()
-    server.wait_workers(2)
-    (launcher,) = [p for p in server.alive() if p.cmdline()[:1] == ["corral: launcher"]]
+def _launchers(server) -> list:
+    return [p for p in server.alive() if p.cmdline()[:1] == ["corral: launcher"]]
+
+
+def test_a_killed_launcher_is_replaced_and_web_serves_again_from_new_workers(corral, tmp_path):
+    """Its zygotes and their workers go with it; a new launcher forks new ones, and the jobs
+    zygote too: the schedule goes on."""
+    (tmp_path / "corral.toml").write_text(
+        """
+        [web]
+        app = "plain:app"
+        port = 0
+        workers = 2
+
+        [jobs.tick]
+        call = "ticks:tick"
+        every = "0.5s"
+        """.replace("\n        ", "\n")
+    )
+    (tmp_path / "ticks.py").write_text(
+        "import time\n\n\ndef tick():\n"
+        "    with open('ticks.txt', 'a') as f:\n        f.write(f'{time.time()}\\n')\n"
+    )
+    shutil.copy(APPS / "plain.py", tmp_path / "plain.py")
+    server = corral("run", "--graceful-timeout", "5", cwd=tmp_path)
+    url = server.url()
+    old = set(server.wait_workers(2).values())
+    (launcher,) = _launchers(server)
+    zygotes = {row["pid"] for row in server.status()["processes"] if row["kind"] == "zygote"}
+    assert len(zygotes) == 2, server.status()
+
     launcher.kill()
-    assert server.wait(10) == 1  # not after --graceful-timeout (30 s): nobody waits for reports
-    assert server.count(r"error: the launcher exited \(killed by SIGKILL\); stopping") == 1
-    assert not server.wait_until_gone(5)
+    killed = time.time()
+    server.wait_for(r"the launcher exited \(killed by SIGKILL\): starting a new one$")
+    new = server.wait_status(
+        "two new workers ready",
+        lambda status: {
+            row["pid"]
+            for row in status["processes"]
+            if row["kind"] == "worker" and row["state"] == "ready"
+        }.isdisjoint(old)
+        and sum(row["state"] == "ready" for row in status["processes"]) == 2,
+        timeout=20,
+    )
+    for row in new["processes"]:
+        if row["kind"] == "worker":
+            _request_until_served_by(url, row["name"], row["pid"])
+    server.wait_status(
+        "two new zygotes running",
+        lambda status: {
+            row["pid"] for row in status["processes"] if row["kind"] == "zygote"
+        }.isdisjoint(zygotes)
+        and sum(row["kind"] == "zygote" for row in status["processes"]) == 2,
+    )
+    (replacement,) = _launchers(server)
+    assert replacement.pid != launcher.pid
+    assert replacement.ppid() == server.pid
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the job's runs come from the new jobs zygote
+        written = tmp_path / "ticks.txt"
+        ticks = [float(t) for t in written.read_text().split()] if written.exists() else []
+        if any(t > killed + 1 for t in ticks):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"no run of the job since the kill:\n{server.output}")
+    assert server.stop() == 0
 
 
 # -- 8. a manager killed with SIGKILL leaves nothing behind -------------------------------

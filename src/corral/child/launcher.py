@@ -14,6 +14,12 @@ Forking happens here and not in the manager because the manager runs an
 event loop (and, on Python 3.11, a thread per child it waits for), and
 forking a threaded process is unsafe. Like the zygotes, the launcher is a
 single-threaded `select` loop (`corral.child.fork_server`).
+
+A launcher that dies is replaced (`corral.manager.launcher_handle`), but the
+manager's loop runs by then, so the replacement is a fresh interpreter
+(`python -m corral.child.launcher FD MANAGER_PID`, `spawn_launcher`) that
+imports the same modules itself: its zygotes share its pages, no longer the
+manager's.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import importlib
 import os
 import signal
 import socket
+import subprocess
 import sys
 
 from corral import posix
@@ -85,6 +92,33 @@ def fork_launcher() -> tuple[int, socket.socket]:
     return pid, ours
 
 
+def spawn_launcher() -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """Start a launcher as a new interpreter (from a running manager, which must not fork).
+
+    Returns its process and the manager's end of its channel. OSError if it cannot start.
+    """
+    ours, theirs = socket.socketpair()
+    try:
+        argv = [sys.executable, "-m", __name__, str(theirs.fileno()), str(os.getpid())]
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, pass_fds=[theirs.fileno()])
+    except OSError:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return process, ours
+
+
+def main() -> int:
+    """A launcher started by `spawn_launcher`: `python -m corral.child.launcher FD MANAGER_PID`."""
+    link_fd, manager = int(sys.argv[1]), int(sys.argv[2])
+    if not posix.die_with_parent(manager):  # before the imports: the manager may die meanwhile
+        return OK
+    _import_for_zygotes()
+    gc.freeze()
+    return _run(socket.socket(fileno=link_fd), manager)
+
+
 def _run(link: socket.socket, manager: int) -> int:
     if not posix.die_with_parent(manager):
         return OK
@@ -108,3 +142,7 @@ def _stdin_from_devnull() -> None:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -41,6 +41,7 @@ class Run:
     key: int
     job: str
     started: float = field(default_factory=time.monotonic)
+    tick: float = field(default_factory=time.time)  # the Unix time it runs for: its tick, or now
     pid: int | None = None
     timed_out: bool = False
     process: asyncio.subprocess.Process | None = None  # for a command job
@@ -141,20 +142,21 @@ class JobsGroup(Group):
     def _arm(self, name: str) -> None:
         schedule = self.schedules[name]
         now = time.time()
-        delay = schedule.next_tick(now) - now + schedule.jitter()
+        tick = schedule.next_tick(now)
+        delay = tick - now + schedule.jitter()
         self.records[name].next_run = now + delay
-        self.timers[name] = asyncio.get_running_loop().call_later(delay, self._tick, name)
+        self.timers[name] = asyncio.get_running_loop().call_later(delay, self._tick, name, tick)
 
     def _disarm(self, name: str) -> None:
         timer = self.timers.pop(name, None)
         if timer is not None:
             timer.cancel()
 
-    def _tick(self, name: str) -> None:
+    def _tick(self, name: str, tick: float) -> None:
         if self.stopping:
             return
         self._arm(name)
-        self._start_run(name, "tick")
+        self._start_run(name, "tick", tick)
 
     def run_now(self, name: str) -> str:
         """Run `name` now, outside its schedule (still respecting its overlap policy)."""
@@ -167,7 +169,8 @@ class JobsGroup(Group):
             return f"{name}: run started"
         return f"{name}: run skipped, the previous run is still going (overlap = 'skip')"
 
-    def _start_run(self, name: str, what: str) -> bool:
+    def _start_run(self, name: str, what: str, tick: float | None = None) -> bool:
+        """Start a run of `name` for `tick` (a Unix time; None: now), as its overlap allows."""
         config = self.jobs[name]
         if config.overlap == "skip" and any(run.job == name for run in self.runs.values()):
             self.output.say(f"{name}: {what} skipped, the previous run is still going")
@@ -177,6 +180,8 @@ class JobsGroup(Group):
             self.metrics.job_run(name, "skipped", 0.0, time.time())
             return False
         run = Run(next(self.keys), name)
+        if tick is not None:
+            run.tick = tick
         self.runs[run.key] = run
         if config.call is not None:
             self._fork_run(run, config)
@@ -193,7 +198,8 @@ class JobsGroup(Group):
             return
         log_read, log_write = os.pipe()
         try:
-            request = ForkRun(run.key, run.job, run.job, config.env, str(config.cwd or ""))
+            env = {**config.env, **_run_env(run)}
+            request = ForkRun(run.key, run.job, run.job, env, str(config.cwd or ""))
             zygote.fork(request, [log_write])
         except OSError:  # it has just died; its exit, on its way, starts a new one
             os.close(log_read)
@@ -209,7 +215,7 @@ class JobsGroup(Group):
         self.output.say(f"{run.job}: tick missed, the jobs zygote is being replaced")
 
     async def _spawn_run(self, run: Run, config: JobConfig) -> None:
-        env = {**self.env, **config.env}
+        env = {**self.env, **config.env, **_run_env(run)}
         try:
             run.process = await spawn(
                 run.job,
@@ -388,3 +394,12 @@ class JobsGroup(Group):
         self.stop_ticking()
         for run in list(self.runs.values()):
             self._kill(run)
+
+
+def _run_env(run: Run) -> dict[str, str]:
+    """What a run learns of itself: CORRAL_JOB_TICK, the Unix time of the tick it runs for.
+
+    A late run (a zygote being replaced, a busy machine) still knows its tick, so a job can
+    use it as the key of the work it does once per tick.
+    """
+    return {"CORRAL_JOB_TICK": f"{run.tick:.3f}"}

@@ -159,7 +159,7 @@ class Manager:
         loop = asyncio.get_running_loop()
         self.finished = loop.create_future()
         if forked is not None:
-            self.launcher = LauncherHandle(*forked, self._on_launcher_lost)
+            self.launcher = LauncherHandle(*forked, self.output.say)
         try:
             servers = await control.open(ManagerControl(self, self.output.logs), self.output)
             try:
@@ -281,11 +281,6 @@ class Manager:
     def _finish(self, code: int) -> None:
         if self.finished is not None and not self.finished.done():
             self.finished.set_result(code)
-
-    def _on_launcher_lost(self, cause: str) -> None:
-        self.output.say(f"error: the launcher exited ({cause}); stopping")
-        self.stopping = True
-        self._finish(FAILURE)
 
     def _on_stop_signal(self, sig: int) -> None:
         name = signal.Signals(sig).name
