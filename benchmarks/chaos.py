@@ -286,9 +286,9 @@ class Corral(Subject):
         found = []
         for proc in psutil.process_iter(["cmdline", "create_time"]):
             with contextlib.suppress(psutil.Error, TypeError):
-                if proc.info["cmdline"][:1] == ["corral: tick"] and proc.info[
-                    "create_time"
-                ] < (time.time() - 0.1):
+                if proc.info["cmdline"][:1] == ["corral: tick"] and proc.info["create_time"] < (
+                    time.time() - 0.1
+                ):
                     if self.run is not None and self.descends(proc):
                         found.append(proc)
         return found
@@ -650,9 +650,7 @@ def chaos(
         wrk={k: v for k, v in asdict(report).items()},
         failed=failed,
         bound=bound,
-        events=[
-            {k: v for k, v in asdict(e).items() if k not in ("gone",)} for e in subject.events
-        ],
+        events=[{k: v for k, v in asdict(e).items() if k not in ("gone",)} for e in subject.events],
         not_back=not_back,
         restarts=restarts,
         ticks=ticks,
@@ -776,7 +774,9 @@ def manager_kills(make: Callable[[Path], Subject], count: int, rng: random.Rando
             subject = make(Path(scratch))
             moment = moments[index % len(moments)]
             kill = kill_manager(subject, moment, rng)
-            progress(f"{subject.name}: SIGKILL at {moment} (+{kill.after_s:.2f}s): left {kill.left}")
+            progress(
+                f"{subject.name}: SIGKILL at {moment} (+{kill.after_s:.2f}s): left {kill.left}"
+            )
             kills.append(kill)
     return kills
 

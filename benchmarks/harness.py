@@ -360,7 +360,7 @@ def wait_orphans_gone(owned: Collection[int], timeout: float) -> list[psutil.Pro
 
 
 def describe(proc: psutil.Process) -> str:
-    """"pid 123 (corral: web.2)" for a report."""
+    """ "pid 123 (corral: web.2)" for a report."""
     try:
         return f"pid {proc.pid} ({' '.join(proc.cmdline())[:60]})"
     except psutil.Error:

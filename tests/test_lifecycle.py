@@ -509,12 +509,14 @@ def test_a_killed_launcher_is_replaced_and_web_serves_again_from_new_workers(cor
     server.wait_for(r"the launcher exited \(killed by SIGKILL\): starting a new one$")
     new = server.wait_status(
         "two new workers ready",
-        lambda status: {
-            row["pid"]
-            for row in status["processes"]
-            if row["kind"] == "worker" and row["state"] == "ready"
-        }.isdisjoint(old)
-        and sum(row["state"] == "ready" for row in status["processes"]) == 2,
+        lambda status: (
+            {
+                row["pid"]
+                for row in status["processes"]
+                if row["kind"] == "worker" and row["state"] == "ready"
+            }.isdisjoint(old)
+            and sum(row["state"] == "ready" for row in status["processes"]) == 2
+        ),
         timeout=20,
     )
     for row in new["processes"]:
@@ -522,10 +524,12 @@ def test_a_killed_launcher_is_replaced_and_web_serves_again_from_new_workers(cor
             _request_until_served_by(url, row["name"], row["pid"])
     server.wait_status(
         "two new zygotes running",
-        lambda status: {
-            row["pid"] for row in status["processes"] if row["kind"] == "zygote"
-        }.isdisjoint(zygotes)
-        and sum(row["kind"] == "zygote" for row in status["processes"]) == 2,
+        lambda status: (
+            {row["pid"] for row in status["processes"] if row["kind"] == "zygote"}.isdisjoint(
+                zygotes
+            )
+            and sum(row["kind"] == "zygote" for row in status["processes"]) == 2
+        ),
     )
     (replacement,) = _launchers(server)
     assert replacement.pid != launcher.pid

@@ -82,6 +82,8 @@ class JobsGroup(Group):
         self.schedules = {name: Schedule(config) for name, config in jobs.items()}
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.runs: dict[int, Run] = {}
+        self.waiting: list[Run] = []  # call runs due while the jobs zygote is being replaced
+        self.unloadable = False  # its replacement could not load the code: nothing to wait for
         self.keys = itertools.count(1)
         self.zygotes: ZygoteSlot | None = None
         if launcher is not None:
@@ -95,8 +97,8 @@ class JobsGroup(Group):
                 identity=identity,
                 on_message=self._on_zygote_message,
                 on_lost=self._on_zygote_lost,
-                on_replaced=lambda: None,
-                on_failed=lambda: None,
+                on_replaced=self._fork_waiting,
+                on_failed=self._miss_waiting,
             )
         self.background = Background()
         self.stopping = False
@@ -127,12 +129,14 @@ class JobsGroup(Group):
         old = self.zygotes.promote(await self.zygotes.launch())
         if old is not None:
             self.zygotes.retire_if_idle(old, self._has_runs(old))
+        self.unloadable = False
+        self._fork_waiting()
 
     def _on_zygote_lost(self, zygote: ZygoteHandle) -> None:
-        """Its runs in flight died with it (counted failed)."""
-        if self.zygotes is not None and zygote is self.zygotes.current:
-            for run in [r for r in self.runs.values() if r.zygote is zygote]:
-                self._finish(run, FAILURE)
+        """Its runs in flight are counted failed: nobody will report their ends (whether it
+        was the current zygote or a retiring one)."""
+        for run in [r for r in self.runs.values() if r.zygote is zygote]:
+            self._finish(run, FAILURE)
 
     def _has_runs(self, zygote: ZygoteHandle) -> bool:
         return any(run.zygote is zygote for run in self.runs.values())
@@ -194,7 +198,7 @@ class JobsGroup(Group):
     def _fork_run(self, run: Run, config: JobConfig) -> None:
         zygote = self.zygotes.current if self.zygotes is not None else None
         if zygote is None or not zygote.can_fork():
-            self._missed(run)
+            self._wait_for_zygote(run)
             return
         log_read, log_write = os.pipe()
         try:
@@ -203,16 +207,37 @@ class JobsGroup(Group):
             zygote.fork(request, [log_write])
         except OSError:  # it has just died; its exit, on its way, starts a new one
             os.close(log_read)
-            self._missed(run)
+            self._wait_for_zygote(run)
             return
         finally:
             os.close(log_write)
         self.output.attach(log_read, run.job)
         run.zygote = zygote
 
-    def _missed(self, run: Run) -> None:
-        self.runs.pop(run.key, None)
-        self.output.say(f"{run.job}: tick missed, the jobs zygote is being replaced")
+    def _wait_for_zygote(self, run: Run) -> None:
+        """A run due while the jobs zygote is being replaced starts late, from the new one."""
+        if self.unloadable:
+            self.runs.pop(run.key, None)
+            self.output.say(f"{run.job}: run missed, the jobs zygote cannot load the code")
+            return
+        self.output.say(f"{run.job}: the run waits for the jobs zygote, which is being replaced")
+        self.waiting.append(run)
+
+    def _fork_waiting(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for run in waiting:
+            if run.key in self.runs and run.job in self.jobs:
+                self._fork_run(run, self.jobs[run.job])
+            else:
+                self.runs.pop(run.key, None)
+
+    def _miss_waiting(self) -> None:
+        """The new jobs zygote cannot load: the runs that waited for it, and those due until
+        a reload loads the code, do not run."""
+        self.unloadable = True
+        waiting, self.waiting = self.waiting, []
+        for run in waiting:
+            self._wait_for_zygote(run)
 
     async def _spawn_run(self, run: Run, config: JobConfig) -> None:
         env = {**self.env, **config.env, **_run_env(run)}
@@ -375,6 +400,9 @@ class JobsGroup(Group):
     def stop_ticking(self) -> None:
         """No new run from now on (the first thing a stop does; running ones go on)."""
         self.stopping = True
+        for run in self.waiting:
+            self.runs.pop(run.key, None)
+        self.waiting.clear()
         for name in list(self.timers):
             self._disarm(name)
 
