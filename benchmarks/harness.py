@@ -430,9 +430,14 @@ def parse_wrk(text: str) -> WrkReport:
     )
 
 
-def wrk_argv(port: int, path: str, connections: int, seconds: float) -> list[str]:
+def wrk_argv(
+    port: int, path: str, connections: int, seconds: float, timeout: str | None = None
+) -> list[str]:
+    """wrk's command; `timeout` ("10s") is its --timeout (2 s by default): a slower answer
+    counts as failed."""
     url = f"http://{HOST}:{port}{path}"
-    return ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency", url]
+    limit = ["--timeout", timeout] if timeout is not None else []
+    return ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency", *limit, url]
 
 
 def run_wrk(port: int, path: str, connections: int, seconds: float) -> WrkReport:
@@ -448,12 +453,12 @@ def run_wrk(port: int, path: str, connections: int, seconds: float) -> WrkReport
 
 @contextmanager
 def wrk_in_background(
-    port: int, path: str, connections: int, max_seconds: float
+    port: int, path: str, connections: int, max_seconds: float, timeout: str | None = None
 ) -> Iterator[subprocess.Popen[str]]:
     """wrk running for at most `max_seconds`; stop it early with `stop_wrk`. It is killed on
     the way out if still running."""
     proc = subprocess.Popen(
-        wrk_argv(port, path, connections, max_seconds),
+        wrk_argv(port, path, connections, max_seconds, timeout),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -546,6 +546,55 @@ def test_a_killed_launcher_is_replaced_and_web_serves_again_from_new_workers(cor
     assert server.stop() == 0
 
 
+def test_a_zygote_killed_while_it_loads_is_started_again_not_taken_for_a_broken_app(
+    corral, tmp_path
+):
+    """The web zygote dies; its replacement, still importing the app, dies with the launcher.
+    That is not an app that cannot load: another zygote loads it, and web serves again."""
+    shutil.copy(APPS / "plain.py", tmp_path / "plain.py")
+    (tmp_path / "slow.py").write_text("import time\n\ntime.sleep(1.5)\nfrom plain import app\n")
+    server = corral("run", "slow:app", "--port", "0", "--workers", "2", cwd=tmp_path)
+    url = server.url()
+    old = set(server.wait_workers(2).values())
+    (zygote,) = [row["pid"] for row in server.status()["processes"] if row["kind"] == "zygote"]
+    os.kill(zygote, signal.SIGKILL)
+    server.wait_for(r"web\.zygote exited unexpectedly \(killed by SIGKILL\)")
+    deadline = time.monotonic() + 5
+    while not [p for p in server.alive() if " ".join(p.cmdline()).strip() == "corral: web.zygote"]:
+        assert time.monotonic() < deadline, server.output
+        time.sleep(0.01)
+    (launcher,) = _launchers(server)  # while the new zygote imports the app (1.5 s)
+    launcher.kill()
+    new = server.wait_status(
+        "two new workers ready",
+        lambda status: (
+            sum(row["state"] == "ready" and row["pid"] not in old for row in status["processes"])
+            == 2
+        ),
+        timeout=30,
+    )
+    for row in new["processes"]:
+        if row["kind"] == "worker":
+            _request_until_served_by(url, row["name"], row["pid"])
+    assert "cannot" not in server.output
+    assert server.stop() == 0
+
+
+def test_a_dead_zygote_whose_replacement_cannot_load_the_app_stops_corral_saying_why(
+    corral, tmp_path
+):
+    shutil.copy(APPS / "plain.py", tmp_path / "plain.py")
+    server = corral("run", "plain:app", "--port", "0", "--workers", "2", cwd=tmp_path)
+    server.url()
+    server.wait_workers(2)
+    (tmp_path / "plain.py").write_text("def app(:\n")  # a deploy broke the code meanwhile
+    (zygote,) = [row["pid"] for row in server.status()["processes"] if row["kind"] == "zygote"]
+    os.kill(zygote, signal.SIGKILL)
+    assert _exits_on_its_own(server) == 1
+    assert server.count(r"SyntaxError") >= 1
+    assert server.count(r"^corral +\| error: web\.zygote's replacement cannot load the app") == 1
+
+
 # -- 8. a manager killed with SIGKILL leaves nothing behind -------------------------------
 
 

@@ -111,7 +111,7 @@ class WebGroup(Group):
             on_message=self._on_zygote_message,
             on_lost=self._on_zygote_lost,
             on_replaced=self._on_zygote_replaced,
-            on_failed=lambda: self.on_fatal(APP_FAILED if not self.serving else FAILURE),
+            on_failed=self._on_zygote_failed,
         )
         self.serving = False
         self.stopping = False
@@ -324,6 +324,13 @@ class WebGroup(Group):
                 self.all_stopped.set()
         elif zygote is self.zygotes.current:
             self._call_off_restarts()  # the new zygote starts every worker
+
+    def _on_zygote_failed(self) -> None:
+        """The zygote that replaces a dead one cannot load the app: nothing can serve now."""
+        self.output.say(
+            "error: web.zygote's replacement cannot load the app (see its output above); stopping"
+        )
+        self.on_fatal(APP_FAILED if not self.serving else FAILURE)
 
     def _on_zygote_replaced(self) -> None:
         for index in range(1, self.wanted + 1):
