@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import os
 import signal
@@ -23,6 +24,7 @@ from corral.exit_codes import FAILURE
 from corral.ipc.messages import Exited, Forked, ForkRun, JobsZygoteSpec, Message
 from corral.manager.background import Background
 from corral.manager.child import status_row, unix_time
+from corral.manager.exit_watch import watch_exit
 from corral.manager.group import Group, Refused
 from corral.manager.launcher_handle import LauncherHandle
 from corral.manager.metrics import Metrics
@@ -135,7 +137,11 @@ class JobsGroup(Group):
     def _on_zygote_lost(self, zygote: ZygoteHandle) -> None:
         """Its runs in flight are counted failed: nobody will report their ends (whether it
         was the current zygote or a retiring one)."""
+        if zygote.pid is not None:
+            self.metrics.worker_exited(zygote.pid)
         for run in [r for r in self.runs.values() if r.zygote is zygote]:
+            if run.pid is not None:  # it may outlive its zygote a while
+                watch_exit(run.pid, functools.partial(self.metrics.worker_exited, run.pid))
             self._finish(run, FAILURE)
 
     def _has_runs(self, zygote: ZygoteHandle) -> bool:
@@ -255,12 +261,15 @@ class JobsGroup(Group):
             self.runs.pop(run.key, None)
             return
         run.pid = run.process.pid
-        self._finish(run, await run.process.wait())
+        code = await run.process.wait()
+        self.metrics.worker_exited(run.pid)
+        self._finish(run, code)
 
     def _on_zygote_message(self, zygote: ZygoteHandle, message: Message) -> None:
         if isinstance(message, Forked) and message.key in self.runs:
             self.runs[message.key].pid = message.pid
         elif isinstance(message, Exited):
+            self.metrics.worker_exited(message.pid)
             run = next((r for r in self.runs.values() if r.pid == message.pid), None)
             if run is not None:
                 self._finish(run, message.code)

@@ -46,6 +46,7 @@ import psutil
 
 from corral.child.request_stats import BUCKETS
 from corral.errors import UsageError
+from corral.manager.metrics_files import fold_into
 from corral.posix import is_manager
 
 if TYPE_CHECKING:
@@ -131,10 +132,12 @@ class Metrics:
     def worker_exited(self, pid: int) -> None:
         """Fold an exited worker's last snapshot into the totals; forget its live gauges.
 
-        Call it for every child that exits, web worker or not: any of them
-        may have written prometheus_client files. `mark_process_dead`
-        removes the files of its `live*` gauges; its counters' files stay,
-        so the app's counters do not go down either.
+        Call it for every child that exits, web worker or not (process
+        replicas, job runs), once it has exited: any of them may have
+        written prometheus_client files. `mark_process_dead` removes the
+        files of its `live*` gauges; its other files are folded into the
+        manager's (`corral.manager.metrics_files`), so the app's counters
+        do not go down, and the directory does not grow with each process.
         """
         snapshot = self._live.pop(pid, None)
         if snapshot is not None:
@@ -143,6 +146,7 @@ class Metrics:
             from prometheus_client.multiprocess import mark_process_dead
 
             mark_process_dead(pid, str(self.multiprocess_dir))
+            fold_into(self.multiprocess_dir, pid, os.getpid())
 
     def restart(self, group: str, cause: str) -> None:
         if cause not in RESTART_CAUSES:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import os
 import signal
@@ -52,6 +53,7 @@ from corral.manager.child import (
     status_row,
     unix_time,
 )
+from corral.manager.exit_watch import watch_exit
 from corral.manager.group import Group, Refused
 from corral.manager.launcher_handle import LauncherHandle
 from corral.manager.metrics import Metrics
@@ -312,13 +314,21 @@ class WebGroup(Group):
     # -- zygotes -----------------------------------------------------------------
 
     def _on_zygote_lost(self, zygote: ZygoteHandle) -> None:
-        """Forget a zygote's workers: they get the parent-death signal and drain by themselves.
+        """A zygote exited: its workers get the parent-death signal and drain by themselves.
 
-        Nobody will report their exits now.
+        Nobody will report their exits now, so each is watched by its pid, and stays
+        listed as draining until it exits: its last counts are read then.
         """
+        if zygote.pid is not None:
+            self.metrics.worker_exited(zygote.pid)
         for child in [c for c in self.children.values() if c.generation == zygote.generation]:
-            child.to(State.STOPPED)
-            del self.children[child.key]
+            if child.pid is None:  # never forked: there is nothing to wait for
+                child.to(State.STOPPED)
+                del self.children[child.key]
+                continue
+            if child.state is not State.DRAINING:
+                child.drain("its zygote exited", time.monotonic() + self.config.graceful_timeout)
+            watch_exit(child.pid, functools.partial(self._on_exited, zygote, child.pid, 0))
         if self.stopping:
             if not self.children:
                 self.all_stopped.set()
