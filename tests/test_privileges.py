@@ -226,9 +226,12 @@ def _refused(server: Corral) -> str:
 @pytest.mark.parametrize(
     ("setting", "expected"),
     [
-        ('user = "no-such-user"', "user 'no-such-user': no such user"),
-        ('group = "no-such-group"', "group 'no-such-group': no such group"),
-        (f'pidfile = "{Path("/nonexistent/corral.pid")}"', "--pidfile /nonexistent/corral.pid"),
+        ('user = "no-such-user"', "[corral] user 'no-such-user': no such user"),
+        ('group = "no-such-group"', "[corral] group 'no-such-group': no such group"),
+        (
+            f'pidfile = "{Path("/nonexistent/corral.pid")}"',
+            "corral.toml: [corral] pidfile /nonexistent/corral.pid: cannot write it",
+        ),
     ],
     ids=["user", "group", "pidfile"],
 )

@@ -11,12 +11,13 @@ from corral.errors import UsageError
 
 
 @contextlib.contextmanager
-def pidfile(path: Path | None) -> Iterator[None]:
+def pidfile(path: Path | None, given_as: str = "--pidfile") -> Iterator[None]:
     """Hold the manager's pid in `path` (if given) while the block runs.
 
     Written by the manager, which keeps the identity it started with, so a
     folder only root can write is fine even when the children run as
-    --user. UsageError if it cannot be written.
+    --user. UsageError if it cannot be written, naming it as `given_as` (how
+    the user gave it: its key, flag or variable).
     """
     if path is None:
         yield
@@ -24,7 +25,7 @@ def pidfile(path: Path | None) -> Iterator[None]:
     try:
         path.write_text(f"{os.getpid()}\n")
     except OSError as error:
-        raise UsageError(f"--pidfile {path}: cannot write it: {error.strerror}") from None
+        raise UsageError(f"{given_as} {path}: cannot write it: {error.strerror}") from None
     try:
         yield
     finally:

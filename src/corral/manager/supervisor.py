@@ -88,10 +88,7 @@ class Manager:
     def _run_everything(self) -> int:
         manager, web = self.system.manager, self.system.web
         # Computed once: every child runs as [corral]'s user, web as [web]'s where it has one.
-        self.identity = posix.identity(manager.user, manager.group)
-        web_identity = self.identity
-        if web is not None and (web.user or web.group):
-            web_identity = posix.identity(web.user or manager.user, web.group or manager.group)
+        self.identity, web_identity = identities(self.system)
         control = ControlPlan(manager.control, manager.probes)
         remove_dead_managers_dirs()
         owner = web_identity if web is not None else self.identity
@@ -144,7 +141,7 @@ class Manager:
             bound = zip(addresses, sockets, strict=True)
             self.listening = [listeners.url(address, sock, tls) for address, sock in bound]
         try:
-            with pidfile(self.system.manager.pidfile):
+            with pidfile(self.system.manager.pidfile, self.system.given_as("corral.pidfile")):
                 return asyncio.run(self._serve(launcher, control, sockets, web_identity))
         finally:
             listeners.close(sockets, addresses)
@@ -443,6 +440,26 @@ class Manager:
             return
         with contextlib.suppress(Refused):  # TTOU below one worker does nothing
             web.scale(web.size + change)
+
+
+def identities(system: System) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Who the children run as ([corral] user and group), and who the web processes run as
+    ([web]'s where it has them): `corral.posix.identity`'s, or IdentityError naming the one
+    that cannot work as the user gave it."""
+    manager, web, given_as = system.manager, system.web, system.given_as
+    children = posix.identity(
+        manager.user, manager.group, (given_as("corral.user"), given_as("corral.group"))
+    )
+    if web is None or not (web.user or web.group):
+        return children, children
+    return children, posix.identity(
+        web.user or manager.user,
+        web.group or manager.group,
+        (
+            given_as("web.user" if web.user else "corral.user"),
+            given_as("web.group" if web.group else "corral.group"),
+        ),
+    )
 
 
 def _web_env(system: System, web: WebConfig) -> dict[str, str]:
