@@ -28,7 +28,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import APPS, Corral, Started, fuzz_timeout
-from corral.control.protocol import HEAD_TIMEOUT
+from corral.control.protocol import REQUEST_TIMEOUT
 
 TOKEN = "the-token-of-the-fuzz"
 MIB = 1 << 20
@@ -224,19 +224,32 @@ def test_huge_request_heads_cannot_grow_the_managers_memory(target: Target, list
 
 
 def test_a_client_that_sends_no_whole_request_head_is_closed(target: Target):
-    silent = socket.create_connection(("127.0.0.1", target.port), timeout=HEAD_TIMEOUT + 5)
-    trickling = socket.create_connection(("127.0.0.1", target.probes), timeout=HEAD_TIMEOUT + 5)
+    silent = socket.create_connection(("127.0.0.1", target.port), timeout=REQUEST_TIMEOUT + 5)
+    trickling = socket.create_connection(("127.0.0.1", target.probes), timeout=REQUEST_TIMEOUT + 5)
     started = time.monotonic()
     trickling.sendall(b"GET /metrics HTTP/1.1\r\n")
     with silent, trickling:
-        while time.monotonic() - started < HEAD_TIMEOUT - 1:
+        while time.monotonic() - started < REQUEST_TIMEOUT - 1:
             trickling.sendall(b"X: y\r\n")  # a header line a second: never a whole head
             time.sleep(1)
         for sock in (silent, trickling):
             assert sock.recv(1) == b"", "not closed"  # blocks until the close, or times out
-    assert time.monotonic() - started < HEAD_TIMEOUT + 3
+    assert time.monotonic() - started < REQUEST_TIMEOUT + 3
     answer = exchange(target.port, request("GET", "/livez", None, b""))
     assert answer.startswith(b"HTTP/1.1 200 "), answer
+
+
+def test_a_client_that_sends_no_whole_body_is_closed(target: Target):
+    """The head says 100 bytes of body come; ten come, then nothing."""
+    with socket.create_connection(("127.0.0.1", target.port), timeout=REQUEST_TIMEOUT + 5) as sock:
+        started = time.monotonic()
+        head = f"POST /reload HTTP/1.1\r\nHost: corral\r\nAuthorization: Bearer {TOKEN}\r\n"
+        sock.sendall(head.encode() + b"Content-Length: 100\r\n\r\n" + b"{" * 10)
+        answer = b""
+        while chunk := sock.recv(65536):  # until the close, or the socket's timeout
+            answer += chunk
+    assert time.monotonic() - started < REQUEST_TIMEOUT + 3, answer
+    assert not answer or answer.startswith(b"HTTP/1.1 4"), answer
 
 
 def test_a_huge_body_is_refused_with_413_and_read_no_further(target: Target):

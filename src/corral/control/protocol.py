@@ -8,8 +8,9 @@ the manager's memory or hold its connections: the manager supervises everything 
 - A request head larger than `MAX_HEAD` bytes is refused (400) and the connection closed:
   h11 bounds the bytes it holds while a head is incomplete; httptools, uvicorn's faster
   parser, holds a header of any size.
-- A request head must arrive whole within `HEAD_TIMEOUT` seconds of the accept or of the
-  previous response; else the connection is closed.
+- A request, head and body, must arrive whole within `REQUEST_TIMEOUT` seconds of the accept
+  or of the previous response; else the connection is closed (a response under way, such
+  as `corral logs -f`, goes on as long as it needs).
 - Bodies: the control API reads at most `corral.control.api.MAX_BODY` bytes, and uvicorn
   stops reading from the socket while the app has not taken what was read.
 
@@ -20,39 +21,40 @@ from __future__ import annotations
 
 import asyncio
 
+import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 MAX_HEAD = 16 * 1024  # bytes: h11's own bound on what it holds of an incomplete head
-HEAD_TIMEOUT = 10.0  # seconds
+REQUEST_TIMEOUT = 10.0  # seconds for a whole request, head and body
 
 
 class ControlProtocol(H11Protocol):
-    """uvicorn's h11 protocol, which closes a connection whose request head is late."""
+    """uvicorn's h11 protocol, which closes a connection whose request is late."""
 
-    head_timer: asyncio.TimerHandle | None = None
+    request_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._expect_a_head()
+        self._expect_a_request()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        self._expect_a_head()
+        self._expect_a_request()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-            self.head_timer = None
+        if self.request_timer is not None:
+            self.request_timer.cancel()
+            self.request_timer = None
         super().connection_lost(exc)
 
-    def _expect_a_head(self) -> None:
-        if self.head_timer is not None:
-            self.head_timer.cancel()
-        self.head_timer = self.loop.call_later(HEAD_TIMEOUT, self._late_head)
+    def _expect_a_request(self) -> None:
+        if self.request_timer is not None:
+            self.request_timer.cancel()
+        self.request_timer = self.loop.call_later(REQUEST_TIMEOUT, self._late_request)
 
-    def _late_head(self) -> None:
-        """No request under way (none has a whole head yet): close."""
-        self.head_timer = None
-        waiting = self.cycle is None or self.cycle.response_complete
-        if waiting and not self.transport.is_closing():
+    def _late_request(self) -> None:
+        """The client has not sent a whole request (its head, or its body) in time: close."""
+        self.request_timer = None
+        incomplete = self.conn.their_state in (h11.IDLE, h11.SEND_BODY)
+        if incomplete and not self.transport.is_closing():
             self.transport.close()
