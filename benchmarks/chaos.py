@@ -516,7 +516,7 @@ class Watcher(threading.Thread):
         """Note the events whose group is back; True when every group is back."""
         try:
             snap = self.subject.snapshot()
-        except (httpx.HTTPError, psutil.Error, OSError):
+        except Exception:  # a process gone while looked at, a call refused: look again
             return False
         waiting = False
         with self.lock:
