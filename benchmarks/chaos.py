@@ -5,10 +5,11 @@
 
 For `--seconds` of steady load (wrk -c32 on 127.0.0.1, the FastAPI app of benchmarks/apps, 4
 web workers; for corral also a process group of 2 replicas and a job every second), at random
-moments (`--seed`): SIGKILL and SIGSTOP of web workers, of the zygote, of the launcher, of
-process replicas and of job runs; HUP reloads; scale up and down; restarts through the
-control API. A stopped process is continued 0.2 to 8 s later; the web workers' --timeout is
-5 s, so some are found stuck and replaced. It reports:
+moments (`--seed`; every 1 to 2.5 s, each action once per round, in a random order):
+SIGKILL and SIGSTOP of web workers, of the zygote, of the launcher, of process replicas and of
+job runs; HUP reloads; scale up and down; restarts through the control API. A stopped
+process is continued 0.2 to 8 s later; the web workers' --timeout is 5 s, so some are found
+stuck and replaced. It reports:
 
 - requests sent and failed (wrk's socket errors, timeouts over 10 s and non-2xx answers, and
   those of a probe, one keep-alive client beside wrk that notes when each failure happened),
@@ -604,8 +605,8 @@ def chaos(
 ) -> Verdict:
     """Start `subject`, load it for `seconds` while acting on it, stop it; the verdict.
 
-    `once_each`: every action once, in a random order (then nothing until `seconds` are
-    over); else an action drawn at random every `gap` seconds.
+    Every `gap` seconds an action, taken from the actions in a random order, each once per
+    round; `once_each`: one round (then nothing until `seconds` are over).
     """
     rng = subject.rng
     problems: list[str] = []
@@ -627,9 +628,11 @@ def chaos(
             probe.start()
             while subject.now() < seconds and run.proc.poll() is None:
                 time.sleep(rng.uniform(*gap))
-                if once_each and not plan:
+                if not plan and not once_each:
+                    plan = rng.sample(actions, len(actions))  # the next round
+                if not plan:
                     continue
-                action = plan.pop() if once_each else rng.choice(actions)
+                action = plan.pop()
                 try:
                     event = subject.act(action)
                 except (httpx.HTTPError, OSError, psutil.Error) as error:
@@ -640,8 +643,7 @@ def chaos(
                     )
                     continue
                 if event is None:
-                    if once_each:
-                        plan.insert(0, action)  # nothing to act on now: later
+                    plan.insert(0, action)  # nothing to act on now: later in the round
                     continue
                 with watcher.lock:
                     subject.record(event)
@@ -915,7 +917,9 @@ def render(meta: dict[str, Any], verdicts: list[Verdict], kills: list[Kill]) -> 
         lines += [f"  problem: {p}" for p in v.problems]
     lines.append("")
     for k in kills:
-        left = f"LEFT {', '.join(k.left)}" if k.left else f"nothing left after {GONE_WITHIN:g} s"
+        left = f"nothing left after {GONE_WITHIN:g} s"
+        if k.left:
+            left = f"{len(k.left)} processes LEFT after {GONE_WITHIN:g} s, such as {k.left[0]}"
         lines.append(f"{k.server}: SIGKILL of the manager at {k.moment}: {left}")
     lines.append(f"{meta['elapsed_s']:.0f} s")
     return "\n".join(lines)
