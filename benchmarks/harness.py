@@ -440,9 +440,11 @@ def wrk_argv(
     return ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency", *limit, url]
 
 
-def run_wrk(port: int, path: str, connections: int, seconds: float) -> WrkReport:
+def run_wrk(
+    port: int, path: str, connections: int, seconds: float, timeout: str | None = None
+) -> WrkReport:
     result = subprocess.run(
-        wrk_argv(port, path, connections, seconds),
+        wrk_argv(port, path, connections, seconds, timeout),
         capture_output=True,
         text=True,
         check=True,

@@ -6,7 +6,8 @@
 corral serves benchmarks/apps/soak_app.py (plain ASGI with the prometheus_client metrics an
 app usually has: a counter, a histogram, a gauge summed over live workers) with 4 workers,
 `--max-requests 25 --max-requests-jitter 10` and the access log off; wrk (-c16, on
-127.0.0.1) loads it in slices of a few seconds until corral has counted both numbers
+127.0.0.1, an answer slower than 10 s counted failed) loads it in slices of a few seconds
+until corral has counted both numbers
 (corral_http_requests_total, corral_restarts_total{cause="max-requests"}). Measured once the
 workers have all been recycled once (the start), after every slice, and at the end (the
 start's and the end's looks 2 s after the load stopped, so no recycle is under way):
@@ -52,6 +53,7 @@ WORKERS = 4
 MAX_REQUESTS = 25
 JITTER = 10
 CONNECTIONS = 16
+WRK_TIMEOUT = "10s"  # wrk's --timeout: a slower answer counts as failed (2 s by default)
 SLICE = 5.0  # seconds of wrk between two looks
 SCRAPES = 20
 QUIET = 2.0  # seconds without load before the start's and the end's looks: recycles settle
@@ -154,6 +156,7 @@ class Verdict:
     wrk_requests: int
     failed: int
     errors: dict[str, int]  # wrk's failures by kind
+    p99_ms: float  # the worst of the slices' 99th percentile latencies
     problems: list[str]
 
 
@@ -166,12 +169,13 @@ def soak(requests: int, recycles: int, timeout: float) -> Verdict:
             started = time.monotonic()
             sent = failed = 0
             errors: Counter[str] = Counter()
+            slowest = 0.0  # the worst p99 of the slices, ms
             looks: list[Look] = []
             # The start: once every worker has been recycled once (its replacement's files,
             # the manager's fold of the dead one's), the steady state; then, as at the end,
             # the load stops and the last heartbeats come in before the look.
             while not looks or looks[-1].recycles < WORKERS:
-                report = harness.run_wrk(run.port, "/", CONNECTIONS, 1.0)
+                report = harness.run_wrk(run.port, "/", CONNECTIONS, 1.0, WRK_TIMEOUT)
                 sent, failed = sent + report.requests, failed + report.failed
                 errors += _errors(report)
                 looks.append(soak.look(run, directory, started))
@@ -180,7 +184,8 @@ def soak(requests: int, recycles: int, timeout: float) -> Verdict:
             while looks[-1].requests < requests or looks[-1].recycles < recycles:
                 if time.monotonic() - started > timeout:
                     break
-                report = harness.run_wrk(run.port, "/", CONNECTIONS, SLICE)
+                report = harness.run_wrk(run.port, "/", CONNECTIONS, SLICE, WRK_TIMEOUT)
+                slowest = max(slowest, report.p99_ms or 0.0)
                 sent, failed = sent + report.requests, failed + report.failed
                 errors += _errors(report)
                 look = soak.look(run, directory, started)
@@ -193,7 +198,8 @@ def soak(requests: int, recycles: int, timeout: float) -> Verdict:
             time.sleep(QUIET)
             looks.append(soak.look(run, directory, started))
         soak.client.close()
-    return Verdict(looks, sent, failed, dict(errors), judge(looks, failed, requests, recycles))
+    problems = judge(looks, failed, requests, recycles)
+    return Verdict(looks, sent, failed, dict(errors), slowest, problems)
 
 
 def _errors(report: harness.WrkReport) -> Counter[str]:
@@ -275,7 +281,8 @@ def render(meta: dict[str, Any], verdict: Verdict) -> str:
         "load average before: {:.2f} {:.2f} {:.2f}".format(*meta["load_before"])
         + ", after: {:.2f} {:.2f} {:.2f}".format(*meta["load_after"]),
         f"other processes used {meta['other_load']:.0%} of the CPUs during the run",
-        f"wrk: {verdict.wrk_requests} requests, {verdict.failed} failed {verdict.errors or ''}",
+        f"wrk: {verdict.wrk_requests} requests, {verdict.failed} failed {verdict.errors or ''}, "
+        f"p99 at most {verdict.p99_ms:.0f} ms (the worst slice)",
         "",
         f"{'':{width}}  {'start':>10}  {'end':>10}",
         *(f"{name:{width}}  {a:>10}  {b:>10}" for name, a, b in rows),
