@@ -643,8 +643,9 @@ def chaos(
                     )
                     continue
                 if event is None:
-                    plan.insert(0, action)  # nothing to act on now: later in the round
-                    continue
+                    if once_each:
+                        plan.insert(0, action)  # nothing to act on now: later
+                    continue  # in the long form, it waits for the next round
                 with watcher.lock:
                     subject.record(event)
                 progress(f"{event.at:6.1f}s {event.action}: {event.target}")
@@ -723,15 +724,18 @@ def wait_full(subject: Subject, timeout: float) -> bool:
 
 def failure_bound(events: list[Event], log: str) -> int:
     """The requests in flight on the web workers that died of a signal: those the harness
-    killed, and those it stopped that were then killed (stuck past --timeout)."""
-    bound = 0
+    killed, and those it stopped that corral then killed (found stuck past --timeout).
+    Each worker counts once, with the most it held."""
+    held: dict[int, int] = {}
     for event in events:
         if event.group != "web" or event.pid is None:
             continue
-        killed = event.action.startswith("SIGKILL")
-        if killed or re.search(rf"\(pid {event.pid}, killed by SIG", log):
-            bound += event.held
-    return bound
+        killed = event.action.startswith("SIGKILL") or re.search(
+            rf"\(pid {event.pid}, killed by SIG|\(pid {event.pid}\) has not answered", log
+        )
+        if killed:
+            held[event.pid] = max(held.get(event.pid, 0), event.held)
+    return sum(held.values())
 
 
 # --- SIGKILL of the manager ----------------------------------------------------------------

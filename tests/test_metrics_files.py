@@ -171,4 +171,8 @@ def test_workers_gone_with_their_zygote_leave_no_live_gauge_nor_file(corral, tmp
         int(n) for name in _files(_metrics_dir(server)) for n in re.findall(r"_(\d+)\.db$", name)
     }
     assert pids.isdisjoint(old.values()), _files(_metrics_dir(server))
+    for name, pid in old.items():  # their parent, the zygote, took their exit status with it
+        assert f"{name} stopped (pid {pid}, exit status unknown): its zygote exited" in (
+            server.output
+        )
     assert server.stop() == 0

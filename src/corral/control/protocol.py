@@ -25,7 +25,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 MAX_HEAD = 16 * 1024  # bytes: h11's own bound on what it holds of an incomplete head
-REQUEST_TIMEOUT = 10.0  # seconds for a whole request, head and body
+REQUEST_TIMEOUT = 5.0  # seconds for a whole request, head and body (uvicorn keeps idle ones 5 s)
 
 
 class ControlProtocol(H11Protocol):

@@ -83,7 +83,8 @@ class LauncherHandle:
         link.setblocking(False)
         asyncio.get_running_loop().add_reader(link.fileno(), self._on_readable)
         for _, message, fds in self.pending.values():
-            channel.send(self.link, message, fds)
+            with contextlib.suppress(OSError):  # it died already: its end is on its way
+                channel.send(self.link, message, fds)
 
     async def fork(
         self,

@@ -232,13 +232,15 @@ class WebGroup(Group):
             url = listeners.url(address, sock, tls)
             self.output.say(f"listening on {url} ({self.wanted} workers)")
 
-    def _on_exited(self, zygote: ZygoteHandle, pid: int, code: int) -> None:
+    def _on_exited(self, zygote: ZygoteHandle, pid: int, code: int | None) -> None:
+        """Worker `pid` of `zygote` exited with `code` (None: unknown, its zygote had exited)."""
         child = next((c for c in self.children.values() if c.pid == pid), None)
         if child is None:
             return
         child.read_last_messages()  # its last heartbeat carries its final counts
         self.metrics.worker_exited(pid)
-        cause = describe_exit(code)
+        exit_cause = describe_exit(code) if code is not None else "exit status unknown"
+        cause = exit_cause
         history = self.history[child.name]
         history.last_exit = cause
         stuck = child.stop_reason in STUCK
@@ -270,9 +272,7 @@ class WebGroup(Group):
             self.on_fatal(APP_FAILED)
             return
         self.metrics.restart("web", "timeout" if stuck else "crash")
-        restart_cause = (
-            "heartbeat timeout" if child.stop_reason == "timeout" else describe_exit(code)
-        )
+        restart_cause = "heartbeat timeout" if child.stop_reason == "timeout" else exit_cause
         delay = self.respawner.schedule(
             child.name, child.served_for(), lambda: self._respawn(child.name, restart_cause)
         )
@@ -328,7 +328,7 @@ class WebGroup(Group):
                 continue
             if child.state is not State.DRAINING:
                 child.drain("its zygote exited", time.monotonic() + self.config.graceful_timeout)
-            watch_exit(child.pid, functools.partial(self._on_exited, zygote, child.pid, 0))
+            watch_exit(child.pid, functools.partial(self._on_exited, zygote, child.pid, None))
         if self.stopping:
             if not self.children:
                 self.all_stopped.set()
