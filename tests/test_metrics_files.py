@@ -176,3 +176,20 @@ def test_workers_gone_with_their_zygote_leave_no_live_gauge_nor_file(corral, tmp
             server.output
         )
     assert server.stop() == 0
+
+
+def test_a_scrape_that_meets_a_file_being_created_still_answers(corral, tmp_path):
+    """Found by the soak: prometheus_client creates a process's file empty, then sizes it; a
+    scrape in between read the empty file and answered 500 (struct.error)."""
+    (tmp_path / "counted.py").write_text(APP)
+    server = corral("run", "counted:app", "--port", "0", "--no-access-log", cwd=tmp_path)
+    url = server.url()
+    server.wait_workers(1)
+    assert httpx.get(url, timeout=10).status_code == 200
+    being_created = _metrics_dir(server) / f"counter_{os.getpid()}.db"  # a live pid's
+    being_created.touch()
+    answer = server.control_get("/metrics")
+    assert answer.status_code == 200, answer.text
+    assert _value(answer.text, "app_hits_total") == 1, answer.text
+    being_created.unlink()
+    assert server.stop() == 0

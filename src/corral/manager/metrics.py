@@ -46,7 +46,7 @@ import psutil
 
 from corral.child.request_stats import BUCKETS
 from corral.errors import UsageError
-from corral.manager.metrics_files import fold_into
+from corral.manager.metrics_files import AppMetrics, fold_into
 from corral.posix import is_manager
 
 if TYPE_CHECKING:
@@ -179,12 +179,11 @@ class Metrics:
     def render(self, samples: list[ProcessSample]) -> bytes:
         """The whole /metrics body, Prometheus text format 0.0.4."""
         from prometheus_client import CollectorRegistry, generate_latest
-        from prometheus_client.multiprocess import MultiProcessCollector
 
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Scrape(self, samples))
         if self.multiprocess_dir is not None:
-            MultiProcessCollector(registry, path=str(self.multiprocess_dir))
+            registry.register(AppMetrics(self.multiprocess_dir))
         return generate_latest(registry)
 
     def families(self, samples: list[ProcessSample]) -> Iterator[Metric]:

@@ -17,17 +17,24 @@ What is not folded: the `live*` gauges of a dead process, which prometheus_clien
 per process, labelled with its pid, dead or alive: prometheus_client's definition of that
 mode. Their files stay; a gauge set by processes that come and go wants another mode.
 
-The manager folds on its event loop, which also serves the scrapes, so no scrape of its own
-sees a half-folded directory. A reader in another process (an app serving its own /metrics
-from the same directory) can, for the instant between the new file's rename and the old
-file's removal, count the dead process twice.
+The scrape (`AppMetrics`) reads the directory as prometheus_client's MultiProcessCollector
+does, but skips a file still empty: prometheus_client creates a process's file, then sizes
+it, and a scrape in between would fail on it. The manager folds on its event loop, which
+also serves the scrapes, so no scrape of its own sees a half-folded directory. A reader in
+another process (an app serving its own /metrics from the same directory) can, for the
+instant between the new file's rename and the old file's removal, count the dead process
+twice.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 Reading = tuple[float, float]  # a value and its timestamp (Unix time; 0 when unset)
 
@@ -93,3 +100,22 @@ def fold_into(directory: Path, dead: int, keeper: int) -> None:
             merged.close()
         os.replace(staging, target)
         source.unlink()
+
+
+class AppMetrics:
+    """The app's metrics, merged from the directory's files: a collector for a registry."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def collect(self) -> Iterable[Metric]:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        files = []
+        for path in self.directory.glob("*.db"):
+            try:
+                if path.stat().st_size > 0:  # an empty one is being created: its next scrape
+                    files.append(str(path))
+            except FileNotFoundError:  # a live gauge's, removed as its process exited
+                continue
+        return MultiProcessCollector.merge(files, accumulate=True)
