@@ -114,6 +114,7 @@ class Event:
     held: int = 0  # connections on the app's port the target held then
     pid: int | None = None
     resumed_at: float | None = None  # a stopped process: when it was continued
+    killed_stopped: bool = False  # it was dead when continued: only a SIGKILL ends a stopped one
     back_s: float | None = None  # seconds until its group was back to full strength
     gone: list[int] = field(default_factory=list)  # pids that must not serve at full strength
 
@@ -221,9 +222,17 @@ class Subject:
 
     def resume(self, event: Event) -> None:
         if event.resumed_at is None and event.pid is not None:
+            event.killed_stopped = event.action.startswith("SIGSTOP") and not _alive(event.pid)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(event.pid, signal.SIGCONT)
             event.resumed_at = self.now()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 # --- corral --------------------------------------------------------------------------------
@@ -724,14 +733,19 @@ def wait_full(subject: Subject, timeout: float) -> bool:
 
 def failure_bound(events: list[Event], log: str) -> int:
     """The requests in flight on the web workers that died of a signal: those the harness
-    killed, and those it stopped that corral then killed (found stuck past --timeout).
-    Each worker counts once, with the most it held."""
+    killed, and those it stopped that the server then killed (found stuck past its
+    timeout): dead when continued, or, for corral, killed as its log says. Each worker
+    counts once, with the most it held."""
     held: dict[int, int] = {}
     for event in events:
         if event.group != "web" or event.pid is None:
             continue
-        killed = event.action.startswith("SIGKILL") or re.search(
-            rf"\(pid {event.pid}, killed by SIG|\(pid {event.pid}\) has not answered", log
+        killed = (
+            event.action.startswith("SIGKILL")
+            or event.killed_stopped
+            or re.search(
+                rf"\(pid {event.pid}, killed by SIG|\(pid {event.pid}\) has not answered", log
+            )
         )
         if killed:
             held[event.pid] = max(held.get(event.pid, 0), event.held)
