@@ -175,7 +175,7 @@ def test_the_probes_listener_serves_probes_and_metrics_and_nothing_else(corral, 
 def test_probes_takes_host_and_port_only(corral, system):
     server = corral("run", "--only", "web", "--probes", "/tmp/probes.sock", cwd=system)
     assert server.wait(15) == 2
-    assert "--probes '/tmp/probes.sock': expected HOST:PORT" in server.output
+    assert "--probes: '/tmp/probes.sock': expected HOST:PORT" in server.output
 
 
 # -- systemd's notifications -----------------------------------------------------------

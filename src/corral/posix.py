@@ -113,7 +113,9 @@ def is_manager(pid: int) -> bool:
         return True  # not ours to look at, so not ours to clean up after either
 
 
-def identity(user: str | None, group: str | None) -> dict[str, Any]:
+def identity(
+    user: str | None, group: str | None, given_as: tuple[str, str] = ("user", "group")
+) -> dict[str, Any]:
     """The `user`, `group` and `extra_groups` ids for running a child as `user`/`group`,
     and the `environment` that says who it is (HOME, USER, LOGNAME, as su and systemd set).
 
@@ -122,15 +124,17 @@ def identity(user: str | None, group: str | None) -> dict[str, Any]:
     user's code, are started as the user. Names or numeric ids.
     IdentityError names one that does not exist, or one that only root
     could become: not being root, corral can only keep its own identity
-    (then nothing needs changing, and {} is returned).
+    (then nothing needs changing, and {} is returned). `given_as` says how
+    the user and the group were given (`corral.settings.System.given_as`),
+    for the message.
     """
     if user is None and group is None:
         return {}
     chosen: dict[str, Any] = {}
     if group is not None:
-        chosen["group"] = _gid(group)
+        chosen["group"] = _gid(group, given_as[1])
     if user is not None:
-        entry = _passwd(user)
+        entry = _passwd(user, given_as[0])
         gid = chosen.setdefault("group", entry.pw_gid)
         chosen["user"] = entry.pw_uid
         chosen["extra_groups"] = os.getgrouplist(entry.pw_name, gid)
@@ -142,7 +146,7 @@ def identity(user: str | None, group: str | None) -> dict[str, Any]:
     if os.geteuid() != 0:
         if (chosen.get("user", os.geteuid()), chosen["group"]) == (os.geteuid(), os.getegid()):
             return {}
-        asked = " ".join(f"{k} {v!r}" for k, v in (("user", user), ("group", group)) if v)
+        asked = " ".join(f"{k} {v!r}" for k, v in zip(given_as, (user, group), strict=True) if v)
         raise IdentityError(
             f"{asked}: only root can run the children as another user or group "
             f"(corral runs as uid {os.geteuid()}, gid {os.getegid()})"
@@ -167,20 +171,25 @@ def assume_identity(chosen: dict[str, Any]) -> None:
         os.setuid(chosen["user"])
 
 
-def _passwd(user: str) -> pwd.struct_passwd:
+def _passwd(user: str, given_as: str) -> pwd.struct_passwd:
     try:
-        return pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
-    except KeyError:
-        raise IdentityError(f"user {user!r}: no such user") from None
+        if user.isascii() and user.isdigit():
+            return pwd.getpwuid(int(user))
+        return pwd.getpwnam(user)
+    except (KeyError, ValueError, OverflowError):  # a NUL, an id beyond what uid_t holds
+        raise IdentityError(f"{given_as} {user!r}: no such user") from None
 
 
-def _gid(group: str) -> int:
-    if group.isdigit():
-        return int(group)
+_ID_MAX = 2**32 - 2  # the largest uid or gid: (uid_t) -1 means "unchanged"
+
+
+def _gid(group: str, given_as: str) -> int:
+    if group.isascii() and group.isdigit() and int(group) <= _ID_MAX:
+        return int(group)  # a number needs no entry in the group database
     try:
         return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise IdentityError(f"group {group!r}: no such group") from None
+    except (KeyError, ValueError):  # none, or a NUL in the name
+        raise IdentityError(f"{given_as} {group!r}: no such group") from None
 
 
 def describe_exit(code: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Annotated, Any
 
@@ -25,6 +26,8 @@ def parse_duration(value: Any) -> float:
             seconds = _parse_duration_text(text)
     else:
         raise ValueError("expected a duration such as 30, '30s' or '1m30s'")
+    if not math.isfinite(seconds):
+        raise ValueError(f"expected a finite duration such as 30, '30s' or '1m30s', got {value!r}")
     if seconds < 0:
         raise ValueError(f"expected a duration of 0 or more, got {value!r}")
     return seconds

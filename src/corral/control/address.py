@@ -12,68 +12,30 @@ import hashlib
 import os
 import re
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 
 from corral.errors import UsageError
+from corral.settings.addresses import UNIX_PATH_MAX, TcpAddress, UnixAddress, parse_address
 
-UNIX_PATH_MAX = 107  # bytes: sun_path holds 108, the last for the terminating NUL
 _NAME_MAX = 32  # of the project directory's name in the socket's name; the hash keeps it unique
 ROOT = Path("/tmp")
+
+__all__ = ["UNIX_PATH_MAX", "ControlPathError", "TcpAddress", "UnixAddress", "parse_control"]
 
 
 class ControlPathError(UsageError):
     """The control address or socket path cannot be used; the message says why and what to do."""
 
 
-@dataclass(frozen=True)
-class UnixAddress:
-    path: Path
-
-    def __str__(self) -> str:
-        return str(self.path)
-
-
-@dataclass(frozen=True)
-class TcpAddress:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
 def parse_control(value: str) -> UnixAddress | TcpAddress:
-    """HOST:PORT or [IPV6]:PORT is TCP; anything else (anything with a '/' too) is a socket path."""
-    if not value:
-        raise ControlPathError(
-            "an empty control address: expected a socket PATH, HOST:PORT or [IPV6]:PORT"
-        )
-    host, colon, port = value.rpartition(":")
-    if not colon or "/" in value or not (port.isascii() and port.isdigit()):
-        return _unix_address(value)
-    if int(port) > 65535:
-        raise ControlPathError(f"{value!r}: the port must be a number from 0 to 65535")
-    if host.startswith("[") and host.endswith("]") and len(host) > 2:
-        return TcpAddress(host[1:-1], int(port))
-    if not host or "[" in host or "]" in host:
-        raise ControlPathError(
-            f"{value!r}: expected HOST:PORT or [IPV6]:PORT, such as 127.0.0.1:9000"
-        )
-    if ":" in host:
-        raise ControlPathError(f"{value!r}: write an IPv6 address in brackets, as [::1]:9000")
-    return TcpAddress(host, int(port))
+    """HOST:PORT or [IPV6]:PORT is TCP; anything else (anything with a '/' too) is a socket path.
 
-
-def _unix_address(value: str) -> UnixAddress:
-    size = len(os.fsencode(value))
-    if size > UNIX_PATH_MAX:
-        raise ControlPathError(
-            f"{value!r}: a Unix socket path can have at most {UNIX_PATH_MAX} bytes, "
-            f"this one has {size}"
-        )
-    return UnixAddress(Path(value))
+    ControlPathError says what is wrong and what was expected.
+    """
+    try:
+        return parse_address(value)
+    except ValueError as error:
+        raise ControlPathError(str(error)) from None
 
 
 def control_path(project: Path, pid: int, root: Path = ROOT) -> Path:

@@ -15,6 +15,8 @@ from collections.abc import MutableMapping
 from dataclasses import dataclass
 
 from corral.errors import UsageError
+from corral.settings import addresses as bind_addresses
+from corral.settings.addresses import Address
 
 SYSTEMD_FIRST_FD = 3
 UPGRADE_FDS_VARIABLE = "CORRAL_UPGRADE_FDS"
@@ -24,53 +26,15 @@ class BindError(UsageError):
     """An address that cannot be listened on; the message names it."""
 
 
-@dataclass(frozen=True)
-class Address:
-    """Where to listen: a TCP host and port, a Unix socket path, or an inherited descriptor."""
-
-    host: str | None = None
-    port: int | None = None
-    path: str | None = None
-    fd: int | None = None
-
-    def __str__(self) -> str:
-        if self.path is not None:
-            return f"unix:{self.path}"
-        if self.fd is not None:
-            return f"fd://{self.fd}"
-        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
 def parse_bind(spec: str) -> Address:
-    """gunicorn's forms: HOST:PORT, [IPV6]:PORT, unix:PATH, fd://N (and a bare HOST, port 8000)."""
-    if spec.startswith("unix:"):
-        path = spec[len("unix:") :]
-        if not path:
-            raise BindError(f"--bind {spec!r}: expected unix:PATH")
-        return Address(path=path)
-    if spec.startswith("fd://"):
-        number = spec[len("fd://") :]
-        if not number.isdigit():
-            raise BindError(f"--bind {spec!r}: expected fd://N with N a file descriptor number")
-        return Address(fd=int(number))
-    if spec.startswith("["):
-        host, bracket, rest = spec[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise BindError(f"--bind {spec!r}: expected [IPV6]:PORT such as [::1]:8000")
-        return Address(host=host, port=_port(spec, rest[1:] or "8000"))
-    host, colon, port = spec.rpartition(":")
-    if not colon:
-        host, port = spec, "8000"
-    if ":" in host:
-        raise BindError(f"--bind {spec!r}: write an IPv6 address in brackets, as [::1]:8000")
-    return Address(host=host or "0.0.0.0", port=_port(spec, port))
+    """gunicorn's forms: HOST:PORT, [IPV6]:PORT, unix:PATH, fd://N (and a bare HOST, port 8000).
 
-
-def _port(spec: str, text: str) -> int:
-    if not text.isdigit() or int(text) > 65535:
-        raise BindError(f"--bind {spec!r}: expected a port number from 0 to 65535")
-    return int(text)
+    BindError says what is wrong and what was expected.
+    """
+    try:
+        return bind_addresses.parse_bind(spec)
+    except ValueError as error:
+        raise BindError(f"--bind {error}") from None
 
 
 def upgrade_sockets(environ: MutableMapping[str, str]) -> list[socket.socket]:

@@ -35,7 +35,11 @@ def prestart(system: System) -> int:
         output = _output(system)
         if not system.prestart.steps:
             output.say("prestart: no steps declared")
-        identity = posix.identity(system.manager.user, system.manager.group)
+        identity = posix.identity(
+            system.manager.user,
+            system.manager.group,
+            (system.given_as("corral.user"), system.given_as("corral.group")),
+        )
         succeeded = await run_prestart(system.prestart, system.env, output, identity, launcher)
         await output.drain(DRAIN_TIMEOUT)
         return OK if succeeded else PRESTART_FAILED
@@ -56,7 +60,11 @@ def job(system: System, name: str) -> int:
         output = _output(system)
         started = time.monotonic()
         env = {**system.env, **config.env}
-        identity = posix.identity(system.manager.user, system.manager.group)
+        identity = posix.identity(
+            system.manager.user,
+            system.manager.group,
+            (system.given_as("corral.user"), system.given_as("corral.group")),
+        )
         process = await spawn(
             launcher, name, argv_for(name, config), output, env, config.cwd, identity=identity
         )

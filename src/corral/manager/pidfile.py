@@ -11,12 +11,13 @@ from corral.errors import UsageError
 
 
 @contextlib.contextmanager
-def pidfile(path: Path | None, previous: Callable[[], int | None]) -> Iterator[None]:
+def pidfile(path: Path | None, given_as: str, previous: Callable[[], int | None]) -> Iterator[None]:
     """Hold the manager's pid in `path` (if given) while the block runs.
 
     Written by the manager, which keeps the identity it started with, so a
     folder only root can write is fine even when the children run as
-    --user. UsageError if it cannot be written. At the end the file is
+    --user. UsageError if it cannot be written, naming it as `given_as` (how
+    the user gave it: its key, flag or variable). At the end the file is
     removed if it still holds our pid (a successor's, after an upgrade,
     stays), or given back the pid `previous()` names (a manager we were to
     replace, which goes on serving because we failed).
@@ -27,7 +28,7 @@ def pidfile(path: Path | None, previous: Callable[[], int | None]) -> Iterator[N
     try:
         path.write_text(f"{os.getpid()}\n")
     except OSError as error:
-        raise UsageError(f"--pidfile {path}: cannot write it: {error.strerror}") from None
+        raise UsageError(f"{given_as} {path}: cannot write it: {error.strerror}") from None
     try:
         yield
     finally:

@@ -115,6 +115,7 @@ class ProcessGroup(Group):
 
     async def _watch(self, index: int, child: Child, process: Spawned) -> None:
         code = await process.wait()
+        self.metrics.worker_exited(process.pid)
         planned = self.stopping or child.stop_reason is not None
         child.to(State.STOPPED)
         self.history[index].last_exit = describe_exit(code)

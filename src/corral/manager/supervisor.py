@@ -114,10 +114,7 @@ class Manager:
         manager, web = self.system.manager, self.system.web
         self.output.open_files(manager.log_file, manager.access_logfile)
         # Computed once: every child runs as [corral]'s user, web as [web]'s where it has one.
-        self.identity = posix.identity(manager.user, manager.group)
-        web_identity = self.identity
-        if web is not None and (web.user or web.group):
-            web_identity = posix.identity(web.user or manager.user, web.group or manager.group)
+        self.identity, web_identity = identities(self.system)
         control = ControlPlan(manager.control, manager.probes)
         watch_oom_kills()  # before any child, so that an OOM kill of any of them is told
         remove_dead_managers_dirs()
@@ -172,7 +169,9 @@ class Manager:
             self.listening = [listeners.url(address, sock, tls) for address, sock in bound]
         self.sockets = sockets
         try:
-            with pidfile(self.system.manager.pidfile, self.upgrading_from.still_serving):
+            given_as = self.system.given_as("corral.pidfile")
+            still_serving = self.upgrading_from.still_serving
+            with pidfile(self.system.manager.pidfile, given_as, still_serving):
                 return asyncio.run(self._serve(launcher, control, sockets, web_identity))
         finally:
             listeners.close(sockets, [] if self.handed_over else addresses)
@@ -188,7 +187,7 @@ class Manager:
         self.output.start()
         self.finished = loop.create_future()
         self._handle_signals(loop)
-        self.launcher = LauncherHandle(*forked, self._on_launcher_lost)
+        self.launcher = LauncherHandle(*forked, self.output.say)
         try:
             servers = await control.open(ManagerControl(self, self.output.logs), self.output)
             try:
@@ -375,11 +374,6 @@ class Manager:
         if self.finished is not None and not self.finished.done():
             self.finished.set_result(code)
 
-    def _on_launcher_lost(self, cause: str) -> None:
-        self.output.say(f"error: the launcher exited ({cause}); stopping")
-        self.stopping = True
-        self._finish(FAILURE)
-
     def _on_stop_signal(self, sig: int) -> None:
         name = signal.Signals(sig).name
         immediate = sig == signal.SIGQUIT or (self.stopping and sig == signal.SIGINT)
@@ -547,6 +541,26 @@ class Manager:
             return
         with contextlib.suppress(Refused):  # TTOU below one worker does nothing
             web.scale(web.size + change)
+
+
+def identities(system: System) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Who the children run as ([corral] user and group), and who the web processes run as
+    ([web]'s where it has them): `corral.posix.identity`'s, or IdentityError naming the one
+    that cannot work as the user gave it."""
+    manager, web, given_as = system.manager, system.web, system.given_as
+    children = posix.identity(
+        manager.user, manager.group, (given_as("corral.user"), given_as("corral.group"))
+    )
+    if web is None or not (web.user or web.group):
+        return children, children
+    return children, posix.identity(
+        web.user or manager.user,
+        web.group or manager.group,
+        (
+            given_as("web.user" if web.user else "corral.user"),
+            given_as("web.group" if web.group else "corral.group"),
+        ),
+    )
 
 
 def _web_env(system: System, web: WebConfig) -> dict[str, str]:

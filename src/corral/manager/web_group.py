@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import os
 import signal
@@ -50,6 +51,7 @@ from corral.manager.child import (
     child_row,
     signal_child,
 )
+from corral.manager.exit_watch import watch_exit
 from corral.manager.exits import describe_exit
 from corral.manager.group import Group, Refused
 from corral.manager.launcher_handle import LauncherHandle
@@ -111,7 +113,7 @@ class WebGroup(Group):
             on_message=self._on_zygote_message,
             on_lost=self._on_zygote_lost,
             on_replaced=self._on_zygote_replaced,
-            on_failed=lambda: self.on_fatal(APP_FAILED if not self.serving else FAILURE),
+            on_failed=self._on_zygote_failed,
         )
         self.serving = False
         self.stopping = False
@@ -243,7 +245,8 @@ class WebGroup(Group):
             url = listeners.url(address, sock, tls)
             self.output.say(f"listening on {url} ({self.wanted} workers)")
 
-    def _on_exited(self, zygote: ZygoteHandle, pid: int, code: int) -> None:
+    def _on_exited(self, zygote: ZygoteHandle, pid: int, code: int | None) -> None:
+        """Worker `pid` of `zygote` exited with `code` (None: unknown, its zygote had exited)."""
         child = next((c for c in self.children.values() if c.pid == pid), None)
         if child is None:
             return
@@ -251,7 +254,8 @@ class WebGroup(Group):
         if child.pump is not None:
             child.pump.read_available()  # its last lines, before the line saying it exited
         self.metrics.worker_exited(pid)
-        cause = describe_exit(code)
+        exit_cause = describe_exit(code) if code is not None else "exit status unknown"
+        cause = exit_cause
         history = self.history[child.name]
         history.last_exit = cause
         stuck = child.stop_reason in STUCK
@@ -283,9 +287,7 @@ class WebGroup(Group):
             self.on_fatal(APP_FAILED)
             return
         self.metrics.restart("web", "timeout" if stuck else "crash")
-        restart_cause = (
-            "heartbeat timeout" if child.stop_reason == "timeout" else describe_exit(code)
-        )
+        restart_cause = "heartbeat timeout" if child.stop_reason == "timeout" else exit_cause
         delay = self.respawner.schedule(
             child.name, child.served_for(), lambda: self._respawn(child.name, restart_cause)
         )
@@ -327,18 +329,33 @@ class WebGroup(Group):
     # -- zygotes -----------------------------------------------------------------
 
     def _on_zygote_lost(self, zygote: ZygoteHandle) -> None:
-        """Forget a zygote's workers: they get the parent-death signal and drain by themselves.
+        """A zygote exited: its workers get the parent-death signal and drain by themselves.
 
-        Nobody will report their exits now.
+        Nobody will report their exits now, so each is watched by its pid, and stays
+        listed as draining until it exits: its last counts are read then.
         """
+        if zygote.pid is not None:
+            self.metrics.worker_exited(zygote.pid)
         for child in [c for c in self.children.values() if c.generation == zygote.generation]:
-            child.to(State.STOPPED)
-            del self.children[child.key]
+            if child.pid is None:  # never forked: there is nothing to wait for
+                child.to(State.STOPPED)
+                del self.children[child.key]
+                continue
+            if child.state is not State.DRAINING:
+                child.drain("its zygote exited", time.monotonic() + self.config.graceful_timeout)
+            watch_exit(child.pid, functools.partial(self._on_exited, zygote, child.pid, None))
         if self.stopping:
             if not self.children:
                 self.all_stopped.set()
         elif zygote is self.zygotes.current:
             self._call_off_restarts()  # the new zygote starts every worker
+
+    def _on_zygote_failed(self) -> None:
+        """The zygote that replaces a dead one cannot load the app: nothing can serve now."""
+        self.output.say(
+            "error: web.zygote's replacement cannot load the app (see its output above); stopping"
+        )
+        self.on_fatal(APP_FAILED if not self.serving else FAILURE)
 
     def _on_zygote_replaced(self) -> None:
         for index in range(1, self.wanted + 1):

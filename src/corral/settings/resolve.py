@@ -82,6 +82,10 @@ def _parse(path: Path) -> dict[str, Any]:
             return tomllib.load(file)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError([f"{path.name}: not valid TOML: {error}"]) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            [f"{path.name}: not valid TOML: expected UTF-8 text, byte {error.start} is not"]
+        ) from None
 
 
 _MODELS: dict[str, type[BaseModel]] = {"processes": ProcessConfig, "jobs": JobConfig}
@@ -141,6 +145,13 @@ class System:
     config: Path | None = None  # the file it came from, if any
     # `--only NAME.N`: the process groups of which this corral runs one replica, and its number.
     only_replica: dict[str, int] = field(default_factory=dict)
+    # How the user gave each [corral] and [web] setting ("corral.toml: [corral] user", "--user",
+    # "CORRAL_USER"), by "corral.NAME" and "web.NAME", for a refusal that comes after resolving.
+    origins: dict[str, str] = field(default_factory=dict)
+
+    def given_as(self, setting: str) -> str:
+        """How the user gave `setting` ("corral.user", "web.bind"): its key, flag or variable."""
+        return self.origins.get(setting, setting.rpartition(".")[2])
 
 
 def resolve(
@@ -227,7 +238,21 @@ def resolve(
         )
     env = _environment(declared, file)
     config = file.path if file is not None else None
-    system = System(web, declared.processes, declared.jobs, declared.prestart, env, manager, config)
+    origins = {}
+    sections = (("corral", ManagerConfig, manager_flags), ("web", WebConfig, flags))
+    for section, model, given in sections:
+        raw = file.table.get(section) if file is not None else None
+        for name in model.model_fields:
+            if env_name(name) in (os.environ if environ is None else environ):
+                origins[f"{section}.{name}"] = env_name(name)
+            elif file is not None and name not in given and isinstance(raw, dict) and name in raw:
+                origins[f"{section}.{name}"] = file.where([section], name)
+            else:
+                origins[f"{section}.{name}"] = describe_flag(name)
+    system = System(
+        web, declared.processes, declared.jobs, declared.prestart, env, manager, config,
+        origins=origins,
+    )  # fmt: skip
     if env_name("only") in (os.environ if environ is None else environ):
         where = env_name("only")
     elif "only" in manager_flags or file is None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import ByteSize, Field, field_validator, model_validator
+from pydantic import ByteSize, Field, ValidationInfo, field_validator
 
 from corral.settings import app_ref
+from corral.settings.addresses import parse_address, parse_bind, parse_tcp_address
 from corral.settings.base import (
     BINDING,
     CONTROL,
@@ -81,6 +82,20 @@ class ManagerConfig(Settings):
         "a process group (or one of its replicas, NAME.N); prestart is skipped.",
     )
 
+    @field_validator("control")
+    @classmethod
+    def _an_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_address(value)
+        return value
+
+    @field_validator("probes")
+    @classmethod
+    def _a_tcp_address(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_tcp_address(value)
+        return value
+
     @field_validator("only")
     @classmethod
     def _comma_separated(cls, groups: list[str]) -> list[str]:
@@ -118,7 +133,10 @@ class WebConfig(Settings):
         "such as a proxy's, connect.",
     )
     backlog: Annotated[int, flag("--backlog", group=BINDING)] = Field(
-        2048, ge=1, description="Connections the kernel queues before refusing more."
+        2048,
+        ge=1,
+        le=2**31 - 1,  # what listen() takes; the kernel caps it lower (net.core.somaxconn)
+        description="Connections the kernel queues before refusing more.",
     )
 
     workers: Annotated[int, flag("--workers", "-w", group=WORKERS)] = Field(
@@ -320,13 +338,22 @@ class WebConfig(Settings):
         default_factory=dict, description="Environment variables for the web processes (file only)."
     )
 
+    @field_validator("bind")
+    @classmethod
+    def _addresses(cls, binds: list[str]) -> list[str]:
+        for spec in binds:
+            parse_bind(spec)
+        return binds
+
     @field_validator("app")
     @classmethod
     def _app_is_module_attribute_or_file(cls, value: str) -> str:
         return app_ref.check(value)
 
-    @model_validator(mode="after")
-    def _tls_pair(self) -> WebConfig:
-        if self.keyfile and not self.certfile:
-            raise ValueError("--keyfile needs --certfile")
-        return self
+    @field_validator("keyfile")
+    @classmethod
+    def _with_its_certificate(cls, keyfile: Path | None, info: ValidationInfo) -> Path | None:
+        """certfile is declared (so validated) before keyfile: a refusal names the keyfile."""
+        if keyfile and not info.data.get("certfile"):
+            raise ValueError("a key needs its certificate: give certfile (--certfile) too")
+        return keyfile

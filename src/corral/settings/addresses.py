@@ -1,0 +1,128 @@
+"""The addresses the settings name: where web listens (`bind`), and the control API and the
+probes (a socket PATH, or HOST:PORT).
+
+Read with the settings, so that a bad one is refused naming where it was given (the file's
+key, the flag, the variable); `corral.manager.listeners` and `corral.control.address` use
+them to listen and to connect.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+UNIX_PATH_MAX = 107  # bytes: sun_path holds 108, the last for the terminating NUL
+
+
+@dataclass(frozen=True)
+class UnixAddress:
+    path: Path
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+@dataclass(frozen=True)
+class TcpAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_address(value: str) -> UnixAddress | TcpAddress:
+    """HOST:PORT or [IPV6]:PORT is TCP; anything else (anything with a '/' too) is a socket path.
+
+    ValueError says what is wrong and what was expected.
+    """
+    if not value:
+        raise ValueError(
+            "an empty control address: expected a socket PATH, HOST:PORT or [IPV6]:PORT"
+        )
+    host, colon, port = value.rpartition(":")
+    if not colon or "/" in value or not (port.isascii() and port.isdigit()):
+        return _unix_address(value)
+    if int(port) > 65535:
+        raise ValueError(f"{value!r}: the port must be a number from 0 to 65535")
+    if host.startswith("[") and host.endswith("]") and len(host) > 2:
+        return TcpAddress(host[1:-1], int(port))
+    if not host or "[" in host or "]" in host:
+        raise ValueError(f"{value!r}: expected HOST:PORT or [IPV6]:PORT, such as 127.0.0.1:9000")
+    if ":" in host:
+        raise ValueError(f"{value!r}: write an IPv6 address in brackets, as [::1]:9000")
+    return TcpAddress(host, int(port))
+
+
+def parse_tcp_address(value: str) -> TcpAddress:
+    """HOST:PORT or [IPV6]:PORT only (ValueError otherwise): a listener other hosts may reach."""
+    address = parse_address(value)
+    if not isinstance(address, TcpAddress):
+        raise ValueError(f"{value!r}: expected HOST:PORT, such as 0.0.0.0:9000")
+    return address
+
+
+def _unix_address(value: str) -> UnixAddress:
+    if "\0" in value:
+        raise ValueError(f"{value!r}: a socket path cannot hold a NUL character")
+    size = len(os.fsencode(value))
+    if size > UNIX_PATH_MAX:
+        raise ValueError(
+            f"{value!r}: a Unix socket path can have at most {UNIX_PATH_MAX} bytes, "
+            f"this one has {size}"
+        )
+    return UnixAddress(Path(value))
+
+
+@dataclass(frozen=True)
+class Address:
+    """Where web listens: a TCP host and port, a Unix socket path, or an inherited descriptor."""
+
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+    fd: int | None = None
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return f"unix:{self.path}"
+        if self.fd is not None:
+            return f"fd://{self.fd}"
+        host = f"[{self.host}]" if self.host and ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_bind(spec: str) -> Address:
+    """gunicorn's forms: HOST:PORT, [IPV6]:PORT, unix:PATH, fd://N (and a bare HOST, port 8000).
+
+    ValueError says what is wrong and what was expected.
+    """
+    if spec.startswith("unix:"):
+        path = spec[len("unix:") :]
+        if not path or "\0" in path:
+            raise ValueError(f"{spec!r}: expected unix:PATH")
+        return Address(path=path)
+    if spec.startswith("fd://"):
+        number = spec[len("fd://") :]
+        if not (number.isascii() and number.isdigit()):
+            raise ValueError(f"{spec!r}: expected fd://N with N a file descriptor number")
+        return Address(fd=int(number))
+    if spec.startswith("["):
+        host, bracket, rest = spec[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"{spec!r}: expected [IPV6]:PORT such as [::1]:8000")
+        return Address(host=host, port=_port(spec, rest[1:] or "8000"))
+    host, colon, port = spec.rpartition(":")
+    if not colon:
+        host, port = spec, "8000"
+    if ":" in host:
+        raise ValueError(f"{spec!r}: write an IPv6 address in brackets, as [::1]:8000")
+    return Address(host=host or "0.0.0.0", port=_port(spec, port))
+
+
+def _port(spec: str, text: str) -> int:
+    if not (text.isascii() and text.isdigit()) or int(text) > 65535:
+        raise ValueError(f"{spec!r}: expected a port number from 0 to 65535")
+    return int(text)
