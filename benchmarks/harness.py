@@ -8,6 +8,8 @@ SIGKILL if it lingers, then SIGKILL to whatever is left of its session (orphaned
 
 from __future__ import annotations
 
+import ctypes
+import json
 import os
 import re
 import signal
@@ -16,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,14 @@ import psutil
 
 HOST = "127.0.0.1"  # the only address load is sent to
 MIB = 1 << 20
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PEERS = HERE / ".peers"
+PEER_REQUIREMENTS = (
+    *("uvicorn[standard]", "gunicorn", "uvicorn-worker", "granian", "fastapi", "flask"),
+)
+PEER_PACKAGES = ("uvicorn", "gunicorn", "uvicorn-worker", "granian", "fastapi", "uvloop", "flask")
+PROJECT_PACKAGES = ("corral", "uvicorn", "fastapi", "uvloop", "httptools", "flask", "a2wsgi")
 
 # Variables that would override the flags we pass (each server reads its own prefix from the
 # environment) or make corral serve on inherited sockets.
@@ -54,6 +64,42 @@ def server_env(extra: Mapping[str, str]) -> dict[str, str]:
         if not name.startswith(_OVERRIDING_PREFIXES) and name not in _OVERRIDING_NAMES
     }
     return env | dict(extra)
+
+
+# --- the peers' environment --------------------------------------------------------------
+
+
+def ensure_peers(upgrade: bool = False) -> Path:
+    """The peers' interpreter, benchmarks/.peers/bin/python, installed on first use."""
+    python = PEERS / "bin" / "python"
+    stamp = PEERS / "requirements.txt"
+    wanted = "\n".join(PEER_REQUIREMENTS) + "\n"
+    if not python.exists():
+        print(f"creating {PEERS.relative_to(ROOT)}", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
+    if upgrade or not stamp.exists() or stamp.read_text() != wanted:
+        print(f"installing into it: {' '.join(PEER_REQUIREMENTS)}", file=sys.stderr)
+        pip = [str(python), "-m", "pip", "install", "--quiet", "--upgrade"]
+        subprocess.run([*pip, *PEER_REQUIREMENTS], check=True)
+        stamp.write_text(wanted)
+    return python
+
+
+def package_versions(python: Path | str, names: Sequence[str]) -> dict[str, str | None]:
+    code = (
+        "import importlib.metadata as m, json, sys\n"
+        "def version(name):\n"
+        "    try:\n"
+        "        return m.version(name)\n"
+        "    except m.PackageNotFoundError:\n"
+        "        return None\n"
+        "print(json.dumps({name: version(name) for name in sys.argv[1:]}))\n"
+    )
+    out = subprocess.run(
+        [str(python), "-c", code, *names], capture_output=True, text=True, check=True
+    ).stdout
+    versions: dict[str, str | None] = json.loads(out)
+    return versions
 
 
 # --- other load on the machine ----------------------------------------------------------
@@ -272,6 +318,81 @@ def tree_cpu_seconds(run: Running) -> dict[int, float]:
     return found
 
 
+# --- processes that outlive their parent -------------------------------------------------
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> None:
+    """Make this process the parent of every orphan below it (Linux 3.4 and later).
+
+    A server killed with SIGKILL leaves its children to their grandparent, this process,
+    instead of init: every process of its tree is then still below us, to be seen and waited
+    for, however it was started (forked, exec'ed, in a session of its own).
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def orphans(owned: Collection[int]) -> list[psutil.Process]:
+    """The live processes below this one, but those in `owned` (ours: wrk, a server we run)
+    and their descendants. Zombies among our direct children that are not `owned` (orphans
+    given to us as subreaper, then exited) are reaped here."""
+    me = psutil.Process()
+    found = []
+    for child in me.children():
+        if child.pid in owned:
+            continue
+        with suppress(psutil.Error):
+            if child.status() == psutil.STATUS_ZOMBIE:
+                with suppress(ChildProcessError):
+                    os.waitpid(child.pid, os.WNOHANG)
+                continue
+            found.append(child)
+            found += [p for p in child.children(recursive=True) if _alive(p)]
+    return found
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def wait_orphans_gone(owned: Collection[int], timeout: float) -> list[psutil.Process]:
+    """Wait up to `timeout` seconds for the processes `orphans` finds to end; those left."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = orphans(owned)
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def describe(proc: psutil.Process) -> str:
+    """ "pid 123 (corral: web.2)" for a report."""
+    try:
+        return f"pid {proc.pid} ({' '.join(proc.cmdline())[:60]})"
+    except psutil.Error:
+        return f"pid {proc.pid}"
+
+
+def held_connections(pid: int, port: int) -> int:
+    """How many established TCP connections on `port` process `pid` holds (0 if it is gone):
+    with keep-alive clients that do not pipeline, the most requests it can have in flight."""
+    try:
+        connections = psutil.Process(pid).net_connections(kind="tcp")
+    except psutil.Error:
+        return 0
+    return sum(
+        1
+        for c in connections
+        if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
+    )
+
+
 # --- wrk ---------------------------------------------------------------------------------
 
 
@@ -321,14 +442,21 @@ def parse_wrk(text: str) -> WrkReport:
     )
 
 
-def wrk_argv(port: int, path: str, connections: int, seconds: float) -> list[str]:
+def wrk_argv(
+    port: int, path: str, connections: int, seconds: float, timeout: str | None = None
+) -> list[str]:
+    """wrk's command; `timeout` ("10s") is its --timeout (2 s by default): a slower answer
+    counts as failed."""
     url = f"http://{HOST}:{port}{path}"
-    return ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency", url]
+    limit = ["--timeout", timeout] if timeout is not None else []
+    return ["wrk", "-t2", f"-c{connections}", f"-d{seconds:g}s", "--latency", *limit, url]
 
 
-def run_wrk(port: int, path: str, connections: int, seconds: float) -> WrkReport:
+def run_wrk(
+    port: int, path: str, connections: int, seconds: float, timeout: str | None = None
+) -> WrkReport:
     result = subprocess.run(
-        wrk_argv(port, path, connections, seconds),
+        wrk_argv(port, path, connections, seconds, timeout),
         capture_output=True,
         text=True,
         check=True,
@@ -339,12 +467,12 @@ def run_wrk(port: int, path: str, connections: int, seconds: float) -> WrkReport
 
 @contextmanager
 def wrk_in_background(
-    port: int, path: str, connections: int, max_seconds: float
+    port: int, path: str, connections: int, max_seconds: float, timeout: str | None = None
 ) -> Iterator[subprocess.Popen[str]]:
     """wrk running for at most `max_seconds`; stop it early with `stop_wrk`. It is killed on
     the way out if still running."""
     proc = subprocess.Popen(
-        wrk_argv(port, path, connections, max_seconds),
+        wrk_argv(port, path, connections, max_seconds, timeout),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -42,17 +42,11 @@ from pathlib import Path
 from typing import Any
 
 import harness
-from harness import MIB, Running, WrkReport
+from harness import MIB, PEER_PACKAGES, PROJECT_PACKAGES, Running, WrkReport
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-PEERS = HERE / ".peers"
 RESULTS = HERE / "results"
-PEER_REQUIREMENTS = (
-    *("uvicorn[standard]", "gunicorn", "uvicorn-worker", "granian", "fastapi", "flask"),
-)
-PEER_PACKAGES = ("uvicorn", "gunicorn", "uvicorn-worker", "granian", "fastapi", "uvloop", "flask")
-PROJECT_PACKAGES = ("corral", "uvicorn", "fastapi", "uvloop", "httptools", "flask", "a2wsgi")
 SUBJECT = "corral"
 
 # --- what is measured: the apps and the servers, as data --------------------------------
@@ -249,39 +243,6 @@ def start(
 
 
 # --- the peers' environment --------------------------------------------------------------
-
-
-def ensure_peers(upgrade: bool) -> Path:
-    """The peers' interpreter, benchmarks/.peers/bin/python, installed on first use."""
-    python = PEERS / "bin" / "python"
-    stamp = PEERS / "requirements.txt"
-    wanted = "\n".join(PEER_REQUIREMENTS) + "\n"
-    if not python.exists():
-        print(f"creating {PEERS.relative_to(ROOT)}", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "venv", str(PEERS)], check=True)
-    if upgrade or not stamp.exists() or stamp.read_text() != wanted:
-        print(f"installing into it: {' '.join(PEER_REQUIREMENTS)}", file=sys.stderr)
-        pip = [str(python), "-m", "pip", "install", "--quiet", "--upgrade"]
-        subprocess.run([*pip, *PEER_REQUIREMENTS], check=True)
-        stamp.write_text(wanted)
-    return python
-
-
-def package_versions(python: Path | str, names: Sequence[str]) -> dict[str, str | None]:
-    code = (
-        "import importlib.metadata as m, json, sys\n"
-        "def version(name):\n"
-        "    try:\n"
-        "        return m.version(name)\n"
-        "    except m.PackageNotFoundError:\n"
-        "        return None\n"
-        "print(json.dumps({name: version(name) for name in sys.argv[1:]}))\n"
-    )
-    out = subprocess.run(
-        [str(python), "-c", code, *names], capture_output=True, text=True, check=True
-    ).stdout
-    versions: dict[str, str | None] = json.loads(out)
-    return versions
 
 
 def has_gunicorn_asgi_worker(python: Path) -> bool:
@@ -956,7 +917,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     stop_on_sigterm()
     began = time.monotonic()
-    peers = ensure_peers(args.upgrade_peers)
+    peers = harness.ensure_peers(args.upgrade_peers)
     servers, notes = select_servers(args.servers, peers)
     for note in notes:
         print(note, file=sys.stderr)
@@ -979,8 +940,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "machine": machine(),
         "load_before": os.getloadavg(),
         "versions": {
-            "project": package_versions(sys.executable, PROJECT_PACKAGES),
-            "peers": package_versions(peers, PEER_PACKAGES),
+            "project": harness.package_versions(sys.executable, PROJECT_PACKAGES),
+            "peers": harness.package_versions(peers, PEER_PACKAGES),
         },
         "settings": asdict(settings)
         | {"pythons": {k: str(v) for k, v in settings.pythons.items()}},

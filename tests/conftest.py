@@ -20,6 +20,26 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from hypothesis import HealthCheck, settings
+
+# The fuzzing tests (test_fuzz_*.py): in CI, a fixed sequence of examples (derandomized), so a
+# failure there can be run again as it happened; `--hypothesis-profile long` for the long form.
+_FUZZ = {
+    "deadline": None,
+    # a function-scoped fixture (tmp_path) is shared by a test's examples, which overwrite it
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    "print_blob": True,
+}
+settings.register_profile("ci", max_examples=150, derandomize=True, database=None, **_FUZZ)
+settings.register_profile("long", max_examples=3000, **_FUZZ)
+settings.load_profile("ci")
+
+
+def fuzz_timeout(per_example: float) -> pytest.MarkDecorator:
+    """A timeout for a fuzzing test: 30 s plus `per_example` seconds for each example of the
+    profile loaded (hypothesis loads `--hypothesis-profile` before the tests are collected)."""
+    return pytest.mark.timeout(30 + per_example * settings().max_examples)
+
 
 APPS = Path(__file__).parent / "apps"
 

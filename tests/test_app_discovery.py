@@ -161,6 +161,14 @@ def test_corral_check_says_when_the_interface_cannot_be_told(corral, tmp_path: P
     assert "give --interface asgi or --interface wsgi" in checked.output
 
 
+def test_a_factory_given_without_factory_is_named_as_one(corral, tmp_path: Path):
+    _write(tmp_path / "made.py", "def create_app():\n    return None\n")
+    output = _app_failed(corral("run", "made:create_app", "--port", "0", cwd=tmp_path))
+    assert "made:create_app is not an app: it takes (); if it returns the app, give --factory" in (
+        output
+    ), output
+
+
 def test_interface_wsgi_serves_what_cannot_be_told(corral, tmp_path: Path):
     _write(
         tmp_path / "vague.py",
@@ -287,7 +295,7 @@ def test_the_interface_is_told_from_the_call_signature(app, expected):
     [
         (lambda *args: None, "fits both"),
         (lambda a, b, c=None: None, "fits both"),
-        (lambda: None, "neither"),
+        (lambda: None, "it takes ()"),
         (_WsgiCallable, "a class"),
         (len, "neither"),
     ],

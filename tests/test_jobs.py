@@ -89,6 +89,11 @@ def slow():
     _append("slow.txt", "end", os.getpid(), time.time())
 
 
+def stamp():
+    """Record the tick this run is for (CORRAL_JOB_TICK) and when it ran."""
+    _append("stamp.txt", os.environ["CORRAL_JOB_TICK"], time.time())
+
+
 def probe():
     """Record the environment this run sees, in PROBE.txt."""
     _append(
@@ -284,6 +289,94 @@ def test_a_jobs_zygote_that_dies_is_replaced_and_the_schedule_goes_on(corral, tm
     (replacement,) = _title_pids(server, "corral: jobs.zygote")
     assert replacement != zygote
     assert {int(record[2]) for record in later} == {replacement}, later  # forked by the new one
+    assert server.stop() == 0
+
+
+def _grid(ticks: list[float], every: float) -> list[int]:
+    """Each tick's place on the job's grid, counted from the first: 0, 1, 2..."""
+    return [round((tick - ticks[0]) / every) for tick in ticks]
+
+
+def test_each_run_knows_its_tick_which_a_late_run_keeps(corral, tmp_path):
+    """CORRAL_JOB_TICK is the Unix time the run was scheduled for, on the job's grid."""
+    _system(
+        tmp_path,
+        """
+        [jobs.stamp]
+        call = "tasks:stamp"
+        every = "0.5s"
+        """,
+    )
+    server = corral("run", cwd=tmp_path)
+    records = _wait_records(tmp_path / "stamp.txt", 4, server=server)
+    assert server.stop() == 0
+    ticks = [float(tick) for tick, _ in records]
+    assert _grid(ticks, 0.5) == list(range(len(ticks))), records
+    assert all(
+        abs(tick - first - 0.5 * i) < 0.002
+        for i, (tick, first) in enumerate((t, ticks[0]) for t in ticks)
+    ), records
+    for tick, ran in records:
+        assert 0 <= float(ran) - float(tick) < 0.3, records  # it runs at its tick, not before
+
+
+def test_a_tick_due_while_the_jobs_zygote_is_replaced_runs_late_rather_than_never(corral, tmp_path):
+    _system(
+        tmp_path,
+        """
+        [jobs.stamp]
+        call = "tasks:stamp"
+        every = "0.1s"
+        overlap = "allow"
+        """,
+    )
+    server = corral("run", cwd=tmp_path)
+    _wait_records(tmp_path / "stamp.txt", 3, server=server)
+    for deaths in (1, 2):  # the second death in a row is replaced after a backoff of 0.5 s
+        (zygote,) = _title_pids(server, "corral: jobs.zygote")
+        psutil.Process(zygote).kill()
+        killed = time.time()
+        _wait_count(server, r"jobs\.zygote exited unexpectedly \(killed by SIGKILL\)", deaths)
+        deadline = time.monotonic() + 10
+        while _title_pids(server, "corral: jobs.zygote") in ([], [zygote]):
+            assert time.monotonic() < deadline, server.output
+            time.sleep(0.02)
+    deadline = time.monotonic() + 10
+    while max(float(tick) for tick, _ in _records(tmp_path / "stamp.txt")) < killed + 1:
+        assert time.monotonic() < deadline, server.output
+        time.sleep(0.05)
+    assert server.stop() == 0
+    ticks = sorted(float(tick) for tick, _ in _records(tmp_path / "stamp.txt"))
+    places = _grid(ticks, 0.1)
+    assert places == list(range(len(places))), (places, server.output)  # none missed, none twice
+    assert "tick missed" not in server.output
+
+
+def test_a_run_lost_with_a_retiring_jobs_zygote_no_longer_blocks_the_schedule(corral, tmp_path):
+    """After a reload the old jobs zygote waits for its run; killed, it takes the run's report
+    with it. The run counts as failed, and the next ticks are no longer skipped for it."""
+    _system(
+        tmp_path,
+        """
+        [jobs.slow]
+        call = "tasks:slow"
+        every = "1s"
+        env = { SLOW_SECONDS = "2" }
+        """,
+    )
+    server = corral("run", cwd=tmp_path)
+    _wait_records(tmp_path / "slow.txt", 1, server=server)
+    server.send(signal.SIGHUP)
+    server.wait_for(r"jobs reloaded")
+    (retiring,) = [row["pid"] for row in server.status()["processes"] if row["state"] == "retiring"]
+    psutil.Process(retiring).kill()
+    killed = time.time()
+    deadline = time.monotonic() + 10
+    while not any(
+        kind == "start" and float(at) > killed for kind, _, at in _records(tmp_path / "slow.txt")
+    ):
+        assert time.monotonic() < deadline, f"no run since the kill:\n{server.output}"
+        time.sleep(0.05)
     assert server.stop() == 0
 
 

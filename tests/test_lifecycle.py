@@ -7,8 +7,11 @@ from __future__ import annotations
 import http.client
 import os
 import re
+import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -20,6 +23,7 @@ import pytest
 
 from corral.manager.backoff import STABLE_AFTER, Backoff
 
+APPS = Path(__file__).parent / "apps"
 CLOSE = {"connection": "close"}
 
 
@@ -471,16 +475,126 @@ def test_ttou_closes_idle_keep_alive_on_the_drained_worker_cleanly_and_others_se
     assert server.stop() == 0
 
 
-def test_a_killed_launcher_stops_everything_with_exit_1(corral):
-    """The launcher cannot be forked again from the running manager: corral stops, promptly."""
-    server = corral("run", "plain:app", "--workers", "2", "--port", "0")
+def _launchers(server) -> list:
+    return [p for p in server.alive() if p.cmdline()[:1] == ["corral: launcher"]]
+
+
+def test_a_killed_launcher_is_replaced_and_web_serves_again_from_new_workers(corral, tmp_path):
+    """Its zygotes and their workers go with it; a new launcher forks new ones, and the jobs
+    zygote too: the schedule goes on."""
+    (tmp_path / "corral.toml").write_text(
+        """
+        [web]
+        app = "plain:app"
+        port = 0
+        workers = 2
+
+        [jobs.tick]
+        call = "ticks:tick"
+        every = "0.5s"
+        """.replace("\n        ", "\n")
+    )
+    (tmp_path / "ticks.py").write_text(
+        "import time\n\n\ndef tick():\n"
+        "    with open('ticks.txt', 'a') as f:\n        f.write(f'{time.time()}\\n')\n"
+    )
+    shutil.copy(APPS / "plain.py", tmp_path / "plain.py")
+    server = corral("run", "--graceful-timeout", "5", cwd=tmp_path)
+    url = server.url()
+    old = set(server.wait_workers(2).values())
+    (launcher,) = _launchers(server)
+    zygotes = {row["pid"] for row in server.status()["processes"] if row["kind"] == "zygote"}
+    assert len(zygotes) == 2, server.status()
+
+    launcher.kill()
+    killed = time.time()
+    server.wait_for(r"the launcher exited \(killed by SIGKILL\): starting a new one$")
+    new = server.wait_status(
+        "two new workers ready",
+        lambda status: (
+            {
+                row["pid"]
+                for row in status["processes"]
+                if row["kind"] == "worker" and row["state"] == "ready"
+            }.isdisjoint(old)
+            and sum(row["state"] == "ready" for row in status["processes"]) == 2
+        ),
+        timeout=20,
+    )
+    for row in new["processes"]:
+        if row["kind"] == "worker":
+            _request_until_served_by(url, row["name"], row["pid"])
+    server.wait_status(
+        "two new zygotes running",
+        lambda status: (
+            {row["pid"] for row in status["processes"] if row["kind"] == "zygote"}.isdisjoint(
+                zygotes
+            )
+            and sum(row["kind"] == "zygote" for row in status["processes"]) == 2
+        ),
+    )
+    (replacement,) = _launchers(server)
+    assert replacement.pid != launcher.pid
+    assert replacement.ppid() == server.pid
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the job's runs come from the new jobs zygote
+        written = tmp_path / "ticks.txt"
+        ticks = [float(t) for t in written.read_text().split()] if written.exists() else []
+        if any(t > killed + 1 for t in ticks):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError(f"no run of the job since the kill:\n{server.output}")
+    assert server.stop() == 0
+
+
+def test_a_zygote_killed_while_it_loads_is_started_again_not_taken_for_a_broken_app(
+    corral, tmp_path
+):
+    """The web zygote dies; its replacement, still importing the app, dies with the launcher.
+    That is not an app that cannot load: another zygote loads it, and web serves again."""
+    shutil.copy(APPS / "plain.py", tmp_path / "plain.py")
+    (tmp_path / "slow.py").write_text("import time\n\ntime.sleep(1.5)\nfrom plain import app\n")
+    server = corral("run", "slow:app", "--port", "0", "--workers", "2", cwd=tmp_path)
+    url = server.url()
+    old = set(server.wait_workers(2).values())
+    (zygote,) = [row["pid"] for row in server.status()["processes"] if row["kind"] == "zygote"]
+    os.kill(zygote, signal.SIGKILL)
+    server.wait_for(r"web\.zygote exited unexpectedly \(killed by SIGKILL\)")
+    deadline = time.monotonic() + 5
+    while not [p for p in server.alive() if " ".join(p.cmdline()).strip() == "corral: web.zygote"]:
+        assert time.monotonic() < deadline, server.output
+        time.sleep(0.01)
+    (launcher,) = _launchers(server)  # while the new zygote imports the app (1.5 s)
+    launcher.kill()
+    new = server.wait_status(
+        "two new workers ready",
+        lambda status: (
+            sum(row["state"] == "ready" and row["pid"] not in old for row in status["processes"])
+            == 2
+        ),
+        timeout=30,
+    )
+    for row in new["processes"]:
+        if row["kind"] == "worker":
+            _request_until_served_by(url, row["name"], row["pid"])
+    assert "cannot" not in server.output
+    assert server.stop() == 0
+
+
+def test_a_dead_zygote_whose_replacement_cannot_load_the_app_stops_corral_saying_why(
+    corral, tmp_path
+):
+    shutil.copy(APPS / "plain.py", tmp_path / "plain.py")
+    server = corral("run", "plain:app", "--port", "0", "--workers", "2", cwd=tmp_path)
     server.url()
     server.wait_workers(2)
-    (launcher,) = [p for p in server.alive() if p.cmdline()[:1] == ["corral: launcher"]]
-    launcher.kill()
-    assert server.wait(10) == 1  # not after --graceful-timeout (30 s): nobody waits for reports
-    assert server.count(r"error: the launcher exited \(killed by SIGKILL\); stopping") == 1
-    assert not server.wait_until_gone(5)
+    (tmp_path / "plain.py").write_text("def app(:\n")  # a deploy broke the code meanwhile
+    (zygote,) = [row["pid"] for row in server.status()["processes"] if row["kind"] == "zygote"]
+    os.kill(zygote, signal.SIGKILL)
+    assert _exits_on_its_own(server) == 1
+    assert server.count(r"SyntaxError") >= 1
+    assert server.count(r"^corral +\| error: web\.zygote's replacement cannot load the app") == 1
 
 
 # -- 8. a manager killed with SIGKILL leaves nothing behind -------------------------------
@@ -538,3 +652,44 @@ def test_full_stop_answers_the_connections_waiting_in_the_backlog(corral):
     assert statuses == [200] * 5
     assert server.wait(20) == 0
     assert not server.wait_until_gone(5)
+
+
+def test_a_first_worker_that_dies_before_serving_stops_corral_once_whatever_its_exit(
+    corral, tmp_path
+):
+    """Not a restart storm: an app that cannot start is said once, exit 3 (the design)."""
+    (tmp_path / "dies.py").write_text("import os\n\nos._exit(7)\n")
+    server = corral("run", "dies:app", "--port", "0", "--no-preload", cwd=tmp_path)
+    assert server.wait(30) == 3, server.output
+    assert server.count(r"the app cannot start") == 1, server.output
+    assert server.count(r"restarts in") == 0, server.output
+
+
+def _scale(server, count: int) -> subprocess.CompletedProcess[str]:
+    control = str(server.control_socket())
+    return subprocess.run(
+        [sys.executable, "-m", "corral", "scale", f"web={count}", "--control", control],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+
+
+def test_sigquit_while_many_workers_start_stops_at_once_and_leaves_nothing(corral):
+    server = corral("run", "plain:app", "--port", "0", "--workers", "2")
+    server.wait_workers(2)
+    assert _scale(server, 40).returncode == 0
+    started = time.monotonic()
+    server.send(signal.SIGQUIT)
+    assert server.wait(30) == 0, server.output
+    assert time.monotonic() - started < 10, server.output
+    assert not server.wait_until_gone(5), server.output
+
+
+def test_a_scale_past_what_corral_runs_is_refused(corral):
+    server = corral("run", "plain:app", "--port", "0")
+    server.wait_workers(1)
+    refused = _scale(server, 100_000)
+    assert refused.returncode == 1, refused
+    assert "100000 workers is more than corral runs (1024)" in refused.stderr, refused.stderr
+    assert server.stop() == 0

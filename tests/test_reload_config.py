@@ -229,3 +229,55 @@ def test_sigkill_of_the_manager_during_a_configuration_reload_leaves_no_process(
     server.wait(10)
     left = server.wait_until_gone(10)
     assert not left, f"left behind after SIGKILL during a reload: {left}\n{server.output}"
+
+
+def test_a_reload_after_one_that_added_a_process_group_is_applied_too(corral, tmp_path, free_port):
+    """The added group's processes run on: the first reload must not wait for them to end."""
+    _write(tmp_path, BASE.format(port=free_port))
+    server = corral("run", cwd=tmp_path)
+    server.url()
+    added = '\n[processes.extra]\ncall = "tasks:consume"\nenv = { PROCESS = "extra" }\n'
+    (tmp_path / "corral.toml").write_text(BASE.format(port=free_port) + added)
+    mark = server.mark()
+    server.send(signal.SIGHUP)
+    server.wait_for(r"^extra\.1\s+\| extra sees FEATURE=off$", after=mark)
+    server.wait_for(r"reload complete", after=mark)
+    (tmp_path / ".env").write_text("FEATURE=on\n")
+    mark = server.mark()
+    server.send(signal.SIGHUP)
+    server.wait_for(r"^extra\.1\s+\| extra sees FEATURE=on$", after=mark, timeout=20)
+    assert server.count(r"a reload is already under way") == 0, server.output
+    assert server.stop() == 0
+
+
+def test_corral_reload_refuses_a_file_that_no_longer_validates(corral, tmp_path, free_port):
+    _write(tmp_path, BASE.format(port=free_port))
+    server = corral("run", cwd=tmp_path)
+    server.url()
+    (tmp_path / "corral.toml").write_text(BASE.format(port=free_port) + "\n[jobs.x]\n")
+    verb = subprocess.run(
+        [sys.executable, "-m", "corral", "reload"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert verb.returncode == 1, (verb.stdout, verb.stderr)
+    assert "does not validate" in verb.stderr and "[jobs.x]" in verb.stderr, verb.stderr
+    assert server.count(r"reloading: ") == 0, server.output
+    assert server.stop() == 0
+
+
+def test_what_needs_a_restart_is_said_on_every_reload_until_then(corral, tmp_path, free_port):
+    _write(tmp_path, BASE.format(port=free_port))
+    server = corral("run", cwd=tmp_path)
+    server.url()
+    (tmp_path / "corral.toml").write_text(
+        BASE.format(port=free_port).replace(f"port = {free_port}", f"port = {free_port + 1}")
+    )
+    for _ in range(2):
+        mark = server.mark()
+        server.send(signal.SIGHUP)
+        server.wait_for(r"reload: \[web\] port changed", after=mark)
+        server.wait_for(r"reload complete", after=mark)
+    assert server.stop() == 0

@@ -152,3 +152,17 @@ def test_the_pid_file_is_the_new_managers_after_an_upgrade(corral, tmp_path: Pat
     assert pidfile.read_text().strip() == str(new)
     _stop_and_check_nothing_left(new)
     assert not pidfile.exists()
+
+
+def test_a_failed_upgrade_leaves_the_pid_file_to_the_manager_that_serves(corral, tmp_path: Path):
+    pidfile = tmp_path / "corral.pid"
+    (tmp_path / "deployed.py").write_text((APPS / "plain.py").read_text())
+    server = corral("run", "deployed:app", "--port", "0", "--pidfile", str(pidfile), cwd=tmp_path)
+    server.url()
+    (tmp_path / "deployed.py").write_text("raise RuntimeError('the new release is broken')\n")
+    mark = server.mark()
+    server.send(signal.SIGUSR2)
+    server.wait_for(r"upgrade: the new manager \(pid \d+\) exited with code 3", after=mark)
+    assert pidfile.read_text().strip() == str(server.pid)
+    assert server.stop() == 0
+    assert not pidfile.exists()

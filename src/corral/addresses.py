@@ -54,7 +54,7 @@ def parse_bind(spec: str) -> Address:
     """
     if spec.startswith("unix:"):
         path = spec[len("unix:") :]
-        if not path:
+        if not path or "\0" in path:
             raise AddressError(f"{spec!r}: expected unix:PATH")
         return Address(path=str(unix_socket_path(path)))
     if spec.startswith("fd://"):
@@ -82,7 +82,9 @@ def _port(spec: str, text: str) -> int:
 
 
 def unix_socket_path(path: str) -> Path:
-    """`path` if a Unix socket can be bound there (it is short enough); else AddressError."""
+    """`path` if a Unix socket can be bound there (no NUL, short enough); else AddressError."""
+    if "\0" in path:
+        raise AddressError(f"{path!r}: a socket path cannot hold a NUL character")
     size = len(os.fsencode(path))
     if size > UNIX_PATH_MAX:
         raise AddressError(

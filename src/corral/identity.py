@@ -72,7 +72,7 @@ def _check_already(user: str | None, group: str | None) -> None:
     asked_gid = _gid(group) if group is not None else None
     if user is not None:
         # Ourselves by number needs no passwd entry.
-        entry = None if user.isdigit() and int(user) == uid else _passwd(user)
+        entry = None if _is_id(user) and int(user) == uid else _passwd(user)
         if asked_gid is None and entry is not None:
             asked_gid = entry.pw_gid
         if (int(user) if entry is None else entry.pw_uid) != uid:
@@ -97,17 +97,25 @@ def owner(chosen: dict[str, Any]) -> tuple[int, int] | None:
     return chosen.get("user", -1), chosen.get("group", -1)
 
 
+_ID_MAX = 2**32 - 2  # the largest uid or gid: (uid_t) -1 means "unchanged"
+
+
+def _is_id(name: str) -> bool:
+    """Whether `name` is a numeric id (ASCII digits only: int() reads other scripts' too)."""
+    return name.isascii() and name.isdigit() and int(name) <= _ID_MAX
+
+
 def _passwd(user: str) -> pwd.struct_passwd:
     try:
-        return pwd.getpwuid(int(user)) if user.isdigit() else pwd.getpwnam(user)
-    except KeyError:
+        return pwd.getpwuid(int(user)) if _is_id(user) else pwd.getpwnam(user)
+    except (KeyError, ValueError):  # none, or a NUL in the name
         raise IdentityError("user", user, "no such user") from None
 
 
 def _gid(group: str) -> int:
-    if group.isdigit():
-        return int(group)
+    if _is_id(group):
+        return int(group)  # a number needs no entry in the group database
     try:
         return grp.getgrnam(group).gr_gid
-    except KeyError:
+    except (KeyError, ValueError):  # none, or a NUL in the name
         raise IdentityError("group", group, "no such group") from None

@@ -42,7 +42,7 @@ def _seconds(value: Any) -> float:
         try:
             seconds = float(text)
         except ValueError:
-            return _parse_duration_text(text)
+            seconds = _parse_duration_text(text)
     else:
         seconds = float(value)
     if not math.isfinite(seconds):

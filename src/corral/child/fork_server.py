@@ -151,15 +151,18 @@ class ForkServer:
     def _stop_children(self) -> None:
         """SIGTERM every child, SIGKILL those still there after the stop timeout, then exit."""
         self.exiting = True
-        for pid in self.children:
-            os.kill(pid, signal.SIGTERM)
+        self._signal_children(signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout
         while self.children and time.monotonic() < deadline:
             self._reap()
             time.sleep(REAP_POLL)
-        for pid in self.children:
-            os.kill(pid, signal.SIGKILL)
+        self._signal_children(signal.SIGKILL)
         self._reap()
+
+    def _signal_children(self, sig: int) -> None:
+        for pid in self.children:
+            with contextlib.suppress(ProcessLookupError):  # gone, and reaped elsewhere
+                os.kill(pid, sig)
 
 
 def redirect_output(log_fd: int) -> None:

@@ -34,6 +34,10 @@ class Undecided(Exception):
     """The interface cannot be told from the callable; `str()` says why, for the user."""
 
 
+class LooksLikeAFactory(Undecided):
+    """The callable takes no argument: it makes an app rather than being one."""
+
+
 def detect(app: Any) -> Interface:
     """ASGI or WSGI, from how `app` is called; Undecided when that is not sure."""
     if not callable(app):
@@ -56,6 +60,8 @@ def detect(app: Any) -> Interface:
             f"it takes {signature}, which fits both (scope, receive, send) "
             "and (environ, start_response)"
         )
+    if _binds(signature, 0):
+        raise LooksLikeAFactory(f"it takes {signature}")
     raise Undecided(
         f"it takes {signature}: neither (scope, receive, send) nor (environ, start_response)"
     )

@@ -33,6 +33,13 @@ but itself, and it makes sure none outlives the manager:
 
 Without a subreaper (macOS), a descendant that left its process group and
 whose parent has exited is beyond reach; the rest is the same.
+
+A launcher that dies is replaced (`corral.manager.launcher_handle`): its
+children died with it (the parent-death signal), and their groups start
+them again. The manager's loop runs by then, so the replacement is a fresh
+interpreter (`python -m corral.child.launcher FD MANAGER_PID`,
+`spawn_launcher`) that imports the same modules itself: its zygotes share
+its pages, no longer the manager's.
 """
 
 from __future__ import annotations
@@ -230,6 +237,33 @@ def fork_launcher(zygotes: bool = True) -> tuple[int, socket.socket]:
     return pid, ours
 
 
+def spawn_launcher() -> tuple[subprocess.Popen[bytes], socket.socket]:
+    """Start a launcher as a new interpreter (from a running manager, which must not fork).
+
+    Returns its process and the manager's end of its channel. OSError if it cannot start.
+    """
+    ours, theirs = socket.socketpair()
+    try:
+        argv = [sys.executable, "-m", __name__, str(theirs.fileno()), str(os.getpid())]
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, pass_fds=[theirs.fileno()])
+    except OSError:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return process, ours
+
+
+def main() -> int:
+    """A launcher started by `spawn_launcher`: `python -m corral.child.launcher FD MANAGER_PID`."""
+    link_fd, manager = int(sys.argv[1]), int(sys.argv[2])
+    if not posix.die_with_parent(manager):  # before the imports: the manager may die meanwhile
+        return OK
+    _import_for_zygotes()
+    gc.freeze()
+    return _run(socket.socket(fileno=link_fd), manager)
+
+
 def _run(link: socket.socket, manager: int) -> int:
     posix.release_signals()  # held by the manager while it starts
     if not posix.die_with_parent(manager):
@@ -255,3 +289,7 @@ def _stdin_from_devnull() -> None:
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.close(null)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

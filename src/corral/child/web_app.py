@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from corral.child.app_loader import AppLoadError, attribute_of, call_factory, import_module
-from corral.child.interface import Interface, Undecided, app_like, detect
+from corral.child.interface import Interface, LooksLikeAFactory, Undecided, app_like, detect
 from corral.settings import WebConfig, app_ref
 from corral.words import with_article
 
@@ -109,6 +109,10 @@ def _interface(app: Any, shown: str, config: WebConfig) -> Interface:
         return config.interface
     try:
         return detect(app)
+    except LooksLikeAFactory as error:
+        raise AppLoadError(
+            f"{shown} is not an app: {error}; if it returns the app, give --factory"
+        ) from None
     except Undecided as error:
         raise AppLoadError(
             f"cannot tell whether {shown} is an ASGI or a WSGI app: {error}; "

@@ -14,6 +14,7 @@ import uvicorn
 
 from corral.addresses import TcpAddress, UnixAddress
 from corral.control.api import ControlApp
+from corral.control.protocol import MAX_HEAD, ControlProtocol
 from corral.errors import UsageError
 from corral.manager import listeners
 from corral.manager.listeners import remove_stale_unix_socket
@@ -123,6 +124,8 @@ def _address_of(sock: socket.socket) -> UnixAddress | TcpAddress:
 def _config(app: ControlApp) -> uvicorn.Config:
     return uvicorn.Config(
         app,
+        http=ControlProtocol,
+        h11_max_incomplete_event_size=MAX_HEAD,
         interface="asgi3",
         lifespan="off",
         ws="none",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import os
 import signal
@@ -22,7 +23,7 @@ from typing import Any
 from corral.exit_codes import FAILURE
 from corral.ipc.messages import Exited, Forked, ForkRun, JobsZygoteSpec, Message
 from corral.manager.background import Background
-from corral.manager.child import status_row, unix_time
+from corral.manager.exit_watch import watch_exit
 from corral.manager.exits import describe_exit
 from corral.manager.group import Group, Refused
 from corral.manager.job_runs import JobRuns, RunRecord
@@ -43,6 +44,7 @@ class Run:
     job: str
     record: RunRecord  # what the dashboard shows of it, its output included
     started: float = field(default_factory=time.monotonic)
+    tick: float = field(default_factory=time.time)  # the Unix time it runs for: its tick, or now
     pid: int | None = None
     timed_out: bool = False
     stopped: bool = False  # killed because corral stops: neither a success nor a failure
@@ -87,6 +89,8 @@ class JobsGroup(Group):
         self.schedules = {name: Schedule(config) for name, config in jobs.items()}
         self.timers: dict[str, asyncio.TimerHandle] = {}
         self.runs: dict[int, Run] = {}
+        self.waiting: list[Run] = []  # call runs due while the jobs zygote is being replaced
+        self.unloadable = False  # its replacement could not load the code: nothing to wait for
         self.keys = itertools.count(1)
         self.launcher = launcher
         self.zygotes = ZygoteSlot(
@@ -99,8 +103,8 @@ class JobsGroup(Group):
             identity=identity,
             on_message=self._on_zygote_message,
             on_lost=self._on_zygote_lost,
-            on_replaced=lambda: None,
-            on_failed=lambda: None,
+            on_replaced=self._fork_waiting,
+            on_failed=self._miss_waiting,
         )
         self.background = Background()
         self.reloading: asyncio.Task[None] | None = None
@@ -130,12 +134,18 @@ class JobsGroup(Group):
         old = self.zygotes.promote(await self.zygotes.launch())
         if old is not None:
             self.zygotes.retire_if_idle(old, self._has_runs(old))
+        self.unloadable = False
+        self._fork_waiting()
 
     def _on_zygote_lost(self, zygote: ZygoteHandle) -> None:
-        """Its runs in flight died with it (counted failed)."""
-        if zygote is self.zygotes.current:
-            for run in [r for r in self.runs.values() if r.zygote is zygote]:
-                self._finish(run, FAILURE)
+        """Its runs in flight are counted failed: nobody will report their ends (whether it
+        was the current zygote or a retiring one)."""
+        if zygote.pid is not None:
+            self.metrics.worker_exited(zygote.pid)
+        for run in [r for r in self.runs.values() if r.zygote is zygote]:
+            if run.pid is not None:  # it may outlive its zygote a while
+                watch_exit(run.pid, functools.partial(self.metrics.worker_exited, run.pid))
+            self._finish(run, FAILURE)
 
     def _has_runs(self, zygote: ZygoteHandle) -> bool:
         return any(run.zygote is zygote for run in self.runs.values())
@@ -148,18 +158,18 @@ class JobsGroup(Group):
         now = time.time()
         delay = tick - now + schedule.jitter()
         self.records[name].next_run = now + delay
-        self.timers[name] = asyncio.get_running_loop().call_later(delay, self._tick, name)
+        self.timers[name] = asyncio.get_running_loop().call_later(delay, self._tick, name, tick)
 
     def _disarm(self, name: str) -> None:
         timer = self.timers.pop(name, None)
         if timer is not None:
             timer.cancel()
 
-    def _tick(self, name: str) -> None:
+    def _tick(self, name: str, tick: float) -> None:
         if self.stopping:
             return
         self._arm(name)
-        self._start_run(name, "tick")
+        self._start_run(name, "tick", tick)
 
     def run_now(self, name: str) -> str:
         """Run `name` now, outside its schedule (still respecting its overlap policy)."""
@@ -172,7 +182,8 @@ class JobsGroup(Group):
             return f"{name}: run started"
         return f"{name}: run skipped, the previous run is still going (overlap = 'skip')"
 
-    def _start_run(self, name: str, what: str) -> bool:
+    def _start_run(self, name: str, what: str, tick: float | None = None) -> bool:
+        """Start a run of `name` for `tick` (a Unix time; None: now), as its overlap allows."""
         config = self.jobs[name]
         if config.overlap == "skip" and any(run.job == name for run in self.runs.values()):
             self.output.say(f"{name}: {what} skipped, the previous run is still going")
@@ -183,6 +194,8 @@ class JobsGroup(Group):
             self.history.finish(self.history.begin(name, what), "skipped: overlap", 0.0)
             return False
         run = Run(next(self.keys), name, self.history.begin(name, what))
+        if tick is not None:
+            run.tick = tick
         self.runs[run.key] = run
         if config.call is not None:
             self._fork_run(run, config)
@@ -195,28 +208,53 @@ class JobsGroup(Group):
     def _fork_run(self, run: Run, config: JobConfig) -> None:
         zygote = self.zygotes.current
         if zygote is None or not zygote.can_fork():
-            self._missed(run)
+            self._wait_for_zygote(run)
             return
         log_read, log_write = os.pipe()
         try:
-            request = ForkRun(run.key, run.job, run.job, config.env, str(config.cwd or ""))
+            env = {**config.env, **_run_env(run)}
+            request = ForkRun(run.key, run.job, run.job, env, str(config.cwd or ""))
             zygote.fork(request, [log_write])
         except OSError:  # it has just died; its exit, on its way, starts a new one
             os.close(log_read)
-            self._missed(run)
+            self._wait_for_zygote(run)
             return
         finally:
             os.close(log_write)
         run.pump = self.output.attach(log_read, run.job, run.record.take)
         run.zygote = zygote
 
-    def _missed(self, run: Run) -> None:
+    def _wait_for_zygote(self, run: Run) -> None:
+        """A run due while the jobs zygote is being replaced starts late, from the new one."""
+        if self.unloadable:
+            self._missed(run, "the jobs zygote cannot load the code")
+            return
+        self.output.say(f"{run.job}: the run waits for the jobs zygote, which is being replaced")
+        self.waiting.append(run)
+
+    def _missed(self, run: Run, why: str) -> None:
         self.runs.pop(run.key, None)
-        self.output.say(f"{run.job}: tick missed, the jobs zygote is being replaced")
-        self.history.finish(run.record, "missed: the jobs zygote was being replaced", 0.0)
+        self.output.say(f"{run.job}: run missed, {why}")
+        self.history.finish(run.record, f"missed: {why}", 0.0)
+
+    def _fork_waiting(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for run in waiting:
+            if run.key in self.runs and run.job in self.jobs:
+                self._fork_run(run, self.jobs[run.job])
+            else:
+                self._missed(run, "the job is no longer declared")
+
+    def _miss_waiting(self) -> None:
+        """The new jobs zygote cannot load: the runs that waited for it, and those due until
+        a reload loads the code, do not run."""
+        self.unloadable = True
+        waiting, self.waiting = self.waiting, []
+        for run in waiting:
+            self._wait_for_zygote(run)
 
     async def _spawn_run(self, run: Run, config: JobConfig) -> None:
-        env = {**self.env, **config.env}
+        env = {**self.env, **config.env, **_run_env(run)}
         try:
             run.process = await spawn(
                 self.launcher,
@@ -234,12 +272,15 @@ class JobsGroup(Group):
             self.history.finish(run.record, f"failed: cannot start: {error}", 0.0)
             return
         run.pid = run.process.pid
-        self._finish(run, await run.process.wait())
+        code = await run.process.wait()
+        self.metrics.worker_exited(run.pid)
+        self._finish(run, code)
 
     def _on_zygote_message(self, zygote: ZygoteHandle, message: Message) -> None:
         if isinstance(message, Forked) and message.key in self.runs:
             self.runs[message.key].pid = message.pid
         elif isinstance(message, Exited):
+            self.metrics.worker_exited(message.pid)
             run = next((r for r in self.runs.values() if r.pid == message.pid), None)
             if run is not None:
                 self._finish(run, message.code)
@@ -317,7 +358,8 @@ class JobsGroup(Group):
         raise Refused("jobs cannot be scaled: each runs once per tick")
 
     async def settle(self) -> None:
-        await self.background.wait()
+        if self.reloading is not None:  # not the runs: one may go on for hours
+            await asyncio.wait([self.reloading])
 
     async def apply(self, declaration: dict[str, JobConfig], env: dict[str, str]) -> None:
         """Take the jobs of a changed corral.toml: added ones are armed, removed ones disarmed.
@@ -341,17 +383,7 @@ class JobsGroup(Group):
 
     def status(self) -> list[dict[str, Any]]:
         """The jobs zygotes as processes (each run is short-lived and not listed)."""
-        return [
-            status_row(
-                "jobs.zygote",
-                "jobs",
-                "zygote",
-                zygote.pid,
-                "retiring" if zygote.retiring else "running",
-                unix_time(zygote.started_at),
-            )
-            for zygote in self.zygotes.live.values()
-        ]
+        return self.zygotes.status()
 
     def schedule_status(self) -> list[dict[str, Any]]:
         """Each job as `corral status` shows it in its jobs table."""
@@ -385,6 +417,9 @@ class JobsGroup(Group):
         A reload under way is called off: its zygote, still loading, is killed.
         """
         self.stopping = True
+        for run in self.waiting:
+            self.runs.pop(run.key, None)
+        self.waiting.clear()
         for name in list(self.timers):
             self._disarm(name)
         if self.reloading is not None:
@@ -407,3 +442,12 @@ class JobsGroup(Group):
         for run in list(self.runs.values()):
             run.stopped = not run.timed_out
             self._kill(run)
+
+
+def _run_env(run: Run) -> dict[str, str]:
+    """What a run learns of itself: CORRAL_JOB_TICK, the Unix time of the tick it runs for.
+
+    A late run (a zygote being replaced, a busy machine) still knows its tick, so a job can
+    use it as the key of the work it does once per tick.
+    """
+    return {"CORRAL_JOB_TICK": f"{run.tick:.3f}"}

@@ -47,6 +47,7 @@ import psutil
 
 from corral.child.request_stats import BUCKETS
 from corral.errors import UsageError
+from corral.manager.metrics_files import AppMetrics, fold_into
 from corral.posix import is_manager
 
 if TYPE_CHECKING:
@@ -143,10 +144,12 @@ class Metrics:
     def worker_exited(self, pid: int) -> None:
         """Fold an exited worker's last snapshot into the totals; forget its live gauges.
 
-        Call it for every child that exits, web worker or not: any of them
-        may have written prometheus_client files. `mark_process_dead`
-        removes the files of its `live*` gauges; its counters' files stay,
-        so the app's counters do not go down either.
+        Call it for every child that exits, web worker or not (process
+        replicas, job runs), once it has exited: any of them may have
+        written prometheus_client files. `mark_process_dead` removes the
+        files of its `live*` gauges; its other files are folded into the
+        manager's (`corral.manager.metrics_files`), so the app's counters
+        do not go down, and the directory does not grow with each process.
         """
         snapshot = self._live.pop(pid, None)
         if snapshot is not None:
@@ -155,6 +158,7 @@ class Metrics:
             from prometheus_client.multiprocess import mark_process_dead
 
             mark_process_dead(pid, str(self.multiprocess_dir))
+            fold_into(self.multiprocess_dir, pid, os.getpid())
 
     def restart(self, group: str, cause: str) -> None:
         if cause not in RESTART_CAUSES:
@@ -188,12 +192,11 @@ class Metrics:
     def render(self, samples: list[ProcessSample]) -> bytes:
         """The whole /metrics body, Prometheus text format 0.0.4."""
         from prometheus_client import CollectorRegistry, generate_latest
-        from prometheus_client.multiprocess import MultiProcessCollector
 
         registry = CollectorRegistry(auto_describe=False)
         registry.register(_Scrape(self, samples))
         if self.multiprocess_dir is not None:
-            MultiProcessCollector(registry, path=str(self.multiprocess_dir))
+            registry.register(AppMetrics(self.multiprocess_dir))
         return generate_latest(registry)
 
     def families(self, samples: list[ProcessSample]) -> Iterator[Metric]:

@@ -31,16 +31,14 @@ DRAIN_TIMEOUT = 1.0  # seconds to read what a finished child left in its pipe
 def prestart(system: System) -> int:
     """Run the prestart steps in order: 0, or 4 at the first that fails (as `corral run`)."""
 
-    async def steps(launcher: LauncherHandle) -> int:
-        output = _output(system)
+    async def steps(launcher: LauncherHandle, output: Output) -> int:
         if not system.prestart.steps:
             output.say("prestart: no steps declared")
         identity = posix.identity(system.manager.user, system.manager.group)
         succeeded = await run_prestart(system.prestart, system.env, output, identity, launcher)
-        await output.drain(DRAIN_TIMEOUT)
         return OK if succeeded else PRESTART_FAILED
 
-    return _with_launcher(steps)
+    return _with_launcher(system, steps)
 
 
 def job(system: System, name: str) -> int:
@@ -52,8 +50,7 @@ def job(system: System, name: str) -> int:
     """
     config = system.jobs[name]
 
-    async def run(launcher: LauncherHandle) -> int:
-        output = _output(system)
+    async def run(launcher: LauncherHandle, output: Output) -> int:
         started = time.monotonic()
         env = {**system.env, **config.env}
         identity = posix.identity(system.manager.user, system.manager.group)
@@ -63,7 +60,6 @@ def job(system: System, name: str) -> int:
             )
         except OSError as error:  # no such program, not executable: the run failed
             output.say(f"{name} run failed: cannot start: {error}")
-            await output.drain(DRAIN_TIMEOUT)
             return FAILURE
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -79,14 +75,14 @@ def job(system: System, name: str) -> int:
             took = time.monotonic() - started
             verdict = "ok" if code == 0 else f"failed ({describe_exit(code)})"
             output.say(f"{name} run {verdict} in {took:.2f}s")
-        await output.drain(DRAIN_TIMEOUT)
         return OK if code == 0 else FAILURE
 
-    return _with_launcher(run)
+    return _with_launcher(system, run)
 
 
-def _with_launcher(main: Callable[[LauncherHandle], Awaitable[int]]) -> int:
-    """Run `main` in an event loop, with a launcher to start its children (none outlives us).
+def _with_launcher(system: System, main: Callable[[LauncherHandle, Output], Awaitable[int]]) -> int:
+    """Run `main` in an event loop, with a launcher to start its children (none outlives us)
+    and the output their lines go to, drained at the end.
 
     Should the launcher die, the child it started gets the parent-death
     signal and its end ends `main`.
@@ -94,17 +90,26 @@ def _with_launcher(main: Callable[[LauncherHandle], Awaitable[int]]) -> int:
     forked = fork_launcher(zygotes=False)
 
     async def run() -> int:
-        launcher = LauncherHandle(*forked, on_lost=lambda cause: None)
         try:
-            return await main(launcher)
-        except UsageError as error:  # a log file, a user: before anything started
-            for message in error.messages:
-                print(f"corral: error: {message}", file=sys.stderr)
-            return USAGE
+            output = _output(system)
+        except UsageError as error:  # a log file: before anything started
+            return _refused(error)
+        launcher = LauncherHandle(*forked, output.say)
+        try:
+            return await main(launcher, output)
+        except UsageError as error:  # a user: before anything started
+            return _refused(error)
         finally:
             launcher.close()
+            await output.drain(DRAIN_TIMEOUT)
 
     return asyncio.run(run())
+
+
+def _refused(error: UsageError) -> int:
+    for message in error.messages:
+        print(f"corral: error: {message}", file=sys.stderr)
+    return USAGE
 
 
 def _output(system: System) -> Output:

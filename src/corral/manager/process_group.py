@@ -26,6 +26,7 @@ from corral.manager.output import Output
 from corral.manager.respawn import Respawner
 from corral.manager.spawn import Spawned, argv_for, signal_group, spawn
 from corral.settings import ProcessConfig
+from corral.settings.base import MAX_MEMBERS
 
 
 class ProcessGroup(Group):
@@ -55,7 +56,8 @@ class ProcessGroup(Group):
         self.history: dict[int, History] = {}
         self.respawner = Respawner()
         self.keys = itertools.count(1)
-        self.background = Background()
+        self.background = Background()  # each replica's watch, for as long as it runs
+        self.work = Background()  # a reload, a restart, a scale: what `settle` waits for
         self.stopping = False
 
     @property
@@ -103,12 +105,17 @@ class ProcessGroup(Group):
             child.to(State.STOPPED)
             raise
         child.process, child.pid = process, process.pid
-        child.to(State.RUNNING)
+        stopped_meanwhile = child.state is State.DRAINING or self.stopping
+        if not stopped_meanwhile:
+            child.to(State.RUNNING)
         self.output.say(f"{name} started (pid {process.pid})")
         self.background.start(self._watch(index, child, process))
+        if stopped_meanwhile:  # asked to stop (a stop, a scale down) while it started
+            await self._stop_children([child], child.stop_reason or "stop")
 
     async def _watch(self, index: int, child: Child, process: Spawned) -> None:
         code = await process.wait()
+        self.metrics.worker_exited(process.pid)
         planned = self.stopping or child.stop_reason is not None
         child.to(State.STOPPED)
         self.history[index].last_exit = describe_exit(code)
@@ -139,14 +146,15 @@ class ProcessGroup(Group):
             self.output.say(f"{child.name} restarts in {delay:g}s (it keeps exiting)")
 
     def _running(self, index: int) -> Child | None:
+        """Replica `index`'s child if it runs (a starting one runs the current code already)."""
         child = self.children.get(index)
-        return child if child is not None and child.serving() else None
+        return child if child is not None and child.state is State.RUNNING else None
 
     # -- reload, restart, scale --------------------------------------------------------
 
     def reload(self) -> str:
         """Restart the replicas one at a time, so that they run the current code."""
-        self.background.start(self._roll("reload"))
+        self.work.start(self._roll("reload"))
         return f"reloading {self.name}"
 
     async def _roll(self, reason: str) -> None:
@@ -157,12 +165,12 @@ class ProcessGroup(Group):
     def restart(self, member: str | None) -> str:
         """Restart one replica (NAME.N), or every replica one at a time."""
         if member is None:
-            self.background.start(self._roll("restart"))
+            self.work.start(self._roll("restart"))
             return f"restarting {self.name} (one replica at a time)"
         group, _, index = member.rpartition(".")
         if group != self.name or not index.isdigit() or self._running(int(index)) is None:
             raise Refused(f"no running process named {member!r}", unknown=True)
-        self.background.start(self._restart(int(index), "restart"))
+        self.work.start(self._restart(int(index), "restart"))
         return f"restarting {member}"
 
     async def _restart(self, index: int, reason: str) -> None:
@@ -178,8 +186,10 @@ class ProcessGroup(Group):
         """Run `count` replicas: start the missing ones, stop the highest-numbered extras."""
         if count < 0:
             raise Refused(f"{self.name}: the number of replicas cannot be negative")
+        if count > MAX_MEMBERS:
+            raise Refused(f"{self.name}: {count} replicas is more than corral runs ({MAX_MEMBERS})")
         self.output.say(f"scaling {self.name} to {count} replicas")
-        self.background.start(self._scale_to(count))
+        self.work.start(self._scale_to(count))
         return f"{self.name} to {count}"
 
     async def _scale_to(self, count: int) -> None:
@@ -198,7 +208,7 @@ class ProcessGroup(Group):
         await self._stop_children([c for c in extra if c.serving()], "scale")
 
     async def settle(self) -> None:
-        await self.background.wait()
+        await self.work.wait()
 
     async def apply(self, declaration: ProcessConfig, env: dict[str, str]) -> None:
         """Take a changed declaration and environment; each replica gets it as it restarts.
@@ -239,8 +249,10 @@ class ProcessGroup(Group):
         stop_signal = signal.Signals[self.config.stop_signal]
         processes = []
         for child in children:
-            child.drain(reason, time.monotonic() + self.config.stop_timeout)
-            assert child.process is not None
+            if child.state is not State.DRAINING:
+                child.drain(reason, time.monotonic() + self.config.stop_timeout)
+            if child.process is None:
+                continue  # still starting: `_start` stops it once it has a process
             signal_group(child.process, stop_signal)
             processes.append(child.process)
         waiting = [asyncio.ensure_future(p.wait()) for p in processes]

@@ -76,6 +76,7 @@ class Manager:
     def __init__(self, declared: System, reread: Callable[[], System] | None = None) -> None:
         """`reread` resolves the configuration again (on SIGHUP); None if there is no file."""
         self.system = declared
+        self.at_start = declared  # what a reload cannot change stays as it was here
         self.reread = reread
         self.output = Output(json_format=declared.manager.log_format == "json")
         self.groups: dict[str, Group] = {}  # web, then the process groups, then jobs
@@ -84,6 +85,7 @@ class Manager:
         self.identity: dict[str, Any] = {}  # who every child runs as ([corral] user, group)
         self.background = Background()
         self.reloading: asyncio.Task[None] | None = None  # a reload of everything
+        self.started = asyncio.Event()  # every group declared at start has started
         self.reload_count = 0
         self.metrics = Metrics(None)
         self.finished: asyncio.Future[int] | None = None
@@ -112,10 +114,7 @@ class Manager:
         manager, web = self.system.manager, self.system.web
         self.output.open_files(manager.log_file, manager.access_logfile)
         # Computed once: every child runs as [corral]'s user, web as [web]'s where it has one.
-        self.identity = posix.identity(manager.user, manager.group)
-        web_identity = self.identity
-        if web is not None and (web.user or web.group):
-            web_identity = posix.identity(web.user or manager.user, web.group or manager.group)
+        self.identity, web_identity = identities(self.system)
         control = ControlPlan(manager.control, manager.probes)
         watch_oom_kills()  # before any child, so that an OOM kill of any of them is told
         remove_dead_managers_dirs()
@@ -170,7 +169,8 @@ class Manager:
             self.listening = [listeners.url(address, sock, tls) for address, sock in bound]
         self.sockets = sockets
         try:
-            with pidfile(self.system.manager.pidfile):
+            still_serving = self.upgrading_from.still_serving
+            with pidfile(self.system.manager.pidfile, still_serving):
                 return asyncio.run(self._serve(launcher, control, sockets, web_identity))
         finally:
             listeners.close(sockets, [] if self.handed_over else addresses)
@@ -186,7 +186,7 @@ class Manager:
         self.output.start()
         self.finished = loop.create_future()
         self._handle_signals(loop)
-        self.launcher = LauncherHandle(*forked, self._on_launcher_lost)
+        self.launcher = LauncherHandle(*forked, self.output.say)
         try:
             servers = await control.open(ManagerControl(self, self.output.logs), self.output)
             try:
@@ -296,6 +296,7 @@ class Manager:
             await self.jobs.start()
         if web is None:
             self.notify.ready()
+        self.started.set()
         return None
 
     async def _add_process_group(
@@ -372,11 +373,6 @@ class Manager:
         if self.finished is not None and not self.finished.done():
             self.finished.set_result(code)
 
-    def _on_launcher_lost(self, cause: str) -> None:
-        self.output.say(f"error: the launcher exited ({cause}); stopping")
-        self.stopping = True
-        self._finish(FAILURE)
-
     def _on_stop_signal(self, sig: int) -> None:
         name = signal.Signals(sig).name
         immediate = sig == signal.SIGQUIT or (self.stopping and sig == signal.SIGINT)
@@ -419,30 +415,40 @@ class Manager:
             return self.group(name).reload()
         if self.reloading is not None and not self.reloading.done():
             self.output.say("a reload is already under way; this one is ignored")
-            return "a reload is already under way"
-        self.reloading = self.background.start(self._reload_everything())
+            raise Refused("a reload is already under way; this one is ignored")
+        declared = self._read_again()
+        self.reloading = self.background.start(self._reload_everything(declared))
         return "reloading everything"
 
-    async def _reload_everything(self) -> None:
+    def _read_again(self) -> System | None:
+        """The configuration as it is now (None without a way to read it); Refused, and the
+        problems logged, if it does not validate: then nothing changes."""
+        if self.reread is None:
+            return None
+        try:
+            return self.reread()
+        except UsageError as error:
+            self.output.say("reload: the configuration does not validate; nothing changes:")
+            for message in error.messages:
+                self.output.say(f"  {message}")
+            raise Refused(
+                "the configuration does not validate; nothing changes: " + "; ".join(error.messages)
+            ) from None
+
+    async def _reload_everything(self, declared: System | None) -> None:
+        await self.started.wait()  # a reload asked for while corral starts waits for it
+        if self.stopping:
+            return
         self.reload_count += 1
         self.notify.reloading()
         try:
-            await self._reload_groups()
+            await self._reload_groups(declared)
         finally:
             self.notify.ready()  # over, whether it worked or not: the old code still serves
 
-    async def _reload_groups(self) -> None:
-        """Apply the configuration as it is now, then reload every group and wait for it."""
-        added: set[str] = set()
-        if self.reread is not None:
-            try:
-                declared = self.reread()
-            except UsageError as error:
-                self.output.say("reload: the configuration does not validate; nothing changes:")
-                for message in error.messages:
-                    self.output.say(f"  {message}")
-                return
-            added = await self._apply(declared)
+    async def _reload_groups(self, declared: System | None) -> None:
+        """Apply `declared` (the configuration re-read), then reload every group, and wait."""
+        added = await self._apply(declared) if declared is not None else set()
         for name, group in list(self.groups.items()):
             if name not in added:
                 group.reload()
@@ -454,7 +460,7 @@ class Manager:
         Returns the names of the groups started here (they need no reload).
         """
         old = self.system
-        self._say_what_needs_a_restart(old, new)
+        self._say_what_needs_a_restart(self.at_start, new)
         web = self.groups.get("web")
         if web is not None and new.web is not None:
             await web.apply(new.web, _web_env(new, new.web))
@@ -525,7 +531,8 @@ class Manager:
     def _on_reload_signal(self) -> None:
         if not self.stopping:
             self.output.say("SIGHUP: reloading")
-            self.reload(None)
+            with contextlib.suppress(Refused):  # said in the log already
+                self.reload(None)
 
     def _on_scale_signal(self, change: int) -> None:
         web = self.groups.get("web")
@@ -533,6 +540,19 @@ class Manager:
             return
         with contextlib.suppress(Refused):  # TTOU below one worker does nothing
             web.scale(web.size + change)
+
+
+def identities(system: System) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Who the children run as ([corral] user and group), and who the web processes run as
+    ([web]'s, which the settings filled in from [corral]'s): `corral.posix.identity`'s.
+
+    The settings checked both before anything started (`corral.settings.identities`).
+    """
+    manager, web = system.manager, system.web
+    children = posix.identity(manager.user, manager.group)
+    if web is None:
+        return children, children
+    return children, posix.identity(web.user, web.group)
 
 
 def _web_env(system: System, web: WebConfig) -> dict[str, str]:

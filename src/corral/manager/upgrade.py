@@ -40,6 +40,7 @@ class NewManagerSide:
         ready_fd = environ.pop(READY_VARIABLE, None)
         self.ready_fd = int(ready_fd) if ready_fd is not None and ready_fd.isdigit() else None
         self.old_manager = os.getppid() if self.ready_fd is not None else None
+        self.took_over = False
 
     @property
     def upgrading(self) -> bool:
@@ -53,6 +54,11 @@ class NewManagerSide:
             os.write(self.ready_fd, READY)
         os.close(self.ready_fd)
         self.ready_fd = None
+        self.took_over = True
+
+    def still_serving(self) -> int | None:
+        """The old manager's pid if it goes on serving (this one never took over), else None."""
+        return self.old_manager if not self.took_over else None
 
 
 class Upgrade:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import os
 import signal
@@ -49,9 +50,8 @@ from corral.manager.child import (
     State,
     child_row,
     signal_child,
-    status_row,
-    unix_time,
 )
+from corral.manager.exit_watch import watch_exit
 from corral.manager.exits import describe_exit
 from corral.manager.group import Group, Refused
 from corral.manager.launcher_handle import LauncherHandle
@@ -61,7 +61,9 @@ from corral.manager.respawn import Respawner
 from corral.manager.zygote_handle import AppFailed, ZygoteHandle
 from corral.manager.zygote_slot import ZygoteSlot
 from corral.settings import WebConfig
+from corral.settings.base import MAX_MEMBERS
 from corral.units import format_size
+from corral.words import counted
 
 WATCH_INTERVAL = 0.1
 MEMORY_CHECK_INTERVAL = 1.0
@@ -112,7 +114,7 @@ class WebGroup(Group):
             on_message=self._on_zygote_message,
             on_lost=self._on_zygote_lost,
             on_replaced=self._on_zygote_replaced,
-            on_failed=lambda: self.on_fatal(APP_FAILED if not self.serving else FAILURE),
+            on_failed=self._on_zygote_failed,
         )
         self.serving = False
         self.stopping = False
@@ -218,7 +220,9 @@ class WebGroup(Group):
         if child.pump is not None:
             child.pump.pid = pid
         self.output.say(f"{child.name} started (pid {pid})")
-        if child.state is State.DRAINING:  # asked to stop before its pid was known
+        if child.kill_at is not None and child.kill_at <= time.monotonic():
+            signal_child(child, signal.SIGKILL)  # stopped at once before its pid was known
+        elif child.state is State.DRAINING:  # asked to stop before its pid was known
             signal_child(child, signal.SIGTERM)
 
     def _on_ready(self, child: Child) -> None:
@@ -240,9 +244,10 @@ class WebGroup(Group):
         for sock in self.sockets:
             address = listeners.Address(fd=sock.fileno())
             url = listeners.url(address, sock, tls)
-            self.output.say(f"listening on {url} ({self.wanted} workers)")
+            self.output.say(f"listening on {url} ({counted(self.wanted, 'worker')})")
 
-    def _on_exited(self, zygote: ZygoteHandle, pid: int, code: int) -> None:
+    def _on_exited(self, zygote: ZygoteHandle, pid: int, code: int | None) -> None:
+        """Worker `pid` of `zygote` exited with `code` (None: unknown, its zygote had exited)."""
         child = next((c for c in self.children.values() if c.pid == pid), None)
         if child is None:
             return
@@ -250,7 +255,8 @@ class WebGroup(Group):
         if child.pump is not None:
             child.pump.read_available()  # its last lines, before the line saying it exited
         self.metrics.worker_exited(pid)
-        cause = describe_exit(code)
+        exit_cause = describe_exit(code) if code is not None else "exit status unknown"
+        cause = exit_cause
         history = self.history[child.name]
         history.last_exit = cause
         stuck = child.stop_reason in STUCK
@@ -275,16 +281,14 @@ class WebGroup(Group):
         if child.replaced_by is not None:
             child.replaced_by.replaces = None  # it takes over as it is
             return
-        if code == APP_FAILED and not booted and not self.serving:
+        if not booted and not self.serving:  # the first worker died before it ever served
             self.output.say(f"the app cannot start: see {child.name}'s output above")
             child.to(State.FAILED)
             self.resting[child.name] = child
             self.on_fatal(APP_FAILED)
             return
         self.metrics.restart("web", "timeout" if stuck else "crash")
-        restart_cause = (
-            "heartbeat timeout" if child.stop_reason == "timeout" else describe_exit(code)
-        )
+        restart_cause = "heartbeat timeout" if child.stop_reason == "timeout" else exit_cause
         delay = self.respawner.schedule(
             child.name, child.served_for(), lambda: self._respawn(child.name, restart_cause)
         )
@@ -326,18 +330,33 @@ class WebGroup(Group):
     # -- zygotes -----------------------------------------------------------------
 
     def _on_zygote_lost(self, zygote: ZygoteHandle) -> None:
-        """Forget a zygote's workers: they get the parent-death signal and drain by themselves.
+        """A zygote exited: its workers get the parent-death signal and drain by themselves.
 
-        Nobody will report their exits now.
+        Nobody will report their exits now, so each is watched by its pid, and stays
+        listed as draining until it exits: its last counts are read then.
         """
+        if zygote.pid is not None:
+            self.metrics.worker_exited(zygote.pid)
         for child in [c for c in self.children.values() if c.generation == zygote.generation]:
-            child.to(State.STOPPED)
-            del self.children[child.key]
+            if child.pid is None:  # never forked: there is nothing to wait for
+                child.to(State.STOPPED)
+                del self.children[child.key]
+                continue
+            if child.state is not State.DRAINING:
+                child.drain("its zygote exited", time.monotonic() + self.config.graceful_timeout)
+            watch_exit(child.pid, functools.partial(self._on_exited, zygote, child.pid, None))
         if self.stopping:
             if not self.children:
                 self.all_stopped.set()
         elif zygote is self.zygotes.current:
             self._call_off_restarts()  # the new zygote starts every worker
+
+    def _on_zygote_failed(self) -> None:
+        """The zygote that replaces a dead one cannot load the app: nothing can serve now."""
+        self.output.say(
+            "error: web.zygote's replacement cannot load the app (see its output above); stopping"
+        )
+        self.on_fatal(APP_FAILED if not self.serving else FAILURE)
 
     def _on_zygote_replaced(self) -> None:
         for index in range(1, self.wanted + 1):
@@ -389,7 +408,9 @@ class WebGroup(Group):
         if old is not None:
             self.zygotes.retire_if_idle(old, self._has_children(old))
         await self._until_old_workers_stop_accepting(new)
-        self.output.say(f"reload complete: {rolled} workers run the new code")
+        current = [c for c in self.children.values() if c.generation == new.generation]
+        running = sum(1 for c in current if c.serving())  # the rolled and the newly scaled
+        self.output.say(f"reload complete: {running} workers run the new code")
         self.metrics.reload("ok")
 
     async def _until_old_workers_stop_accepting(self, new: ZygoteHandle) -> None:
@@ -501,6 +522,8 @@ class WebGroup(Group):
         """Run `count` workers: start the missing ones, drain the highest-numbered extras."""
         if count < 1:
             raise Refused("web needs at least 1 worker")
+        if count > MAX_MEMBERS:
+            raise Refused(f"web: {count} workers is more than corral runs ({MAX_MEMBERS})")
         self.output.say(f"scaling web to {count} workers")
         self._scale_to(count)
         return f"web to {count}"
@@ -551,17 +574,7 @@ class WebGroup(Group):
 
     def status(self) -> list[dict[str, Any]]:
         """The zygotes, the workers, and the names waiting out a backoff or failed."""
-        rows = [
-            status_row(
-                "web.zygote",
-                "web",
-                "zygote",
-                zygote.pid,
-                "retiring" if zygote.retiring else "running",
-                unix_time(zygote.started_at),
-            )
-            for zygote in self.zygotes.live.values()
-        ]
+        rows = self.zygotes.status()
         children = [*self.children.values(), *self.resting.values()]
         for child in sorted(children, key=lambda c: (_index(c.name), c.key)):
             rows.append(child_row(child, "web", "worker", self.history.get(child.name)))

@@ -32,6 +32,11 @@ class AppFailed(Exception):
     """The app cannot be loaded or started (import error, lifespan failure)."""
 
 
+class ZygoteDied(Exception):
+    """The zygote exited before it had loaded, without saying its code cannot load: killed,
+    or gone with its launcher. Another may well load."""
+
+
 class ZygoteHandle:
     def __init__(self, generation: int, on_message: Listener, on_exit: ExitListener) -> None:
         self.generation = generation
@@ -42,6 +47,7 @@ class ZygoteHandle:
         self.link: socket.socket | None = None
         self.decoder = channel.Decoder()
         self.loaded: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.load_failed = False  # it said its code cannot load (LoadFailed)
         self.started_at = time.monotonic()
         self.retiring = False  # forks nothing more; exits once its children are gone
 
@@ -57,7 +63,8 @@ class ZygoteHandle:
     ) -> None:
         """Have the launcher fork a zygote running `module`, and wait until it has loaded.
 
-        AppFailed if it cannot load. `spec` (a zygote spec message, with its
+        AppFailed if its code cannot load, ZygoteDied if it exited before it loaded for
+        another reason. `spec` (a zygote spec message, with its
         `name` and `stop_timeout` in seconds) and `spec_fds` are the
         zygote's to read first.
         """
@@ -94,9 +101,11 @@ class ZygoteHandle:
             self.close()
             raise
         if not (self.loaded.done() and self.loaded.result()):
-            await exited
+            code = await exited
             self.close()
-            raise AppFailed(f"{name} could not load its code")
+            if self.load_failed:
+                raise AppFailed(f"{name} could not load its code")
+            raise ZygoteDied(describe_exit(code))
         self.exit_watch = exited
         exited.add_done_callback(lambda _: self.on_exit(self))
 
@@ -129,6 +138,7 @@ class ZygoteHandle:
             return
         for message, _ in self.decoder.feed(data):
             if isinstance(message, (Loaded, LoadFailed)):
+                self.load_failed = isinstance(message, LoadFailed)
                 if not self.loaded.done():
                     self.loaded.set_result(isinstance(message, Loaded))
             else:

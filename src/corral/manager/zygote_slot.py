@@ -18,9 +18,12 @@ from typing import Any
 from corral.ipc.messages import Message
 from corral.manager.background import Background
 from corral.manager.backoff import Backoff
+from corral.manager.child import status_row, unix_time
 from corral.manager.launcher_handle import LauncherHandle
 from corral.manager.output import Output
-from corral.manager.zygote_handle import AppFailed, ZygoteHandle
+from corral.manager.zygote_handle import AppFailed, ZygoteDied, ZygoteHandle
+
+LAUNCH_ATTEMPTS = 5  # zygotes that die before they load (killed), before a launch gives up
 
 
 class ZygoteSlot:
@@ -67,15 +70,36 @@ class ZygoteSlot:
         self.stopping = False
 
     async def launch(self) -> ZygoteHandle:
-        """A new generation, loaded (AppFailed if it cannot load); not yet current."""
-        self.generation += 1
-        zygote = ZygoteHandle(self.generation, self.on_message, self._on_exit)
-        spec, fds = self.spec()
-        await zygote.launch(
-            self.launcher, self.module, spec, fds, self.env(), self.identity, self.output
-        )
-        self.live[zygote.generation] = zygote
-        return zygote
+        """A new generation, loaded; not yet current.
+
+        A zygote that dies before it has loaded (killed, or gone with its launcher) is
+        started again, after 0, 0.5, 1, 2 s. AppFailed if the code cannot load, or if
+        LAUNCH_ATTEMPTS zygotes in a row died before they loaded.
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            self.generation += 1
+            zygote = ZygoteHandle(self.generation, self.on_message, self._on_exit)
+            spec, fds = self.spec()
+            try:
+                await zygote.launch(
+                    self.launcher, self.module, spec, fds, self.env(), self.identity, self.output
+                )
+            except ZygoteDied as died:
+                if attempt == LAUNCH_ATTEMPTS or self.stopping:
+                    raise AppFailed(
+                        f"{self.group}.zygote exited before it loaded ({died})"
+                    ) from None
+                delay = 0.0 if attempt == 1 else 0.5 * 2 ** (attempt - 2)
+                again = f" in {delay:g}s" if delay else ""
+                self.output.say(
+                    f"{self.group}.zygote exited before it loaded ({died}): starting another{again}"
+                )
+                await asyncio.sleep(delay)
+                continue
+            self.live[zygote.generation] = zygote
+            return zygote
 
     def promote(self, zygote: ZygoteHandle) -> ZygoteHandle | None:
         """Make `zygote` the one that forks; return the one it replaces, now retiring."""
@@ -94,7 +118,8 @@ class ZygoteSlot:
     def _on_exit(self, zygote: ZygoteHandle) -> None:
         self.live.pop(zygote.generation, None)
         zygote.close()
-        unexpected = not self.stopping and zygote is self.current
+        # Not when the launcher died: the manager stops, and no zygote can be launched.
+        unexpected = not self.stopping and zygote is self.current and not self.launcher.lost
         if unexpected:
             self.output.say(
                 f"{self.group}.zygote exited unexpectedly ({zygote.exit_cause()}): "
@@ -116,6 +141,20 @@ class ZygoteSlot:
             self.on_failed()
             return
         self.on_replaced()
+
+    def status(self) -> list[dict[str, Any]]:
+        """Each live generation as `corral status` shows it: GROUP.zygote, running or retiring."""
+        return [
+            status_row(
+                f"{self.group}.zygote",
+                self.group,
+                "zygote",
+                zygote.pid,
+                "retiring" if zygote.retiring else "running",
+                unix_time(zygote.started_at),
+            )
+            for zygote in self.live.values()
+        ]
 
     async def stop(self) -> None:
         """Let every generation exit (their children must be gone by now)."""

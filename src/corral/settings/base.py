@@ -29,6 +29,8 @@ from pydantic.fields import FieldInfo
 from corral.errors import UsageError
 
 ENV_PREFIX = "CORRAL_"
+MAX_MEMBERS = 1024
+"""The most web workers, or replicas of a process group, one corral runs: more is a typo."""
 
 
 @dataclass(frozen=True)

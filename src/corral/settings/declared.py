@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from corral.settings import here
+from corral.settings.base import MAX_MEMBERS
 from corral.units import Duration, PositiveDuration
 
 CONFIG_FILE = "corral.toml"
@@ -83,7 +84,10 @@ class Runnable(_Strict):
 
 class ProcessConfig(Runnable):
     replicas: int = Field(
-        1, ge=0, description="How many run at once: NAME.1..NAME.N, each with CORRAL_REPLICA=i."
+        1,
+        ge=0,
+        le=MAX_MEMBERS,
+        description="How many run at once: NAME.1..NAME.N, each with CORRAL_REPLICA=i.",
     )
     restart: Literal["always", "on-failure", "never"] = Field(
         "always",

@@ -87,7 +87,9 @@ def _parse(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as error:
         raise ConfigError([f"{path.name}: not valid TOML: {error}"]) from None
     except UnicodeDecodeError as error:
-        raise ConfigError([f"{path}: not valid TOML: not UTF-8 text ({error.reason})"]) from None
+        raise ConfigError(
+            [f"{path.name}: not valid TOML: expected UTF-8 text, byte {error.start} is not"]
+        ) from None
     except OSError as error:
         raise ConfigError([f"{path}: cannot read it: {error.strerror or error}"]) from None
 

@@ -21,6 +21,7 @@ from corral.settings.base import (
     HTTP,
     LIMITS,
     LOGGING,
+    MAX_MEMBERS,
     PROCESS,
     SELECTION,
     TLS,
@@ -135,11 +136,14 @@ class WebConfig(Settings):
         "such as a proxy's, connect.",
     )
     backlog: Annotated[int, flag("--backlog", group=BINDING)] = Field(
-        2048, ge=1, description="Connections the kernel queues before refusing more."
+        2048,
+        ge=1,
+        le=2**31 - 1,  # what listen() takes; the kernel caps it lower (net.core.somaxconn)
+        description="Connections the kernel queues before refusing more.",
     )
 
     workers: Annotated[int, flag("--workers", "-w", group=WORKERS)] = Field(
-        1, ge=1, description="Number of web worker processes."
+        1, ge=1, le=MAX_MEMBERS, description="Number of web worker processes."
     )
     timeout: Annotated[PositiveDuration, flag("--timeout", group=WORKERS, metavar="SECONDS")] = (
         Field(
