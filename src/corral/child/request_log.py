@@ -1,18 +1,20 @@
 """Every HTTP request, recorded for the metrics and the access log, at next to no cost.
 
-The request's own coroutine only appends a tuple of raw values to a list.
-At most every `FLUSH_INTERVAL` seconds (and before each heartbeat) the
-worker goes over the block in one tight loop: it counts the requests for
-/metrics (`RequestStats`) and, with the access log on, formats their lines
-and writes them itself, straight to corral's output, never through the
-manager's loop. uvicorn's access log goes through `logging` for every
-request instead, which costs a FastAPI app up to half its rate.
+The protocol that serves a request (`corral.child.http_protocols`) appends a
+tuple of raw values to a list when its response is complete: it already
+holds the request's scope, and notes the status and the times. At most every
+`FLUSH_INTERVAL` seconds (and before each heartbeat) the worker goes over
+the block at once: it counts the requests for /metrics (`RequestStats.count`,
+in C loops) and, with the access log on, formats their lines and writes them
+itself, straight to corral's output, never through the manager's loop.
+uvicorn's access log goes through `logging` for every request instead, which
+costs a FastAPI app up to half its rate.
 
-Formatting a block in one loop, away from the request's coroutine, is what
-makes it cheap: a hello-world request costs 1.0-1.7 us less CPU than with a
-line formatted as each request ends (`benchmarks/access_log_cost.py`). With
-the access log off, `CountRequests` counts each request as it ends instead:
-with no line to write there is nothing to batch.
+Handling a block at once, away from the request, is what makes it cheap:
+an ASGI middleware around the app that counted each request as it ended
+cost a hello-world worker about 20% more CPU per request than none
+(`benchmarks/cpu_per_request.py`); recorded by the protocol and counted in
+blocks, 1-2%.
 """
 
 from __future__ import annotations
@@ -22,21 +24,10 @@ import json
 import os
 import select
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Iterable, Iterator
 from time import perf_counter_ns
-from typing import Any
 
-from corral.child.request_stats import RequestStats
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Send], Awaitable[None]]
-
-Entry = tuple[tuple[str, int] | None, str, str, bytes, str, int, int, int]
-"""One request as it is recorded: client, method, path, query string, HTTP
-version, status (0 if the app sent none), and its start and end on the
-perf_counter_ns clock."""
+from corral.child.request_stats import Entry, RequestStats
 
 FLUSH_INTERVAL = 0.1  # at most this long between a request and its line
 
@@ -130,7 +121,7 @@ class BlockWriter:
 class RequestLog:
     """The requests recorded since the last flush; a flush counts them and logs them.
 
-    `RecordRequests` appends to `entries` itself (a method call per request
+    The protocol appends to `entries` itself (a method call per request
     would cost more than the append) and calls `schedule` when `entries` was
     empty.
     """
@@ -153,94 +144,7 @@ class RequestLog:
         entries = self.entries
         if not entries:
             return
-        finished = self.stats.finished
-        for entry in entries:
-            finished(entry[1], entry[5], (entry[7] - entry[6]) / 1e9)
+        self.stats.count(entries)
         if self.writer is not None:
             self.writer.write(entries)
         entries.clear()
-
-
-class _StatusNoter:
-    """Stands in for `send` to note the response status.
-
-    `send` returns the real send's own awaitable: it adds a call per message
-    but no coroutine frame. Measured, a closure or a `__call__` costs the same.
-    """
-
-    __slots__ = ("_send", "status")
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
-        self.status = 0
-
-    def send(self, message: Message) -> Awaitable[None]:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-        return self._send(message)
-
-
-class RecordRequests:
-    """ASGI middleware: records each HTTP request (client, method, path, status, duration).
-
-    The request's own coroutine only records the raw values (reading the
-    scope after the app, which may have rewritten it); `RequestLog` counts
-    and formats them later. It keeps no reference to the scope: holding
-    thousands of scopes until the next flush would cost the garbage
-    collector far more.
-    """
-
-    def __init__(self, app: ASGIApp, log: RequestLog) -> None:
-        self.app = app
-        self.log = log
-        self._entries = log.entries
-
-    async def __call__(self, scope: Scope, receive: Any, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        noter = _StatusNoter(send)
-        started = perf_counter_ns()
-        try:
-            await self.app(scope, receive, noter.send)
-        finally:
-            entries = self._entries
-            if not entries:
-                self.log.schedule()
-            entries.append(
-                (
-                    scope.get("client"),
-                    scope["method"],
-                    scope["path"],
-                    scope["query_string"],
-                    scope["http_version"],
-                    noter.status,
-                    started,
-                    perf_counter_ns(),
-                )
-            )
-
-
-class CountRequests:
-    """ASGI middleware for when the access log is off: counts each HTTP request at once.
-
-    Without lines to write there is nothing to batch, and holding a block of
-    entries for FLUSH_INTERVAL only makes them survive into the garbage
-    collector's older generations. Its body repeats RecordRequests' on
-    purpose: a shared base calling a hook would cost a call per request.
-    """
-
-    def __init__(self, app: ASGIApp, stats: RequestStats) -> None:
-        self.app = app
-        self.stats = stats
-
-    async def __call__(self, scope: Scope, receive: Any, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        noter = _StatusNoter(send)
-        started = perf_counter_ns()
-        try:
-            await self.app(scope, receive, noter.send)
-        finally:
-            self.stats.finished(scope["method"], noter.status, (perf_counter_ns() - started) / 1e9)

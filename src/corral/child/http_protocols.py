@@ -1,0 +1,334 @@
+"""uvicorn's protocols as a corral worker serves them: drained without loss, each request recorded.
+
+For every `--http` choice (httptools, h11, zttp, and zttp's HTTP/2 with
+`--http2`) a subclass of uvicorn's own protocol adds two things and parses
+nothing:
+
+- **Recording.** The protocol already holds each request (its cycle, with
+  the scope) and sees its response complete; it notes the status as the
+  response starts and appends one tuple per request to the worker's
+  `RequestLog`, which counts them for /metrics and writes the access log in
+  blocks. No ASGI middleware wraps the app: a wrapper's coroutine frame and
+  per-request objects cost a hello-world worker several times more.
+  A request whose connection is lost before its response completes is
+  recorded then, with the status its app started (0 if none).
+- **Draining.** uvicorn closes an idle keep-alive connection the moment it
+  drains; a request the client had just sent on it then fails. Here an idle
+  HTTP/1.1 connection stays open for a short grace: a request that arrives
+  in it is answered with `Connection: close`, and the connection closes
+  after. HTTP/2 connections drain as uvicorn does: GOAWAY, new streams 503.
+
+WebSocket protocols (`--ws`) get a grace before uvicorn's own drain, which
+closes each session with code 1012 ("service restart": reconnect).
+
+The cycle of each recorded request becomes a subclass of uvicorn's own
+cycle (`__class__` is assigned before its task first runs): the subclass
+only notes the status in `send`, and returns uvicorn's coroutine without
+adding a frame of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import MutableMapping
+from time import perf_counter_ns
+from typing import Any, ClassVar
+
+from uvicorn.config import WS_PROTOCOLS, Config
+from uvicorn.importer import import_from_string
+from uvicorn.protocols.http import httptools_impl
+from uvicorn.server import ServerState
+
+from corral.child.client_limits import ClientLimits, LimitedHttpToolsProtocol
+from corral.child.request_log import RequestLog
+from corral.settings import WebConfig
+
+IDLE_DRAIN_GRACE = 1.0  # seconds a draining worker keeps an idle keep-alive connection
+
+Message = MutableMapping[str, Any]
+CLOSE = (b"connection", b"close")
+
+
+def recording_cycle(cycle: type, announce_close: bool = False) -> type:
+    """A subclass of uvicorn's `cycle` class that notes its response's status.
+
+    With `announce_close`, a response whose cycle no longer keeps the
+    connection alive says `Connection: close` (uvicorn's httptools cycle
+    says it itself; its h11 and zttp cycles close without saying it).
+    """
+    send = cycle.send
+
+    def noting_send(self: Any, message: Message) -> Any:
+        if not self.response_started:
+            self.status = message.get("status", 0)
+            if announce_close and not self.keep_alive:
+                message = {**message, "headers": [*message.get("headers", ()), CLOSE]}
+        return send(self, message)
+
+    return type(
+        cycle.__name__,
+        (cycle,),
+        {"send": noting_send, "status": 0, "started": 0, "__module__": __name__},
+    )
+
+
+def record(requests: RequestLog, cycle: Any) -> None:
+    """Append the finished request of `cycle` to the worker's block of entries."""
+    entries = requests.entries
+    if not entries:
+        requests.schedule()
+    scope = cycle.scope
+    entries.append(
+        (
+            scope["client"],
+            scope["method"],
+            scope["path"],
+            scope["query_string"],
+            scope["http_version"],
+            cycle.status,
+            cycle.started,
+            perf_counter_ns(),
+        )
+    )
+
+
+class DrainingH1:
+    """The grace of an idle HTTP/1.1 connection when its worker drains (a mixin)."""
+
+    draining = False
+    cycle: Any
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    timeout_keep_alive: float
+
+    def shutdown(self) -> None:
+        self.draining = True
+        if self.cycle is None or self.cycle.response_complete:
+            grace = min(IDLE_DRAIN_GRACE, self.timeout_keep_alive)
+            self.loop.call_later(grace, self._close_if_idle)
+        else:
+            self.cycle.keep_alive = False
+
+    def _close_if_idle(self) -> None:
+        idle = self.cycle is None or self.cycle.response_complete
+        if idle and not self.transport.is_closing():
+            self.transport.close()
+
+
+# httptools (the default): client limits, drain, recording
+
+
+HttpToolsCycle = recording_cycle(httptools_impl.RequestResponseCycle)
+
+
+class HttpToolsProtocol(DrainingH1, LimitedHttpToolsProtocol):
+    """uvicorn's httptools protocol, bounded (`LimitedHttpToolsProtocol`), drained, recorded.
+
+    httptools parses pipelined requests ahead of the one being served, so
+    the cycle being served is the one whose task started last
+    (`_start_asgi_task`, called before its app runs), not `self.cycle`.
+    The callbacks run for every
+    request: they call uvicorn's own directly, as super() costs a
+    measurable share of a small request.
+    """
+
+    limits: ClassVar[ClientLimits]
+    requests: ClassVar[RequestLog | None]
+
+    def __init__(
+        self,
+        config: Config,
+        server_state: ServerState,
+        app_state: dict[str, Any],
+        _loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        super().__init__(config, server_state, app_state, _loop, limits=self.limits)
+        self._serving: Any = None  # the cycle whose app runs, when recorded
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        if self.draining:
+            cycle.keep_alive = False  # a request that came in the grace: answered, then closed
+        if self.requests is not None:
+            cycle.__class__ = HttpToolsCycle
+            cycle.started = perf_counter_ns()
+            self._serving = cycle
+        httptools_impl.HttpToolsProtocol._start_asgi_task(self, cycle, app)
+
+    def on_response_complete(self) -> None:
+        serving = self._serving
+        if serving is not None:
+            self._serving = None
+            record(self.requests, serving)  # type: ignore[arg-type]
+        httptools_impl.HttpToolsProtocol.on_response_complete(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        serving = self._serving
+        if serving is not None:
+            self._serving = None
+            record(self.requests, serving)  # type: ignore[arg-type]
+        super().connection_lost(exc)
+
+
+# h11 and zttp's HTTP/1.1: one request at a time, so the cycle served is `self.cycle`
+
+
+class SequentialH1(DrainingH1):
+    """Drain and recording for uvicorn's h11 and zttp protocols (a mixin).
+
+    Both create the next request's cycle (and its task) while handling
+    input, or right after a response completes (a pipelined request): the
+    cycle is adopted after either, before its task first runs.
+    """
+
+    cycle_class: ClassVar[type]
+    requests: ClassVar[RequestLog | None]
+    _adopted: Any = None
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)  # type: ignore[misc]
+        self._adopt()
+
+    def on_response_complete(self) -> None:
+        cycle = self.cycle
+        if cycle is self._adopted and self.requests is not None:
+            record(self.requests, cycle)
+        super().on_response_complete()  # type: ignore[misc]
+        self._adopt()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        cycle = self.cycle
+        adopted = cycle is not None and cycle is self._adopted
+        if self.requests is not None and adopted and not cycle.response_complete:
+            record(self.requests, cycle)
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _adopt(self) -> None:
+        cycle = self.cycle
+        if cycle is None or cycle is self._adopted:
+            return
+        self._adopted = cycle
+        cycle.__class__ = self.cycle_class
+        cycle.started = perf_counter_ns()
+        if self.draining:
+            cycle.keep_alive = False
+
+
+def h11_protocol() -> type:
+    from uvicorn.protocols.http import h11_impl
+
+    return type(
+        "H11Protocol",
+        (SequentialH1, h11_impl.H11Protocol),
+        {
+            "cycle_class": recording_cycle(h11_impl.RequestResponseCycle, announce_close=True),
+            "__module__": __name__,
+        },
+    )
+
+
+def zttp_protocol() -> type:
+    from uvicorn.protocols.http import zttp_impl
+
+    return type(
+        "ZttpProtocol",
+        (SequentialH1, zttp_impl.ZttpProtocol),
+        {
+            "cycle_class": recording_cycle(zttp_impl.RequestResponseCycle, announce_close=True),
+            "__module__": __name__,
+        },
+    )
+
+
+def zttp_h2_protocol() -> type:
+    """zttp's HTTP/2 protocol, recorded; one cycle per stream, drained by uvicorn (GOAWAY)."""
+    from uvicorn.protocols.http import zttp_h2_impl
+
+    cycle_class = recording_cycle(zttp_h2_impl.RequestResponseCycle)
+
+    class ZttpH2Protocol(zttp_h2_impl.ZttpH2Protocol):
+        requests: ClassVar[RequestLog | None]
+
+        def handle_request(self, event: Any) -> None:
+            super().handle_request(event)
+            if self.requests is not None:
+                cycle = self.cycles[event.stream_id]
+                cycle.__class__ = cycle_class
+                cycle.started = perf_counter_ns()  # type: ignore[attr-defined]
+
+        def on_response_complete(self, stream_id: int) -> None:
+            cycle = self.cycles.get(stream_id)
+            if cycle is not None and self.requests is not None:
+                record(self.requests, cycle)
+            super().on_response_complete(stream_id)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self.requests is not None:
+                for cycle in self.cycles.values():
+                    if not cycle.response_complete:
+                        record(self.requests, cycle)
+            super().connection_lost(exc)
+
+    return ZttpH2Protocol
+
+
+def zttp_auto_protocol(h1_class: type, h2_class: type) -> type:
+    """uvicorn's HTTP/1.1-or-HTTP/2 dispatcher (ALPN over TLS, the preface in cleartext),
+    switching to corral's subclasses."""
+    from uvicorn.protocols.http.auto_zttp_impl import AutoZttpProtocol
+
+    class AutoProtocol(AutoZttpProtocol):
+        def _switch(self, http2: bool, initial_data: bytes = b"") -> None:
+            # uvicorn's _switch, with corral's classes for its module's ZttpProtocol and
+            # ZttpH2Protocol.
+            protocol = (h2_class if http2 else h1_class)(
+                config=self.config,
+                server_state=self.server_state,
+                app_state=self.app_state,
+                _loop=self.loop,
+            )
+            self.transport.set_protocol(protocol)
+            protocol.connection_made(self.transport)
+            if initial_data:
+                protocol.data_received(initial_data)
+
+    return AutoProtocol
+
+
+def http_protocol(config: WebConfig, requests: RequestLog | None) -> type:
+    """The protocol class for `config.http` (and `config.http2`), bound to this worker.
+
+    `requests` receives every request (None: nothing records them).
+    """
+    bound: dict[str, Any] = {"requests": requests, "__module__": __name__}
+    if config.http in ("auto", "httptools"):
+        bound["limits"] = ClientLimits.of(config)
+        return type("HttpToolsProtocol", (HttpToolsProtocol,), bound)
+    if config.http == "h11":
+        return type("H11Protocol", (h11_protocol(),), bound)
+    http1 = type("ZttpProtocol", (zttp_protocol(),), bound)
+    if not config.http2:
+        return http1
+    http2 = type("ZttpH2Protocol", (zttp_h2_protocol(),), bound)
+    return zttp_auto_protocol(http1, http2)
+
+
+def ws_protocol(config: WebConfig) -> type | None:
+    """The WebSocket protocol class for `config.ws`, with corral's grace before it drains.
+
+    uvicorn closes every WebSocket session with code 1012 (reconnect) as its
+    worker drains; `--ws-drain-grace` lets sessions go on that long first.
+    None for `--ws none`.
+    """
+    path = WS_PROTOCOLS[config.ws]
+    if path is None:
+        return None
+    base: type = import_from_string(path)
+    grace = config.ws_drain_grace
+
+    def shutdown(self: Any) -> None:
+        if grace > 0:
+            self.loop.call_later(grace, base.shutdown, self)
+        else:
+            base.shutdown(self)
+
+    return type(base.__name__, (base,), {"shutdown": shutdown, "__module__": __name__})
