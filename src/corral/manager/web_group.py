@@ -229,6 +229,8 @@ class WebGroup(Group):
             address = listeners.Address(fd=sock.fileno())
             url = listeners.url(address, sock, tls)
             self.output.say(f"listening on {url} ({self.wanted} workers)")
+        for note in self.config.unenforced_limits():
+            self.output.say(note)
 
     def _on_exited(self, zygote: ZygoteHandle, pid: int, code: int) -> None:
         child = next((c for c in self.children.values() if c.pid == pid), None)

@@ -1,0 +1,182 @@
+"""The protocol choices (--http, --http2, --ws), each served to a real client, counted and drained."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import ssl
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import trustme
+import websockets
+
+from corral.settings import WebConfig
+
+
+def requests_counted(server, status: int = 200) -> int:
+    text = server.control_get("/metrics").text
+    found = re.search(rf'corral_http_requests_total{{method="GET",status="{status}"}} (\S+)', text)
+    return int(float(found.group(1))) if found else 0
+
+
+def wait_counted(server, expected: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while (counted := requests_counted(server)) < expected:
+        assert time.monotonic() < deadline, f"{counted} of {expected} requests counted"
+        time.sleep(0.1)
+    assert counted == expected
+
+
+def tls_files(tmp_path: Path) -> tuple[trustme.CA, Path, Path]:
+    authority = trustme.CA()
+    certificate = authority.issue_cert("127.0.0.1")
+    certfile, keyfile = tmp_path / "cert.pem", tmp_path / "key.pem"
+    certfile.write_bytes(b"".join(blob.bytes() for blob in certificate.cert_chain_pems))
+    keyfile.write_bytes(certificate.private_key_pem.bytes())
+    return authority, certfile, keyfile
+
+
+@pytest.mark.parametrize("http", ["httptools", "h11", "zttp"])
+def test_each_http_choice_serves_counts_and_logs_every_request(corral, http):
+    server = corral("run", "sockets:app", "--port", "0", "--http", http)
+    url = server.url()
+    workers = server.wait_workers(1)
+    with httpx.Client() as client:  # keep-alive: several requests on one connection
+        answers = [client.get(f"{url}/n/{n}?q={n}") for n in range(5)]
+    assert {a.status_code for a in answers} == {200}
+    assert {a.text for a in answers} == {f"{workers['web.1']} 1.1"}
+    wait_counted(server, 5)
+    for n in range(5):
+        server.wait_for(rf'"GET /n/{n}\?q={n} HTTP/1.1" 200')
+    assert server.stop() == 0
+
+
+@pytest.mark.parametrize("http", ["h11", "zttp"])
+def test_a_choice_that_cannot_enforce_the_head_limits_says_so_at_start(corral, http):
+    server = corral("run", "sockets:app", "--port", "0", "--http", http)
+    server.url()
+    line = server.wait_for(rf"--http {http} does not enforce (.*)").group(1)
+    assert "--limit-request-line" in line and "--header-read-timeout" in line, line
+    assert server.stop() == 0
+
+
+def test_httptools_enforces_every_limit_and_says_nothing(corral):
+    server = corral("run", "sockets:app", "--port", "0")
+    server.url()
+    server.wait_workers(1)
+    assert "does not enforce" not in server.output
+    assert server.stop() == 0
+
+
+def test_http2_over_tls_with_alpn_and_http1_beside_it(corral, tmp_path):
+    authority, certfile, keyfile = tls_files(tmp_path)
+    server = corral(
+        *("run", "sockets:app", "--port", "0", "--http", "zttp", "--http2"),
+        *("--certfile", str(certfile), "--keyfile", str(keyfile)),
+    )
+    url = server.url()
+    workers = server.wait_workers(1)
+    context = ssl.create_default_context()
+    authority.configure_trust(context)
+    with httpx.Client(http2=True, verify=context) as client:
+        answers = [client.get(f"{url}/h2/{n}") for n in range(3)]
+    assert {a.http_version for a in answers} == {"HTTP/2"}
+    assert {a.text for a in answers} == {f"{workers['web.1']} 2"}
+    with httpx.Client(http2=False, verify=context) as client:
+        answer = client.get(f"{url}/h1")
+    assert (answer.http_version, answer.text) == ("HTTP/1.1", f"{workers['web.1']} 1.1")
+    wait_counted(server, 4)
+    server.wait_for(r'"GET /h2/2 HTTP/2" 200')
+    assert server.stop() == 0
+
+
+def test_http2_needs_zttp():
+    with pytest.raises(ValueError, match="--http2 needs --http zttp"):
+        WebConfig(app="sockets:app", http2=True)
+
+
+@pytest.mark.parametrize("ws", ["websockets", "websockets-sansio", "wsproto"])
+def test_each_websocket_choice_serves_a_session(corral, ws):
+    server = corral("run", "sockets:app", "--port", "0", "--ws", ws)
+    url = server.url().replace("http://", "ws://")
+    workers = server.wait_workers(1)
+
+    async def session() -> tuple[str, str]:
+        async with websockets.connect(url, open_timeout=5) as socket:
+            pid = await asyncio.wait_for(socket.recv(), 5)
+            await socket.send("echo")
+            return str(pid), str(await asyncio.wait_for(socket.recv(), 5))
+
+    assert asyncio.run(session()) == (str(workers["web.1"]), "echo")
+    assert server.stop() == 0
+
+
+SESSIONS = 100
+
+
+async def hold_sessions(
+    url: str, connected: asyncio.Event, deadline: float
+) -> list[tuple[str, int | None, float, str | None]]:
+    """SESSIONS sessions: each connects, and when closed with 1012 connects again (once).
+
+    Returns, per session: its first worker's pid, the close code it got, when
+    (time.monotonic()), and the pid of the worker it reconnected to.
+    """
+    opened = 0
+
+    async def one() -> tuple[str, int | None, float, str | None]:
+        nonlocal opened
+        async with websockets.connect(url, open_timeout=10) as first:
+            pid = str(await asyncio.wait_for(first.recv(), 10))
+            opened += 1
+            if opened == SESSIONS:
+                connected.set()
+            try:
+                await asyncio.wait_for(first.recv(), deadline - time.monotonic())
+            except websockets.ConnectionClosed:
+                pass
+            code, closed_at = first.close_code, time.monotonic()
+        again = None
+        if code == 1012:
+            async with websockets.connect(url, open_timeout=10) as second:
+                again = str(await asyncio.wait_for(second.recv(), 10))
+        return pid, code, closed_at, again
+
+    return await asyncio.gather(*(one() for _ in range(SESSIONS)))
+
+
+def test_websocket_sessions_are_told_to_reconnect_after_the_grace_when_a_reload_drains_them(
+    corral,
+):
+    grace = 1.0
+    server = corral(
+        *("run", "sockets:app", "--port", "0", "--workers", "2"),
+        *("--ws-drain-grace", str(grace), "--backlog", "512"),
+    )
+    url = server.url().replace("http://", "ws://")
+    old = set(server.wait_workers(2).values())
+
+    async def scenario() -> tuple[float, list[tuple[str, int | None, float, str | None]]]:
+        connected = asyncio.Event()
+        sessions = asyncio.create_task(hold_sessions(url, connected, time.monotonic() + 40))
+        await asyncio.wait_for(connected.wait(), 20)
+        hup = time.monotonic()
+        server.send(signal.SIGHUP)
+        return hup, await sessions
+
+    hup, results = asyncio.run(scenario())
+    new = set(server.wait_workers(2).values())
+    assert not old & new
+    codes = [code for _, code, _, _ in results]
+    reconnected = [again for _, code, _, again in results if code == 1012 and again]
+    assert codes.count(1012) == SESSIONS, codes
+    assert len(reconnected) == SESSIONS
+    assert {int(pid) for pid, _, _, _ in results} <= old
+    assert {int(pid) for pid in reconnected} <= new  # every session came back to the new code
+    first_close = min(closed for _, _, closed, _ in results)
+    assert first_close - hup >= grace, f"a session closed {first_close - hup:.2f}s after the HUP"
+    assert server.stop() == 0
