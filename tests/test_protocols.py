@@ -1,8 +1,9 @@
-"""The protocol choices (--http, --http2, --ws), each served to a real client, counted and drained."""
+"""The protocol choices (--http, --http2, --ws), each served to a real client, counted, drained."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 import ssl
@@ -135,10 +136,8 @@ async def hold_sessions(
             opened += 1
             if opened == SESSIONS:
                 connected.set()
-            try:
+            with contextlib.suppress(websockets.ConnectionClosed):
                 await asyncio.wait_for(first.recv(), deadline - time.monotonic())
-            except websockets.ConnectionClosed:
-                pass
             code, closed_at = first.close_code, time.monotonic()
         again = None
         if code == 1012:
