@@ -155,6 +155,15 @@ class Running:
                     live.add(proc.pid)
         return self.markers() & live
 
+    def worker_cpu(self) -> dict[int, float]:
+        """CPU seconds (user + system) of each live ready worker, by pid."""
+        times = {}
+        for proc in self.tree():
+            if proc.pid in self.markers():
+                with suppress(psutil.Error):
+                    times[proc.pid] = sum(proc.cpu_times()[:2])
+        return times
+
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
             raise RuntimeError(f"the server exited with code {self.proc.returncode}")

@@ -50,7 +50,7 @@ PEERS = HERE / ".peers"
 RESULTS = HERE / "results"
 PEER_REQUIREMENTS = ("uvicorn[standard]", "gunicorn", "uvicorn-worker", "granian", "fastapi")
 PEER_PACKAGES = ("uvicorn", "gunicorn", "uvicorn-worker", "granian", "fastapi", "uvloop")
-PROJECT_PACKAGES = ("corral", "uvicorn", "fastapi", "uvloop", "httptools")
+PROJECT_PACKAGES = ("corral", "uvicorn", "fastapi", "uvloop", "httptools", "zttp")
 SUBJECT = "corral"
 
 # --- what is measured: the apps and the servers, as data --------------------------------
@@ -101,6 +101,8 @@ class Server:
     preload: Flags | None  # None: the server has no preload
     hup: Hup | None  # None: SIGHUP does not reload the server
     notes: tuple[str, ...] = ()
+    peer: bool = True  # False: corral itself, or one of its settings
+    both_logs: bool = True  # measured with its access log on too (else off only)
 
 
 CORRAL = Server(
@@ -114,6 +116,27 @@ CORRAL = Server(
         "rolling reload: a new zygote imports the app, then one worker at a time a "
         "replacement starts and the old worker drains once it is ready",
     ),
+)
+# corral with one setting changed: measured for throughput, beside its defaults.
+CORRAL_ZTTP = Server(
+    name="corral --http zttp",
+    interpreter="project",
+    argv=(*CORRAL.argv, "--http", "zttp"),
+    access_log=CORRAL.access_log,
+    preload=None,
+    hup=None,
+    peer=False,
+    both_logs=False,
+)
+CORRAL_UNCOUNTED = Server(
+    name="corral --no-request-metrics",
+    interpreter="project",
+    argv=(*CORRAL.argv, "--no-request-metrics"),
+    access_log=CORRAL.access_log,
+    preload=None,
+    hup=None,
+    peer=False,
+    both_logs=False,
 )
 UVICORN = Server(
     name="uvicorn --workers",
@@ -170,7 +193,18 @@ GRANIAN = Server(
     ),
     notes=("run with --respawn-failed-workers: without it, granian exits when a worker dies",),
 )
-SERVERS = (CORRAL, UVICORN, GUNICORN_UVICORN_WORKER, GUNICORN_ASGI, GRANIAN)
+SERVERS = (
+    CORRAL,
+    CORRAL_ZTTP,
+    CORRAL_UNCOUNTED,
+    UVICORN,
+    GUNICORN_UVICORN_WORKER,
+    GUNICORN_ASGI,
+    GRANIAN,
+)
+OTHER_PHASES = (CORRAL, UVICORN, GUNICORN_UVICORN_WORKER, GUNICORN_ASGI, GRANIAN)
+"""The servers of the memory, reload and recovery phases (the settings of corral that change
+the request path change neither)."""
 
 
 @dataclass(frozen=True)
@@ -268,10 +302,16 @@ def has_gunicorn_asgi_worker(python: Path) -> bool:
 
 def measure_throughput(
     run: Running, app: App, connections: int, seconds: float, warmup: float
-) -> WrkReport:
-    """wrk's report on `app.path` after a warm-up (which is not counted)."""
+) -> tuple[WrkReport, float | None]:
+    """wrk's report on `app.path` after a warm-up (which is not counted), and the busiest
+    worker's share of the work: its CPU time over the workers' mean (1.0: perfectly even)."""
     harness.run_wrk(run.port, app.path, connections, warmup)
-    return harness.run_wrk(run.port, app.path, connections, seconds)
+    before = run.worker_cpu()
+    report = harness.run_wrk(run.port, app.path, connections, seconds)
+    after = run.worker_cpu()
+    used = [after[pid] - before[pid] for pid in after.keys() & before.keys()]
+    busiest = max(used) / statistics.mean(used) if used and sum(used) > 0 else None
+    return report, busiest
 
 
 def measure_memory(run: Running, app: App, connections: int) -> list[int]:
@@ -348,6 +388,7 @@ def measure_recovery(run: Running, timeout: float) -> RecoveryResult:
 @dataclass
 class Settings:
     workers: int
+    throughput_workers: tuple[int, ...]
     memory_workers: int
     rounds: int
     seconds: float
@@ -394,29 +435,39 @@ def sample(
 
 
 def throughput_phase(servers: Sequence[Server], settings: Settings) -> list[Record]:
-    def measure(app: App) -> Callable[[Running], Record]:
+    def measure(app: App, workers: int) -> Callable[[Running], Record]:
         def go(run: Running) -> Record:
             first_200_s = harness.wait_first_200(run, app.path)
-            harness.wait_ready(run, settings.workers, app.path)
-            report = measure_throughput(
+            harness.wait_ready(run, workers, app.path)
+            report, busiest = measure_throughput(
                 run, app, settings.connections, settings.seconds, settings.warmup
             )
-            return {"first_200_s": first_200_s, **asdict(report), "failed": report.failed}
+            return {
+                "first_200_s": first_200_s,
+                **asdict(report),
+                "failed": report.failed,
+                "busiest_share": busiest,
+            }
 
         return go
 
     records = []
+    first = settings.throughput_workers[0]
     for round_ in range(1, settings.rounds + 1):
-        for app in (HELLO, FASTAPI):
-            for server in servers:
-                for access_log in (False, True):
-                    variant = Variant(server, access_log=access_log)
-                    records.append(
-                        sample(
-                            "throughput", variant, app, settings.workers, settings,
-                            measure(app), round=round_,
-                        )
-                    )  # fmt: skip
+        for workers in settings.throughput_workers:
+            for app in (HELLO, FASTAPI):
+                for server in servers:
+                    # The access log on: with the first worker count, for the servers as
+                    # they come.
+                    logs = (False, True) if server.both_logs and workers == first else (False,)
+                    for access_log in logs:
+                        variant = Variant(server, access_log=access_log)
+                        records.append(
+                            sample(
+                                "throughput", variant, app, workers, settings,
+                                measure(app, workers), round=round_,
+                            )
+                        )  # fmt: skip
     return records
 
 
@@ -433,6 +484,7 @@ def memory_phase(servers: Sequence[Server], settings: Settings) -> list[Record]:
         sample("memory", variant, app, settings.memory_workers, settings, measure(app))
         for app in (HELLO, FASTAPI, TABLE)
         for server in servers
+        if server in OTHER_PHASES
         for variant in preload_variants(server)
     ]
 
@@ -452,7 +504,7 @@ def reload_phase(servers: Sequence[Server], settings: Settings) -> list[Record]:
         sample("reload", Variant(server), app, settings.workers, settings, measure, round=round_)
         for round_ in range(1, settings.rounds + 1)
         for server in servers
-        if server.hup is not None
+        if server.hup is not None and server in OTHER_PHASES
     ]
 
 
@@ -468,6 +520,7 @@ def recovery_phase(servers: Sequence[Server], settings: Settings) -> list[Record
         sample("recovery", variant, app, settings.workers, settings, measure, round=round_)
         for round_ in range(1, settings.rounds + 1)
         for server in servers
+        if server in OTHER_PHASES
         for variant in preload_variants(server)
     ]
 
@@ -489,7 +542,9 @@ def progress(record: Record) -> None:
         detail = f"FAILED: {record['error']}"
     elif record["phase"] == "throughput":
         detail = (
-            f"{record['rps']:.0f} req/s, p99 {fmt(record['p99_ms'], '.1f')} ms, "
+            f"{record['workers']} workers, {record['rps']:.0f} req/s, "
+            f"p99 {fmt(record['p99_ms'], '.1f')} ms, busiest worker "
+            f"x{fmt(record['busiest_share'], '.2f')}, "
             f"first 200 after {record['first_200_s']:.2f} s, {record['failed']} failed"
         )
     elif record["phase"] == "memory":
@@ -530,15 +585,24 @@ class Table:
 
 
 def median_rps(
-    records: Sequence[Record], app: App, server: Server, access_log: bool
+    records: Sequence[Record], app: App, server: Server, access_log: bool, workers: int
 ) -> float | None:
-    found = ok(records, phase="throughput", app=app.name, server=server.name, access_log=access_log)
+    found = ok(
+        records,
+        phase="throughput",
+        app=app.name,
+        server=server.name,
+        access_log=access_log,
+        workers=workers,
+    )
     return median([r["rps"] for r in found])
 
 
-def best_peer_rps(records: Sequence[Record], app: App, servers: Sequence[Server]) -> float | None:
+def best_peer_rps(
+    records: Sequence[Record], app: App, servers: Sequence[Server], workers: int
+) -> float | None:
     """The highest median req/s among the peers, access log off."""
-    rates = [median_rps(records, app, s, False) for s in servers if s.name != SUBJECT]
+    rates = [median_rps(records, app, s, False, workers) for s in servers if s.peer]
     return max((r for r in rates if r is not None), default=None)
 
 
@@ -546,13 +610,17 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def throughput_table(records: Sequence[Record], app: App, servers: Sequence[Server]) -> Table:
-    best_peer = best_peer_rps(records, app, servers)
+def throughput_table(
+    records: Sequence[Record], app: App, servers: Sequence[Server], workers: int
+) -> Table:
+    best_peer = best_peer_rps(records, app, servers, workers)
     rows = []
     for server in servers:
-        off, on = median_rps(records, app, server, False), median_rps(records, app, server, True)
-        mine = ok(records, app=app.name, server=server.name)
+        off = median_rps(records, app, server, False, workers)
+        on = median_rps(records, app, server, True, workers)
+        mine = ok(records, app=app.name, server=server.name, workers=workers)
         p99 = median([r["p99_ms"] for r in mine if not r["access_log"]])
+        busiest = median([r.get("busiest_share") for r in mine if not r["access_log"]])
         first = median([r["first_200_s"] for r in mine])
         failed = sum(r["failed"] for r in mine)
         rows.append(
@@ -561,6 +629,7 @@ def throughput_table(records: Sequence[Record], app: App, servers: Sequence[Serv
                 fmt(off, ".0f"),
                 fmt(ratio(off, best_peer), ".2f"),
                 fmt(p99, ".2f"),
+                fmt(busiest, ".2f"),
                 fmt(on, ".0f"),
                 fmt(ratio(on, off), ".2f"),
                 fmt(first, ".2f"),
@@ -568,18 +637,23 @@ def throughput_table(records: Sequence[Record], app: App, servers: Sequence[Serv
             ]
         )
     return Table(
-        f"{app.target} GET {app.path}",
+        f"{app.target} GET {app.path}, {workers} workers",
         [
             "server",
             "req/s",
             "x best peer",
             "p99 ms",
+            "busiest worker x fair",
             "req/s, access log",
             "log on/off",
             "first 200 s",
             "failed",
         ],
         rows,
+        notes=[
+            "busiest worker x fair: the CPU time of the busiest worker over the workers' "
+            "mean during the measured run (1.00: the load is spread evenly)"
+        ],
     )
 
 
@@ -676,28 +750,74 @@ class Target:
     met: bool | None  # None: not measured
 
 
-def targets(records: Sequence[Record], servers: Sequence[Server]) -> list[Target]:
-    """corral against the issue's targets."""
+def targets(
+    records: Sequence[Record], servers: Sequence[Server], settings: Settings
+) -> list[Target]:
+    """corral, with its defaults, against the issue's targets."""
     found = []
-    for app in (HELLO, FASTAPI):
-        off = median_rps(records, app, CORRAL, False)
-        on = median_rps(records, app, CORRAL, True)
-        vs_peer = ratio(off, best_peer_rps(records, app, servers))
+    first = settings.throughput_workers[0]
+    for workers in settings.throughput_workers:
+        for app in (HELLO, FASTAPI):
+            off = median_rps(records, app, CORRAL, False, workers)
+            vs_peer = ratio(off, best_peer_rps(records, app, servers, workers))
+            found.append(
+                Target(
+                    f"req/s >= best peer on {app.name}, {workers} workers",
+                    f"x{fmt(vs_peer, '.3f')}",
+                    _at_least(vs_peer, 1.0),
+                )
+            )
+            if workers == first:
+                log = ratio(median_rps(records, app, CORRAL, True, workers), off)
+                found.append(
+                    Target(
+                        f"access log on >= 0.9x off on {app.name}, {workers} workers",
+                        f"x{fmt(log, '.3f')}",
+                        _at_least(log, 0.9),
+                    )
+                )
+    for workers in settings.throughput_workers:
+        counting = ratio(
+            median_rps(records, HELLO, CORRAL, False, workers),
+            median_rps(records, HELLO, CORRAL_UNCOUNTED, False, workers),
+        )
         found.append(
             Target(
-                f"req/s >= best peer on {app.name}",
-                f"x{fmt(vs_peer, '.3f')}",
-                _at_least(vs_peer, 1.0),
+                f"counting for /metrics costs <= 2% of hello's req/s, {workers} workers",
+                f"x{fmt(counting, '.3f')}",
+                _at_least(counting, 0.98),
             )
         )
-        log = ratio(on, off)
-        found.append(
-            Target(
-                f"access log on >= 0.9x off on {app.name}",
-                f"x{fmt(log, '.3f')}",
-                _at_least(log, 0.9),
-            )
+    largest = max(settings.throughput_workers)
+    shares = [
+        r["busiest_share"]
+        for r in ok(records, phase="throughput", server=SUBJECT, workers=largest)
+        if not r["access_log"] and r.get("busiest_share") is not None
+    ]
+    found.append(
+        Target(
+            f"busiest worker <= 1.10x its fair share, {largest} workers (each sample)",
+            " ".join(fmt(share, ".2f") for share in shares) or "-",
+            (max(shares) <= 1.10) if shares else None,
         )
+    )
+    firsts = {
+        server.name: median(
+            [r["first_200_s"] for r in ok(records, phase="throughput", server=server.name)]
+        )
+        for server in servers
+        if server.peer or server is CORRAL
+    }
+    best_first = min((v for k, v in firsts.items() if k != SUBJECT and v is not None), default=None)
+    found.append(
+        Target(
+            "first 200 after start <= the best peer's",
+            f"{fmt(firsts.get(SUBJECT), '.2f')} s vs {fmt(best_first, '.2f')} s",
+            None
+            if firsts.get(SUBJECT) is None or best_first is None
+            else firsts[SUBJECT] <= best_first,
+        )
+    )
     reloads = ok(records, phase="reload", server=SUBJECT)
     failed = [r["failed"] for r in reloads]
     found.append(
@@ -716,6 +836,21 @@ def targets(records: Sequence[Record], servers: Sequence[Server]) -> list[Target
             "FastAPI, 4 workers, preload: PSS <= 0.5x uvicorn --workers 4",
             f"x{fmt(memory, '.3f')}",
             _at_most(memory, 0.5),
+        )
+    )
+    recoveries = ok(records, phase="recovery")
+    by_variant: dict[str, list[float]] = {}
+    for record in recoveries:
+        if record["answering_s"] is not None:
+            by_variant.setdefault(record["variant"], []).append(record["answering_s"])
+    mine = median(by_variant.get(Variant(CORRAL, preload=True).label, []))
+    peers = [median(v) for k, v in by_variant.items() if not k.startswith(SUBJECT)]
+    best_peer = min((p for p in peers if p is not None), default=None)
+    found.append(
+        Target(
+            "full capacity after SIGKILL <= the best peer's (medians)",
+            f"{fmt(mine, '.3f')} s vs {fmt(best_peer, '.3f')} s",
+            None if mine is None or best_peer is None else mine <= best_peer,
         )
     )
     preloaded = ok(records, phase="recovery", server=SUBJECT, preload=True)
@@ -753,12 +888,11 @@ def tables(records: Sequence[Record], servers: Sequence[Server], settings: Setti
     by_phase = {phase: [r for r in records if r["phase"] == phase] for phase in PHASES}
     found: list[Table] = []
     if by_phase["throughput"]:
-        for app in (HELLO, FASTAPI):
-            table = throughput_table(by_phase["throughput"], app, servers)
-            table.title += (
-                f", {settings.workers} workers, {settings.rounds} rounds x {settings.seconds:g} s"
-            )
-            found.append(table)
+        for workers in settings.throughput_workers:
+            for app in (HELLO, FASTAPI):
+                table = throughput_table(by_phase["throughput"], app, servers, workers)
+                table.title += f", {settings.rounds} rounds x {settings.seconds:g} s"
+                found.append(table)
     if by_phase["memory"]:
         found.append(memory_table(by_phase["memory"], servers, settings.memory_workers))
     if by_phase["reload"]:
@@ -766,7 +900,7 @@ def tables(records: Sequence[Record], servers: Sequence[Server], settings: Setti
     if by_phase["recovery"]:
         found.append(recovery_table(by_phase["recovery"], servers))
     if set(PHASES) <= {r["phase"] for r in records}:
-        found.append(targets_table(targets(records, servers)))
+        found.append(targets_table(targets(records, servers, settings)))
     return found
 
 
@@ -822,7 +956,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="1 round x 3 s: a smoke run")
-    parser.add_argument("--workers", type=int, default=2, help="workers per server")
+    parser.add_argument(
+        "--workers",
+        default="2,4",
+        help="workers per server for throughput, comma-separated (the first: reload, recovery)",
+    )
     parser.add_argument("--memory-workers", type=int, default=4, help="workers for the PSS")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="wrk's run per round")
@@ -891,7 +1029,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for note in notes:
         print(note, file=sys.stderr)
     settings = Settings(
-        workers=args.workers,
+        workers=int(args.workers.split(",")[0]),
+        throughput_workers=tuple(int(n) for n in args.workers.split(",")),
         memory_workers=args.memory_workers,
         rounds=args.rounds,
         seconds=args.seconds,
