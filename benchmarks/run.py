@@ -666,7 +666,7 @@ def memory_table(records: Sequence[Record], servers: Sequence[Server], workers: 
     apps = (HELLO, FASTAPI, TABLE)
     uvicorn = pss_mib(records, FASTAPI, Variant(UVICORN))
     rows = []
-    for server in servers:
+    for server in (s for s in servers if s in OTHER_PHASES):
         for variant in preload_variants(server):
             fastapi = ok(records, phase="memory", app=FASTAPI.name, variant=variant.label)
             rows.append(
@@ -698,7 +698,7 @@ def memory_table(records: Sequence[Record], servers: Sequence[Server], workers: 
 
 def reload_table(records: Sequence[Record], servers: Sequence[Server]) -> Table:
     rows = []
-    for server in servers:
+    for server in (s for s in servers if s in OTHER_PHASES):
         if server.hup is None:
             rows.append([server.name, "-", "no HUP reload", "-", "-"])
             continue
@@ -724,7 +724,7 @@ def reload_table(records: Sequence[Record], servers: Sequence[Server]) -> Table:
 
 def recovery_table(records: Sequence[Record], servers: Sequence[Server]) -> Table:
     rows = []
-    for server in servers:
+    for server in (s for s in servers if s in OTHER_PHASES):
         for variant in preload_variants(server):
             done = ok(records, phase="recovery", variant=variant.label)
             answering = [r["answering_s"] for r in done]
