@@ -9,7 +9,9 @@ own CPU time divided by the requests it served does not, so this measures
 what a feature costs even on a busy machine. Each variant is `corral FLAGS`
 (`corral run APP` with one worker: the worker `web.1` is measured) or
 `uvicorn FLAGS` (a bare `uvicorn APP`, one process and no corral code: the
-ceiling). Rounds alternate the variants; the median of each is printed with
+ceiling); an interpreter's path may come first (`/tmp/old/.venv/bin/python
+corral`), to compare another checkout of corral. Rounds alternate the variants;
+the median of each is printed with
 its ratio to the first, which is the request rate ratio when the worker is
 CPU-bound.
 
@@ -51,11 +53,14 @@ def free_port() -> int:
 
 def command(variant: str, app: str, port: int) -> tuple[list[str], bool]:
     """The server's argv, and whether its worker is a corral child (else the process itself)."""
-    server, *flags = shlex.split(variant)
+    python, words = sys.executable, shlex.split(variant)
+    if "/" in words[0]:
+        python, *words = words
+    server, *flags = words
     if server == "corral":
-        return [sys.executable, "-m", "corral", "run", app, "--port", str(port), *flags], True
+        return [python, "-m", "corral", "run", app, "--port", str(port), *flags], True
     if server == "uvicorn":
-        return [sys.executable, "-m", "uvicorn", app, "--port", str(port), *flags], False
+        return [python, "-m", "uvicorn", app, "--port", str(port), *flags], False
     raise SystemExit(f"a variant starts with corral or uvicorn, not {server!r}")
 
 

@@ -45,7 +45,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def entries(*requests: tuple[str, int, float]) -> list[Entry]:
     """The entries a worker's protocol records for `requests` (method, status, seconds)."""
     return [
-        (("127.0.0.1", 5000), method, "/", b"", "1.1", status, 10**9, 10**9 + round(seconds * 1e9))
+        (method, status, 10**9, 10**9 + round(seconds * 1e9))
         for method, status, seconds in requests
     ]
 

@@ -40,7 +40,7 @@ from uvicorn.protocols.http import httptools_impl
 from uvicorn.server import ServerState
 
 from corral.child.client_limits import ClientLimits, LimitedHttpToolsProtocol
-from corral.child.request_log import RequestLog
+from corral.child.request_log import LoggedEntry, RequestLog
 from corral.settings import WebConfig
 
 IDLE_DRAIN_GRACE = 1.0  # seconds a draining worker keeps an idle keep-alive connection
@@ -73,22 +73,32 @@ def recording_cycle(cycle: type, announce_close: bool = False) -> type:
 
 
 def record(requests: RequestLog, cycle: Any) -> None:
-    """Append the finished request of `cycle` to the worker's block of entries."""
+    """Append the finished request of `cycle` to the worker's block of entries.
+
+    The entry is what /metrics counts (`Entry`), and with the access log on
+    what its line needs after that (`LoggedEntry`).
+    """
     entries = requests.entries
     if not entries:
         requests.schedule()
     scope = cycle.scope
-    entries.append(
-        (
-            scope["client"],
-            scope["method"],
-            scope["path"],
-            scope["query_string"],
-            scope["http_version"],
-            cycle.status,
-            cycle.started,
-            perf_counter_ns(),
-        )
+    if requests.writer is None:
+        entries.append((scope["method"], cycle.status, cycle.started, perf_counter_ns()))
+    else:
+        entries.append(logged_entry(cycle, perf_counter_ns()))
+
+
+def logged_entry(cycle: Any, ended: int) -> LoggedEntry:
+    scope = cycle.scope
+    return (
+        scope["method"],
+        cycle.status,
+        cycle.started,
+        ended,
+        scope["client"],
+        scope["path"],
+        scope["query_string"],
+        scope["http_version"],
     )
 
 
@@ -156,9 +166,15 @@ class HttpToolsProtocol(DrainingH1, LimitedHttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         serving = self._serving
-        if serving is not None:
+        if serving is not None:  # recorded here rather than by record(): a call less
             self._serving = None
-            record(self.requests, serving)  # type: ignore[arg-type]
+            requests = self.requests
+            entries = requests.entries  # type: ignore[union-attr]
+            if not entries:
+                requests.schedule()  # type: ignore[union-attr]
+            entries.append(
+                (serving.scope["method"], serving.status, serving.started, perf_counter_ns())
+            )
         httptools_impl.HttpToolsProtocol.on_response_complete(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -167,6 +183,17 @@ class HttpToolsProtocol(DrainingH1, LimitedHttpToolsProtocol):
             self._serving = None
             record(self.requests, serving)  # type: ignore[arg-type]
         super().connection_lost(exc)
+
+
+class LoggedHttpTools(HttpToolsProtocol):
+    """The same, recording what the access log's line needs too."""
+
+    def on_response_complete(self) -> None:
+        serving = self._serving
+        if serving is not None:
+            self._serving = None
+            record(self.requests, serving)  # type: ignore[arg-type]
+        httptools_impl.HttpToolsProtocol.on_response_complete(self)
 
 
 # h11 and zttp's HTTP/1.1: one request at a time, so the cycle served is `self.cycle`
@@ -302,7 +329,8 @@ def http_protocol(config: WebConfig, requests: RequestLog | None) -> type:
     bound: dict[str, Any] = {"requests": requests, "__module__": __name__}
     if config.http in ("auto", "httptools"):
         bound["limits"] = ClientLimits.of(config)
-        return type("HttpToolsProtocol", (HttpToolsProtocol,), bound)
+        logged = requests is not None and requests.writer is not None
+        return type("HttpToolsProtocol", (LoggedHttpTools if logged else HttpToolsProtocol,), bound)
     if config.http == "h11":
         return type("H11Protocol", (h11_protocol(),), bound)
     http1 = type("ZttpProtocol", (zttp_protocol(),), bound)

@@ -29,6 +29,10 @@ from time import perf_counter_ns
 
 from corral.child.request_stats import Entry, RequestStats
 
+LoggedEntry = tuple[str, int, int, int, tuple[str, int] | None, str, bytes, str]
+"""A request recorded for the access log: the `Entry` counted for /metrics
+(method, status, start, end), then client, path, query string and HTTP version."""
+
 FLUSH_INTERVAL = 0.1  # at most this long between a request and its line
 
 # "0.0ms" ... "99.9ms": looking a duration up costs a third of formatting it.
@@ -48,10 +52,10 @@ def format_client(client: tuple[str, int] | None) -> str:
     return f"{host}:{port}" if port else host
 
 
-def format_lines(entries: Iterable[Entry]) -> Iterator[str]:
+def format_lines(entries: Iterable[LoggedEntry]) -> Iterator[str]:
     """Access lines such as `127.0.0.1:50312 - "GET /a?b=1 HTTP/1.1" 200 0.4ms`."""
     durations = _DURATIONS
-    for client, method, path, query, version, status, started, ended in entries:
+    for method, status, started, ended, client, path, query, version in entries:
         who = format_client(client)
         target = f"{path}?{query.decode('latin-1')}" if query else path
         tenths = (ended - started + 50_000) // 100_000  # of a millisecond, rounded
@@ -59,13 +63,13 @@ def format_lines(entries: Iterable[Entry]) -> Iterator[str]:
         yield f'{who} - "{method} {target} HTTP/{version}" {status or "-"} {took}'
 
 
-def format_json_lines(entries: list[Entry], process: str, pid: int) -> Iterator[str]:
+def format_json_lines(entries: list[LoggedEntry], process: str, pid: int) -> Iterator[str]:
     """The same lines for `--log-format json`: one object each, with the request's fields."""
     from corral.logformat import iso_time
 
     wall_minus_perf = time.time() - perf_counter_ns() / 1e9
     for entry, line in zip(entries, format_lines(entries), strict=True):
-        client, method, path, query, version, status, started, ended = entry
+        method, status, started, ended, client, path, query, version = entry
         record = {
             "time": iso_time(wall_minus_perf + ended / 1e9),
             "process": process,
@@ -96,7 +100,7 @@ class BlockWriter:
         self._separator = "\n" + prefix
         self._json_for = json_for  # (process, pid) for JSON lines; None for text lines
 
-    def write(self, entries: list[Entry]) -> None:
+    def write(self, entries: list[LoggedEntry]) -> None:
         if self._json_for is not None:
             text = "\n".join(format_json_lines(entries, *self._json_for)) + "\n"
         else:
@@ -129,7 +133,7 @@ class RequestLog:
     def __init__(self, stats: RequestStats, writer: BlockWriter | None) -> None:
         self.stats = stats
         self.writer = writer
-        self.entries: list[Entry] = []
+        self.entries: list[Entry] = []  # LoggedEntry when there is a writer
         self._timer: asyncio.TimerHandle | None = None
 
     def schedule(self) -> None:
@@ -146,5 +150,5 @@ class RequestLog:
             return
         self.stats.count(entries)
         if self.writer is not None:
-            self.writer.write(entries)
+            self.writer.write(entries)  # type: ignore[arg-type]  # LoggedEntry, with a writer
         entries.clear()

@@ -23,14 +23,15 @@ BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 """Upper bounds (inclusive, seconds) of the latency buckets; a last one, +Inf, is implied."""
 _BOUNDS_NS = tuple(round(bound * 1e9) for bound in BUCKETS)
 
-Entry = tuple[tuple[str, int] | None, str, str, bytes, str, int, int, int]
-"""One request as the protocol records it: client, method, path, query
-string, HTTP version, status (0 if the app sent none), and its start and
-end on the perf_counter_ns clock."""
+Entry = tuple[str, int, int, int]
+"""One request as the protocol records it for counting: method, status (0
+if the app sent none), and its start and end on the perf_counter_ns clock.
+With the access log on, the protocol appends what the line needs after
+those four (`corral.child.request_log.LoggedEntry`)."""
 
-_METHOD_AND_STATUS = itemgetter(1, 5)
-_STARTED = itemgetter(6)
-_ENDED = itemgetter(7)
+_METHOD_AND_STATUS = itemgetter(0, 1)
+_STARTED = itemgetter(2)
+_ENDED = itemgetter(3)
 
 METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
