@@ -7,8 +7,6 @@ import time
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
-from croniter import croniter
-
 from corral.settings import JobConfig
 
 
@@ -20,6 +18,10 @@ class Schedule:
         self.start = time.time() if now is None else now
         self.cron = None
         if config.schedule is not None:
+            # Imported here: croniter and dateutil take about 1 MiB, which every process of
+            # the tree would map for a cron schedule that most systems do not declare.
+            from croniter import croniter
+
             zone = ZoneInfo(config.timezone) if config.timezone else timezone.utc
             self.cron = croniter(config.schedule, datetime.fromtimestamp(self.start, zone))
 
