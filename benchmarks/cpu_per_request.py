@@ -16,14 +16,18 @@ its ratio to the first, which is the request rate ratio when the worker is
 CPU-bound.
 
 With --profile DIR, each variant's worker is also recorded by py-spy
-(`py-spy record --format raw`, collapsed stacks) during its last round,
-so that where its time goes can be compared; py-spy's sampling costs the
-worker some CPU, so the CPU figure of that round is left out.
+(`py-spy record --format raw`, collapsed stacks, in DIR/N.txt) in a round
+of its own, and the functions its samples end in are printed, with the
+share of each file: where its time goes. py-spy's sampling costs the
+worker some CPU, so that round's CPU figure is left out. Time spent in C
+(the event loop, a system call) counts for the Python function that called
+it: uvloop's loop in `Runner.run`, the socket writes in uvicorn's `send`.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import re
 import shlex
 import signal
@@ -146,6 +150,30 @@ def record_profile(pid: int, port: int, path: str, seconds: float, out: Path) ->
     spy.wait(seconds + 30)
 
 
+FRAME = re.compile(r"^(?P<function>.*) \((?P<file>[^:]*?)(:\d+)?\)$")
+
+
+def where_time_goes(profile: Path, top: int = 12) -> str:
+    """The functions the samples end in (self time), and each file's share, as text."""
+    functions: collections.Counter[str] = collections.Counter()
+    files: collections.Counter[str] = collections.Counter()
+    for line in profile.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        match = FRAME.match(stack.rsplit(";", 1)[-1])
+        function, file = (match["function"], match["file"]) if match else (stack, "?")
+        file = file.rsplit("/site-packages/", 1)[-1].rsplit("/src/", 1)[-1]
+        functions[f"{function} ({file})"] += int(count)
+        files[file] += int(count)
+    total = sum(files.values()) or 1
+    lines = [f"  {100 * n / total:5.1f}%  {name}" for name, n in functions.most_common(top)]
+    lines.append("  by file: " + ", ".join(
+        f"{file} {100 * n / total:.0f}%" for file, n in files.most_common(8)
+    ))  # fmt: skip
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("variants", nargs="*", default=list(DEFAULT_VARIANTS))
@@ -166,7 +194,7 @@ def main() -> None:
         for number, variant in enumerate(args.variants, 1):
             out = args.profile / f"{number}.txt"
             cpu_per_request(variant, args.app, args.path, args.seconds, out)
-            print(f"profile of {variant!r}: {out}")
+            print(f"where the time of {variant!r} goes ({out}):\n{where_time_goes(out)}")
     first = statistics.median(costs[args.variants[0]])
     width = max(len(v) for v in args.variants)
     for variant, values in costs.items():

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.client
 import re
 import signal
 import ssl
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -71,6 +74,45 @@ def test_httptools_enforces_every_limit_and_says_nothing(corral):
     server.wait_workers(1)
     assert "does not enforce" not in server.output
     assert server.stop() == 0
+
+
+def kept_alive(url: str) -> http.client.HTTPConnection:
+    """A connection that has served one request and stays open, idle."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
+    conn.request("GET", "/")
+    response = conn.getresponse()
+    response.read()
+    assert response.status == 200
+    assert (response.getheader("connection") or "").lower() != "close"
+    return conn
+
+
+@pytest.mark.parametrize("http", ["h11", "zttp"])
+def test_a_drain_answers_what_comes_finishes_what_runs_and_closes_idle_connections(corral, http):
+    server = corral(
+        *("run", "plain:app", "--port", "0", "--http", http, "--graceful-timeout", "10"),
+    )
+    url = server.url()
+    server.wait_workers(1)
+    idle, reused = kept_alive(url), kept_alive(url)
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(httpx.get, f"{url}/slow?seconds=3", timeout=15)
+        server.wait_accepted(urlsplit(url).port, 3)
+        server.send(signal.SIGTERM)
+        server.wait_for(r"SIGTERM: stopping gracefully")
+        # A request on an idle connection within the drain's grace is answered, then closed.
+        reused.request("GET", "/")
+        answer = reused.getresponse()
+        answer.read()
+        assert (answer.status, answer.getheader("connection")) == (200, "close")
+        assert idle.sock is not None
+        idle.sock.settimeout(5)
+        assert idle.sock.recv(1) == b"", "the idle connection was not closed cleanly"
+        assert not slow.done(), "the idle connection should be closed while requests finish"
+        response = slow.result(timeout=15)
+    assert (response.status_code, response.headers.get("connection")) == (200, "close")
+    assert server.wait(15) == 0
 
 
 def test_http2_over_tls_with_alpn_and_http1_beside_it(corral, tmp_path):
