@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import sys
 import time
 from collections.abc import Callable
@@ -27,7 +28,6 @@ from typing import Any
 import uvicorn
 import uvloop
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
 from corral.child import http_protocols
@@ -37,7 +37,10 @@ from corral.child.request_stats import RequestStats
 from corral.settings import WebConfig
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: wrk\r\n\r\n"
-Variant = Callable[[Any], tuple[type, Any, RequestLog | None]]
+Made = tuple[type, Any, RequestLog | None, type]
+"""A protocol class, the app around the app, its request log, and the cycle class its
+module must create (uvicorn's own, or corral's, which a worker installs)."""
+Variant = Callable[[Any], Made]
 
 
 class Transport(asyncio.Transport):
@@ -67,19 +70,23 @@ class Transport(asyncio.Transport):
 
 
 def variants(http: str) -> dict[str, Variant]:
-    """name -> a maker of (protocol class, app around the app, its request log)."""
+    """name -> a maker of what `serve` takes."""
     config = WebConfig(app="hello:app", http=http)  # type: ignore[arg-type]
+    module = importlib.import_module(MODULES[http])
+    uvicorns = module.RequestResponseCycle
 
     def corral(recorded: bool) -> Variant:
-        def make(app: Any) -> tuple[type, Any, RequestLog | None]:
+        def make(app: Any) -> Made:
             log = RequestLog(RequestStats(), None) if recorded else None
             protocol = http_protocols.http_protocol(config, log)
-            return protocol, ProxyHeaders(app, config.forwarded_allow_ips), log
+            cycle = module.RequestResponseCycle
+            module.RequestResponseCycle = uvicorns
+            return protocol, ProxyHeaders(app, config.forwarded_allow_ips), log, cycle
 
         return make
 
-    def plain(app: Any) -> tuple[type, Any, RequestLog | None]:
-        return uvicorn_protocol(http), ProxyHeadersMiddleware(app, "127.0.0.1"), None
+    def plain(app: Any) -> Made:
+        return uvicorn_protocol(http), ProxyHeadersMiddleware(app, "127.0.0.1"), None, uvicorns
 
     return {
         f"uvicorn's {http} protocol": plain,
@@ -92,9 +99,14 @@ async def never_called(scope: Any, receive: Any, send: Any) -> None:
     """An app for uvicorn.Config to load; only its protocol class is used."""
 
 
+MODULES = {
+    "httptools": "uvicorn.protocols.http.httptools_impl",
+    "h11": "uvicorn.protocols.http.h11_impl",
+    "zttp": "uvicorn.protocols.http.zttp_impl",
+}
+
+
 def uvicorn_protocol(http: str) -> type:
-    if http == "httptools":
-        return HttpToolsProtocol
     config = uvicorn.Config(never_called, http=http, log_config=None)
     config.load()
     return config.http_protocol_class
@@ -128,11 +140,15 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).parent / "apps"))
     import hello
 
+    module = importlib.import_module(MODULES[args.http])
     made = {name: make(hello.app) for name, make in variants(args.http).items()}
     costs: dict[str, list[float]] = {name: [] for name in made}
+    uvicorns = module.RequestResponseCycle
     for _ in range(args.rounds):
-        for name, (protocol_class, app, log) in made.items():
+        for name, (protocol_class, app, log, cycle) in made.items():
+            module.RequestResponseCycle = cycle  # what the worker of this variant creates
             costs[name].append(uvloop.run(serve(protocol_class, app, log, args.requests)))
+            module.RequestResponseCycle = uvicorns
     reference = min(next(iter(costs.values()))) * 1e6
     for name, values in costs.items():
         cost = min(values) * 1e6

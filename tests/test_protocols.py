@@ -76,6 +76,10 @@ def test_httptools_enforces_every_limit_and_says_nothing(corral):
     assert server.stop() == 0
 
 
+def draining(status: dict, name: str) -> bool:
+    return any(row["name"] == name and row["state"] == "draining" for row in status["processes"])
+
+
 def kept_alive(url: str) -> http.client.HTTPConnection:
     """A connection that has served one request and stays open, idle."""
     parts = urlsplit(url)
@@ -100,8 +104,10 @@ def test_a_drain_answers_what_comes_finishes_what_runs_and_closes_idle_connectio
         slow = pool.submit(httpx.get, f"{url}/slow?seconds=3", timeout=15)
         server.wait_accepted(urlsplit(url).port, 3)
         server.send(signal.SIGTERM)
-        server.wait_for(r"SIGTERM: stopping gracefully")
-        # A request on an idle connection within the drain's grace is answered, then closed.
+        server.wait_status("draining", lambda status: draining(status, "web.1"))
+        time.sleep(0.3)  # uvicorn shuts its connections down at its next tick (0.1 s)
+        # A request on an idle connection within the drain's grace (1 s) is answered, then
+        # the connection closes.
         reused.request("GET", "/")
         answer = reused.getresponse()
         answer.read()

@@ -21,10 +21,14 @@ nothing:
 WebSocket protocols (`--ws`) get a grace before uvicorn's own drain, which
 closes each session with code 1012 ("service restart": reconnect).
 
-The cycle of each recorded request becomes a subclass of uvicorn's own
-cycle (`__class__` is assigned before its task first runs): the subclass
-only notes the status in `send`, and returns uvicorn's coroutine without
-adding a frame of its own.
+Each request's cycle is a subclass of uvicorn's own, which only notes the
+status in `send` (returning uvicorn's coroutine, without a frame of its
+own). uvicorn's protocols create their cycle by the name
+`RequestResponseCycle` in their module, so the worker points that name at
+the subclass (`use_cycles`): a worker serves one configuration. Assigning
+`__class__` to each cycle instead cost a hello-world worker 2-3 us of CPU
+per request, measured (CPython copies the object's attributes into a dict
+of their own on such an assignment, and every later access is slower).
 """
 
 from __future__ import annotations
@@ -68,8 +72,27 @@ def recording_cycle(cycle: type, announce_close: bool = False) -> type:
     return type(
         cycle.__name__,
         (cycle,),
-        {"send": noting_send, "status": 0, "started": 0, "__module__": __name__},
+        {
+            "send": noting_send,
+            "status": 0,
+            "started": 0,
+            "uvicorn_cycle": cycle,
+            "__module__": __name__,
+        },
     )
+
+
+def use_cycles(module: Any, cycle: type) -> type:
+    """Make uvicorn's protocol `module` create `cycle` (a `recording_cycle`); the previous.
+
+    A worker process calls this once, for the protocol it serves with;
+    benchmarks/protocol_cost.py puts the previous back after each variant.
+    """
+    previous: type = module.RequestResponseCycle
+    if cycle.uvicorn_cycle is not getattr(previous, "uvicorn_cycle", previous):  # type: ignore[attr-defined]
+        raise RuntimeError(f"{module.__name__}.RequestResponseCycle is not the one corral extends")
+    module.RequestResponseCycle = cycle
+    return previous
 
 
 def record(requests: RequestLog, cycle: Any) -> None:
@@ -159,7 +182,6 @@ class HttpToolsProtocol(DrainingH1, LimitedHttpToolsProtocol):
         if self.draining:
             cycle.keep_alive = False  # a request that came in the grace: answered, then closed
         if self.requests is not None:
-            cycle.__class__ = HttpToolsCycle
             cycle.started = perf_counter_ns()
             self._serving = cycle
         httptools_impl.HttpToolsProtocol._start_asgi_task(self, cycle, app)
@@ -199,8 +221,8 @@ class LoggedHttpTools(HttpToolsProtocol):
 # h11 and zttp's HTTP/1.1: one request at a time, so the cycle served is `self.cycle`
 
 
-def sequential_h1(protocol: type, cycle: type) -> type:
-    """uvicorn's h11 or zttp `protocol` (whose requests run as `cycle`), drained and recorded.
+def sequential_h1(protocol: type) -> type:
+    """uvicorn's h11 or zttp `protocol`, drained and recorded.
 
     Both serve one request at a time, so the cycle served is `self.cycle`;
     they create the next request's cycle (and its task) while handling input,
@@ -211,7 +233,6 @@ def sequential_h1(protocol: type, cycle: type) -> type:
     data_received = protocol.data_received
     on_response_complete = protocol.on_response_complete
     connection_lost = protocol.connection_lost
-    recording = recording_cycle(cycle, announce_close=True)
 
     class Sequential(DrainingH1, protocol):  # type: ignore[misc, valid-type]
         requests: ClassVar[RequestLog | None]
@@ -242,10 +263,8 @@ def sequential_h1(protocol: type, cycle: type) -> type:
             if cycle is None:
                 return
             if self.requests is not None:
-                cycle.__class__ = recording  # notes the status
                 cycle.started = perf_counter_ns()
             if self.draining:
-                cycle.__class__ = recording  # says Connection: close
                 cycle.keep_alive = False
 
     Sequential.__name__ = Sequential.__qualname__ = protocol.__name__
@@ -255,20 +274,22 @@ def sequential_h1(protocol: type, cycle: type) -> type:
 def h11_protocol() -> type:
     from uvicorn.protocols.http import h11_impl
 
-    return sequential_h1(h11_impl.H11Protocol, h11_impl.RequestResponseCycle)
+    use_cycles(h11_impl, recording_cycle(h11_impl.RequestResponseCycle, announce_close=True))
+    return sequential_h1(h11_impl.H11Protocol)
 
 
 def zttp_protocol() -> type:
     from uvicorn.protocols.http import zttp_impl
 
-    return sequential_h1(zttp_impl.ZttpProtocol, zttp_impl.RequestResponseCycle)
+    use_cycles(zttp_impl, recording_cycle(zttp_impl.RequestResponseCycle, announce_close=True))
+    return sequential_h1(zttp_impl.ZttpProtocol)
 
 
 def zttp_h2_protocol() -> type:
     """zttp's HTTP/2 protocol, recorded; one cycle per stream, drained by uvicorn (GOAWAY)."""
     from uvicorn.protocols.http import zttp_h2_impl
 
-    cycle_class = recording_cycle(zttp_h2_impl.RequestResponseCycle)
+    use_cycles(zttp_h2_impl, recording_cycle(zttp_h2_impl.RequestResponseCycle))
 
     class ZttpH2Protocol(zttp_h2_impl.ZttpH2Protocol):
         requests: ClassVar[RequestLog | None]
@@ -276,9 +297,7 @@ def zttp_h2_protocol() -> type:
         def handle_request(self, event: Any) -> None:
             super().handle_request(event)
             if self.requests is not None:
-                cycle = self.cycles[event.stream_id]
-                cycle.__class__ = cycle_class
-                cycle.started = perf_counter_ns()  # type: ignore[attr-defined]
+                self.cycles[event.stream_id].started = perf_counter_ns()  # type: ignore[attr-defined]
 
         def on_response_complete(self, stream_id: int) -> None:
             cycle = self.cycles.get(stream_id)
@@ -326,6 +345,8 @@ def http_protocol(config: WebConfig, requests: RequestLog | None) -> type:
     """
     bound: dict[str, Any] = {"requests": requests, "__module__": __name__}
     if config.http in ("auto", "httptools"):
+        if requests is not None:
+            use_cycles(httptools_impl, HttpToolsCycle)
         bound["limits"] = ClientLimits.of(config)
         logged = requests is not None and requests.writer is not None
         return type("HttpToolsProtocol", (LoggedHttpTools if logged else HttpToolsProtocol,), bound)
