@@ -195,6 +195,8 @@ def main() -> None:
             out = args.profile / f"{number}.txt"
             cpu_per_request(variant, args.app, args.path, args.seconds, out)
             print(f"where the time of {variant!r} goes ({out}):\n{where_time_goes(out)}")
+    if not args.rounds:
+        return
     first = statistics.median(costs[args.variants[0]])
     width = max(len(v) for v in args.variants)
     for variant, values in costs.items():
