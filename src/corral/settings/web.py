@@ -341,7 +341,7 @@ class WebConfig(Settings):
         head = (
             "--limit-request-head (h11's largest incomplete event)"
             if self.http == "h11"
-            else "zttp's own limit on a request head"
+            else "zttp's own limit of 16 KiB on a request head"
         )
         return [
             f"--http {self.http} does not enforce --limit-request-line, --limit-request-fields, "
