@@ -34,7 +34,9 @@ PEER_REQUIREMENTS = (
     *("uvicorn[standard]", "gunicorn", "uvicorn-worker", "granian", "fastapi", "flask"),
 )
 PEER_PACKAGES = ("uvicorn", "gunicorn", "uvicorn-worker", "granian", "fastapi", "uvloop", "flask")
-PROJECT_PACKAGES = ("corral", "uvicorn", "fastapi", "uvloop", "httptools", "flask", "a2wsgi")
+PROJECT_PACKAGES = (
+    *("corral", "uvicorn", "fastapi", "uvloop", "httptools", "zttp", "flask", "a2wsgi"),
+)
 
 # Variables that would override the flags we pass (each server reads its own prefix from the
 # environment) or make corral serve on inherited sockets.
@@ -200,6 +202,15 @@ class Running:
                 if proc.status() != psutil.STATUS_ZOMBIE:
                     live.add(proc.pid)
         return self.markers() & live
+
+    def worker_cpu(self) -> dict[int, float]:
+        """CPU seconds (user + system) of each live ready worker, by pid."""
+        times = {}
+        for proc in self.tree():
+            if proc.pid in self.markers():
+                with suppress(psutil.Error):
+                    times[proc.pid] = sum(proc.cpu_times()[:2])
+        return times
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:

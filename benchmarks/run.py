@@ -98,6 +98,8 @@ class Server:
     preload: Flags | None  # None: the server has no preload
     hup: Hup | None  # None: SIGHUP does not reload the server
     notes: tuple[str, ...] = ()
+    peer: bool = True  # False: corral itself, or one of its settings
+    both_logs: bool = True  # measured with its access log on too (else off only)
 
 
 CORRAL = Server(
@@ -111,6 +113,27 @@ CORRAL = Server(
         "rolling reload: a new zygote imports the app, then one worker at a time a "
         "replacement starts and the old worker drains once it is ready",
     ),
+)
+# corral with one setting changed: measured for throughput, beside its defaults.
+CORRAL_ZTTP = Server(
+    name="corral --http zttp",
+    interpreter="project",
+    argv=(*CORRAL.argv, "--http", "zttp"),
+    access_log=CORRAL.access_log,
+    preload=None,
+    hup=None,
+    peer=False,
+    both_logs=False,
+)
+CORRAL_UNCOUNTED = Server(
+    name="corral --no-request-metrics",
+    interpreter="project",
+    argv=(*CORRAL.argv, "--no-request-metrics"),
+    access_log=CORRAL.access_log,
+    preload=None,
+    hup=None,
+    peer=False,
+    both_logs=False,
 )
 UVICORN = Server(
     name="uvicorn --workers",
@@ -167,7 +190,18 @@ GRANIAN = Server(
     ),
     notes=("run with --respawn-failed-workers: without it, granian exits when a worker dies",),
 )
-SERVERS = (CORRAL, UVICORN, GUNICORN_UVICORN_WORKER, GUNICORN_ASGI, GRANIAN)
+SERVERS = (
+    CORRAL,
+    CORRAL_ZTTP,
+    CORRAL_UNCOUNTED,
+    UVICORN,
+    GUNICORN_UVICORN_WORKER,
+    GUNICORN_ASGI,
+    GRANIAN,
+)
+OTHER_PHASES = (CORRAL, UVICORN, GUNICORN_UVICORN_WORKER, GUNICORN_ASGI, GRANIAN)
+"""The servers of the memory, reload and recovery phases (the settings of corral that change
+the request path change neither)."""
 
 # The WSGI phase: the Flask app, N workers of T threads each ({threads}: --threads).
 CORRAL_WSGI = Server(
@@ -257,17 +291,20 @@ def has_gunicorn_asgi_worker(python: Path) -> bool:
 
 def measure_throughput(
     run: Running, app: App, connections: int, seconds: float, warmup: float
-) -> tuple[WrkReport, float | None]:
-    """wrk's report on `app.path` after a warm-up (which is not counted), and the server's
-    CPU microseconds per request meanwhile: the CPU time of the processes of its tree that
-    lived through the measurement, over the requests. Unlike req/s, it hardly moves with
-    the other load on the machine."""
+) -> tuple[WrkReport, float | None, float | None]:
+    """wrk's report on `app.path` after a warm-up (which is not counted), the busiest
+    worker's share of the work (its CPU time over the workers' mean; 1.0: perfectly even),
+    and the server's CPU microseconds per request: the CPU time of the processes of its tree
+    that lived through the measurement, over the requests. Unlike req/s, the last hardly
+    moves with the other load on the machine."""
     harness.run_wrk(run.port, app.path, connections, warmup)
-    before = harness.tree_cpu_seconds(run)
+    before, tree_before = run.worker_cpu(), harness.tree_cpu_seconds(run)
     report = harness.run_wrk(run.port, app.path, connections, seconds)
-    after = harness.tree_cpu_seconds(run)
-    used = sum(after[pid] - before[pid] for pid in before.keys() & after.keys())
-    return report, (used / report.requests * 1e6 if report.requests else None)
+    after, tree_after = run.worker_cpu(), harness.tree_cpu_seconds(run)
+    used = [after[pid] - before[pid] for pid in after.keys() & before.keys()]
+    busiest = max(used) / statistics.mean(used) if used and sum(used) > 0 else None
+    tree = sum(tree_after[pid] - tree_before[pid] for pid in tree_before.keys() & tree_after.keys())
+    return report, busiest, (tree / report.requests * 1e6 if report.requests else None)
 
 
 def measure_memory(run: Running, app: App, connections: int) -> list[int]:
@@ -344,6 +381,7 @@ def measure_recovery(run: Running, timeout: float) -> RecoveryResult:
 @dataclass
 class Settings:
     workers: int
+    throughput_workers: tuple[int, ...]
     memory_workers: int
     rounds: int
     seconds: float
@@ -390,17 +428,18 @@ def sample(
     return record
 
 
-def throughput_measure(app: App, settings: Settings) -> Callable[[Running], Record]:
+def throughput_measure(app: App, workers: int, settings: Settings) -> Callable[[Running], Record]:
     def go(run: Running) -> Record:
         first_200_s = harness.wait_first_200(run, app.path)
-        harness.wait_ready(run, settings.workers, app.path)
-        report, cpu_us = measure_throughput(
+        harness.wait_ready(run, workers, app.path)
+        report, busiest, cpu_us = measure_throughput(
             run, app, settings.connections, settings.seconds, settings.warmup
         )
         return {
             "first_200_s": first_200_s,
             **asdict(report),
             "failed": report.failed,
+            "busiest_share": busiest,
             "cpu_us_per_request": cpu_us,
         }
 
@@ -408,20 +447,31 @@ def throughput_measure(app: App, settings: Settings) -> Callable[[Running], Reco
 
 
 def throughput_phase(
-    servers: Sequence[Server], settings: Settings, apps: Sequence[App] = (HELLO, FASTAPI)
+    servers: Sequence[Server],
+    settings: Settings,
+    apps: Sequence[App] = (HELLO, FASTAPI),
+    worker_counts: Sequence[int] | None = None,
 ) -> list[Record]:
+    """Each app on each server, with each of `worker_counts` workers (the settings'
+    throughput_workers if None), access log off and on, the rounds interleaved."""
+    worker_counts = worker_counts or settings.throughput_workers
     records = []
+    first = worker_counts[0]
     for round_ in range(1, settings.rounds + 1):
-        for app in apps:
-            for server in servers:
-                for access_log in (False, True):
-                    variant = Variant(server, access_log=access_log)
-                    records.append(
-                        sample(
-                            "throughput", variant, app, settings.workers, settings,
-                            throughput_measure(app, settings), round=round_,
-                        )
-                    )  # fmt: skip
+        for workers in worker_counts:
+            for app in apps:
+                for server in servers:
+                    # The access log on: with the first worker count, for the servers as
+                    # they come.
+                    logs = (False, True) if server.both_logs and workers == first else (False,)
+                    for access_log in logs:
+                        variant = Variant(server, access_log=access_log)
+                        records.append(
+                            sample(
+                                "throughput", variant, app, workers, settings,
+                                throughput_measure(app, workers, settings), round=round_,
+                            )
+                        )  # fmt: skip
     return records
 
 
@@ -438,6 +488,7 @@ def memory_phase(servers: Sequence[Server], settings: Settings) -> list[Record]:
         sample("memory", variant, app, settings.memory_workers, settings, measure(app))
         for app in (HELLO, FASTAPI, TABLE)
         for server in servers
+        if server in OTHER_PHASES
         for variant in preload_variants(server)
     ]
 
@@ -471,6 +522,7 @@ def recovery_phase(servers: Sequence[Server], settings: Settings) -> list[Record
         sample("recovery", variant, app, settings.workers, settings, measure, round=round_)
         for round_ in range(1, settings.rounds + 1)
         for server in servers
+        if server in OTHER_PHASES
         for variant in preload_variants(server)
     ]
 
@@ -479,7 +531,7 @@ def wsgi_phase(servers: Sequence[Server], settings: Settings) -> list[Record]:
     """The Flask app on corral and on gunicorn's gthread worker, whatever --servers says:
     throughput (access log off and on) and failed requests on SIGHUP under load."""
     return [
-        *throughput_phase(WSGI_SERVERS, settings, apps=(FLASK,)),
+        *throughput_phase(WSGI_SERVERS, settings, (FLASK,), (settings.workers,)),
         *reload_phase(WSGI_SERVERS, settings, app=FLASK),
     ]
 
@@ -487,7 +539,9 @@ def wsgi_phase(servers: Sequence[Server], settings: Settings) -> list[Record]:
 PHASES: dict[str, Callable[[Sequence[Server], Settings], list[Record]]] = {
     "throughput": throughput_phase,
     "memory": memory_phase,
-    "reload": reload_phase,
+    "reload": lambda servers, settings: reload_phase(
+        [s for s in servers if s in OTHER_PHASES], settings
+    ),
     "recovery": recovery_phase,
     "wsgi": wsgi_phase,
 }
@@ -502,8 +556,10 @@ def progress(record: Record) -> None:
         detail = f"FAILED: {record['error']}"
     elif record["phase"] == "throughput":
         detail = (
-            f"{record['rps']:.0f} req/s, p99 {fmt(record['p99_ms'], '.1f')} ms, "
-            f"{fmt(record.get('cpu_us_per_request'), '.0f')} us CPU/req, "
+            f"{record['workers']} workers, {record['rps']:.0f} req/s, "
+            f"p99 {fmt(record['p99_ms'], '.1f')} ms, "
+            f"{fmt(record.get('cpu_us_per_request'), '.0f')} us CPU/req, busiest worker "
+            f"x{fmt(record['busiest_share'], '.2f')}, "
             f"first 200 after {record['first_200_s']:.2f} s, {record['failed']} failed"
         )
     elif record["phase"] == "memory":
@@ -544,16 +600,25 @@ class Table:
 
 
 def median_rps(
-    records: Sequence[Record], app: App, server: Server, access_log: bool
+    records: Sequence[Record], app: App, server: Server, access_log: bool, workers: int
 ) -> float | None:
-    """The median req/s of `server` on `app` (records of the throughput phase and the WSGI's)."""
-    found = ok(records, phase="throughput", app=app.name, server=server.name, access_log=access_log)
+    """The median req/s of `server` on `app` with `workers` (throughput and WSGI records)."""
+    found = ok(
+        records,
+        phase="throughput",
+        app=app.name,
+        server=server.name,
+        access_log=access_log,
+        workers=workers,
+    )
     return median([r["rps"] for r in found])
 
 
-def best_peer_rps(records: Sequence[Record], app: App, servers: Sequence[Server]) -> float | None:
+def best_peer_rps(
+    records: Sequence[Record], app: App, servers: Sequence[Server], workers: int
+) -> float | None:
     """The highest median req/s among the peers, access log off."""
-    rates = [median_rps(records, app, s, False) for s in servers if s.name != SUBJECT]
+    rates = [median_rps(records, app, s, False, workers) for s in servers if s.peer]
     return max((r for r in rates if r is not None), default=None)
 
 
@@ -561,14 +626,18 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def throughput_table(records: Sequence[Record], app: App, servers: Sequence[Server]) -> Table:
-    best_peer = best_peer_rps(records, app, servers)
+def throughput_table(
+    records: Sequence[Record], app: App, servers: Sequence[Server], workers: int
+) -> Table:
+    best_peer = best_peer_rps(records, app, servers, workers)
     rows = []
     for server in servers:
-        off, on = median_rps(records, app, server, False), median_rps(records, app, server, True)
-        mine = ok(records, app=app.name, server=server.name)
+        off = median_rps(records, app, server, False, workers)
+        on = median_rps(records, app, server, True, workers)
+        mine = ok(records, app=app.name, server=server.name, workers=workers)
         p99 = median([r["p99_ms"] for r in mine if not r["access_log"]])
         cpu = median([r.get("cpu_us_per_request") for r in mine if not r["access_log"]])
+        busiest = median([r.get("busiest_share") for r in mine if not r["access_log"]])
         first = median([r["first_200_s"] for r in mine])
         failed = sum(r["failed"] for r in mine)
         rows.append(
@@ -578,6 +647,7 @@ def throughput_table(records: Sequence[Record], app: App, servers: Sequence[Serv
                 fmt(ratio(off, best_peer), ".2f"),
                 fmt(p99, ".2f"),
                 fmt(cpu, ".0f"),
+                fmt(busiest, ".2f"),
                 fmt(on, ".0f"),
                 fmt(ratio(on, off), ".2f"),
                 fmt(first, ".2f"),
@@ -585,19 +655,26 @@ def throughput_table(records: Sequence[Record], app: App, servers: Sequence[Serv
             ]
         )
     return Table(
-        f"{app.target} GET {app.path}",
+        f"{app.target} GET {app.path}, {workers} workers",
         [
             "server",
             "req/s",
             "x best peer",
             "p99 ms",
             "CPU us/req",
+            "busiest worker x fair",
             "req/s, access log",
             "log on/off",
             "first 200 s",
             "failed",
         ],
         rows,
+        notes=[
+            "CPU us/req: the CPU time of the server's whole tree over the requests it served "
+            "(hardly moves with the machine's other load)",
+            "busiest worker x fair: the CPU time of the busiest worker over the workers' "
+            "mean during the measured run (1.00: the load is spread evenly)",
+        ],
     )
 
 
@@ -610,7 +687,7 @@ def memory_table(records: Sequence[Record], servers: Sequence[Server], workers: 
     apps = (HELLO, FASTAPI, TABLE)
     uvicorn = pss_mib(records, FASTAPI, Variant(UVICORN))
     rows = []
-    for server in servers:
+    for server in (s for s in servers if s in OTHER_PHASES):
         for variant in preload_variants(server):
             fastapi = ok(records, phase="memory", app=FASTAPI.name, variant=variant.label)
             rows.append(
@@ -668,7 +745,7 @@ def reload_table(records: Sequence[Record], servers: Sequence[Server], app: App 
 
 def recovery_table(records: Sequence[Record], servers: Sequence[Server]) -> Table:
     rows = []
-    for server in servers:
+    for server in (s for s in servers if s in OTHER_PHASES):
         for variant in preload_variants(server):
             done = ok(records, phase="recovery", variant=variant.label)
             answering = [r["answering_s"] for r in done]
@@ -694,28 +771,74 @@ class Target:
     met: bool | None  # None: not measured
 
 
-def targets(records: Sequence[Record], servers: Sequence[Server]) -> list[Target]:
-    """corral against the issue's targets."""
+def targets(
+    records: Sequence[Record], servers: Sequence[Server], settings: Settings
+) -> list[Target]:
+    """corral, with its defaults, against the issue's targets."""
     found = []
-    for app in (HELLO, FASTAPI):
-        off = median_rps(records, app, CORRAL, False)
-        on = median_rps(records, app, CORRAL, True)
-        vs_peer = ratio(off, best_peer_rps(records, app, servers))
+    first = settings.throughput_workers[0]
+    for workers in settings.throughput_workers:
+        for app in (HELLO, FASTAPI):
+            off = median_rps(records, app, CORRAL, False, workers)
+            vs_peer = ratio(off, best_peer_rps(records, app, servers, workers))
+            found.append(
+                Target(
+                    f"req/s >= best peer on {app.name}, {workers} workers",
+                    f"x{fmt(vs_peer, '.3f')}",
+                    _at_least(vs_peer, 1.0),
+                )
+            )
+            if workers == first:
+                log = ratio(median_rps(records, app, CORRAL, True, workers), off)
+                found.append(
+                    Target(
+                        f"access log on >= 0.9x off on {app.name}, {workers} workers",
+                        f"x{fmt(log, '.3f')}",
+                        _at_least(log, 0.9),
+                    )
+                )
+    for workers in settings.throughput_workers:
+        counting = ratio(
+            median_rps(records, HELLO, CORRAL, False, workers),
+            median_rps(records, HELLO, CORRAL_UNCOUNTED, False, workers),
+        )
         found.append(
             Target(
-                f"req/s >= best peer on {app.name}",
-                f"x{fmt(vs_peer, '.3f')}",
-                _at_least(vs_peer, 1.0),
+                f"counting for /metrics costs <= 2% of hello's req/s, {workers} workers",
+                f"x{fmt(counting, '.3f')}",
+                _at_least(counting, 0.98),
             )
         )
-        log = ratio(on, off)
-        found.append(
-            Target(
-                f"access log on >= 0.9x off on {app.name}",
-                f"x{fmt(log, '.3f')}",
-                _at_least(log, 0.9),
-            )
+    largest = max(settings.throughput_workers)
+    shares = [
+        r["busiest_share"]
+        for r in ok(records, phase="throughput", server=SUBJECT, workers=largest)
+        if not r["access_log"] and r.get("busiest_share") is not None
+    ]
+    found.append(
+        Target(
+            f"busiest worker <= 1.10x its fair share, {largest} workers (each sample)",
+            " ".join(fmt(share, ".2f") for share in shares) or "-",
+            (max(shares) <= 1.10) if shares else None,
         )
+    )
+    firsts = {
+        server.name: median(
+            [r["first_200_s"] for r in ok(records, phase="throughput", server=server.name)]
+        )
+        for server in servers
+        if server.peer or server is CORRAL
+    }
+    best_first = min((v for k, v in firsts.items() if k != SUBJECT and v is not None), default=None)
+    found.append(
+        Target(
+            "first 200 after start <= the best peer's",
+            f"{fmt(firsts.get(SUBJECT), '.2f')} s vs {fmt(best_first, '.2f')} s",
+            None
+            if firsts.get(SUBJECT) is None or best_first is None
+            else firsts[SUBJECT] <= best_first,
+        )
+    )
     reloads = ok(records, phase="reload", server=SUBJECT)
     failed = [r["failed"] for r in reloads]
     found.append(
@@ -734,6 +857,21 @@ def targets(records: Sequence[Record], servers: Sequence[Server]) -> list[Target
             "FastAPI, 4 workers, preload: PSS <= 0.5x uvicorn --workers 4",
             f"x{fmt(memory, '.3f')}",
             _at_most(memory, 0.5),
+        )
+    )
+    recoveries = ok(records, phase="recovery")
+    by_variant: dict[str, list[float]] = {}
+    for record in recoveries:
+        if record["answering_s"] is not None:
+            by_variant.setdefault(record["variant"], []).append(record["answering_s"])
+    mine = median(by_variant.get(Variant(CORRAL, preload=True).label, []))
+    peers = [median(v) for k, v in by_variant.items() if not k.startswith(SUBJECT)]
+    best_peer = min((p for p in peers if p is not None), default=None)
+    found.append(
+        Target(
+            "full capacity after SIGKILL <= the best peer's (medians)",
+            f"{fmt(mine, '.3f')} s vs {fmt(best_peer, '.3f')} s",
+            None if mine is None or best_peer is None else mine <= best_peer,
         )
     )
     preloaded = ok(records, phase="recovery", server=SUBJECT, preload=True)
@@ -773,27 +911,24 @@ def tables(records: Sequence[Record], servers: Sequence[Server], settings: Setti
     by_phase = {phase: [r for r in records if r["phase"] == phase] for phase in PHASES}
     found: list[Table] = []
     if by_phase["throughput"]:
-        for app in (HELLO, FASTAPI):
-            table = throughput_table(by_phase["throughput"], app, servers)
-            table.title += (
-                f", {settings.workers} workers, {settings.rounds} rounds x {settings.seconds:g} s"
-            )
-            found.append(table)
+        for workers in settings.throughput_workers:
+            for app in (HELLO, FASTAPI):
+                table = throughput_table(by_phase["throughput"], app, servers, workers)
+                table.title += f", {settings.rounds} rounds x {settings.seconds:g} s"
+                found.append(table)
     if by_phase["memory"]:
         found.append(memory_table(by_phase["memory"], servers, settings.memory_workers))
     if by_phase["reload"]:
-        found.append(reload_table(by_phase["reload"], servers))
+        found.append(reload_table(by_phase["reload"], [s for s in servers if s in OTHER_PHASES]))
     if by_phase["recovery"]:
         found.append(recovery_table(by_phase["recovery"], servers))
     if {"throughput", "memory", "reload", "recovery"} <= {r["phase"] for r in records}:
-        found.append(targets_table(targets(records, servers)))
+        found.append(targets_table(targets(records, servers, settings)))
     if wsgi:
-        table = throughput_table(
-            [r for r in wsgi if r["phase"] == "throughput"], FLASK, WSGI_SERVERS
-        )
+        throughput = [r for r in wsgi if r["phase"] == "throughput"]
+        table = throughput_table(throughput, FLASK, WSGI_SERVERS, settings.workers)
         table.title += (
-            f", {settings.workers} workers x {settings.threads} threads, "
-            f"{settings.rounds} rounds x {settings.seconds:g} s"
+            f" x {settings.threads} threads, {settings.rounds} rounds x {settings.seconds:g} s"
         )
         reloads = [r for r in wsgi if r["phase"] == "reload"]
         found += [table, reload_table(reloads, WSGI_SERVERS, FLASK)]
@@ -852,7 +987,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="1 round x 3 s: a smoke run")
-    parser.add_argument("--workers", type=int, default=2, help="workers per server")
+    parser.add_argument(
+        "--workers",
+        default="2,4",
+        help="workers per server for throughput, comma-separated (the first: reload, recovery)",
+    )
     parser.add_argument("--memory-workers", type=int, default=4, help="workers for the PSS")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0, help="wrk's run per round")
@@ -922,7 +1061,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     for note in notes:
         print(note, file=sys.stderr)
     settings = Settings(
-        workers=args.workers,
+        workers=int(args.workers.split(",")[0]),
+        throughput_workers=tuple(int(n) for n in args.workers.split(",")),
         memory_workers=args.memory_workers,
         rounds=args.rounds,
         seconds=args.seconds,

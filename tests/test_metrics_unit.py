@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from corral.child.request_stats import BUCKETS, RequestStats
+from corral.child.request_stats import BUCKETS, Entry, RequestStats
 from corral.manager import metrics as metrics_module
 from corral.manager.metrics import (
     Metrics,
@@ -42,11 +42,18 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     return samples[name, tuple(sorted(labels.items()))]
 
 
+def entries(*requests: tuple[str, int, float]) -> list[Entry]:
+    """The entries a worker's protocol records for `requests` (method, status, seconds)."""
+    return [
+        (method, status, 10**9, 10**9 + round(seconds * 1e9))
+        for method, status, seconds in requests
+    ]
+
+
 def snapshot(*requests: tuple[str, int, float], in_flight: int = 0) -> dict[str, Any]:
     """A worker's snapshot after `requests`, as it arrives over the JSON channel."""
     stats = RequestStats()
-    for method, status, seconds in requests:
-        stats.finished(method, status, seconds)
+    stats.count(entries(*requests))
     stats.in_flight = in_flight
     return json.loads(json.dumps(stats.snapshot()))
 
@@ -56,18 +63,16 @@ def snapshot(*requests: tuple[str, int, float], in_flight: int = 0) -> dict[str,
 
 def test_requests_are_counted_by_method_and_status() -> None:
     stats = RequestStats()
-    stats.finished("GET", 200, 0.001)
-    stats.finished("GET", 200, 0.002)
-    stats.finished("POST", 500, 0.003)
-    stats.finished("GET", 404, 0.004)
+    stats.count(entries(("GET", 200, 0.001), ("GET", 200, 0.002), ("POST", 500, 0.003)))
+    stats.count(entries(("GET", 404, 0.004), ("GET", 200, 0.001)))
 
-    assert sorted(stats.snapshot()["by"]) == [["GET", 200, 2], ["GET", 404, 1], ["POST", 500, 1]]
+    assert sorted(stats.snapshot()["by"]) == [["GET", 200, 3], ["GET", 404, 1], ["POST", 500, 1]]
 
 
 def test_a_duration_on_a_bound_falls_in_that_bucket() -> None:
     stats = RequestStats()
-    for seconds in (0.0, 0.005, 0.0050001, 0.1, 10.0, 10.0001, 3600.0):
-        stats.finished("GET", 200, seconds)
+    durations = (0.0, 0.005, 0.0050001, 0.1, 10.0, 10.0001, 3600.0)
+    stats.count(entries(*(("GET", 200, seconds) for seconds in durations)))
 
     expected = [0] * (len(BUCKETS) + 1)
     expected[0] = 2  # 0.0 and 0.005: le="0.005"
@@ -82,22 +87,21 @@ def test_a_duration_on_a_bound_falls_in_that_bucket() -> None:
 
 def test_unknown_methods_share_one_label() -> None:
     stats = RequestStats()
-    for i in range(100):
-        stats.finished(f"X-{i}", 200, 0.001)
-    stats.finished("get", 200, 0.001)  # methods are case-sensitive
-    stats.finished("PATCH", 200, 0.001)
+    stats.count(entries(*((f"X-{i}", 200, 0.001) for i in range(100))))
+    stats.count(entries(("get", 200, 0.001), ("PATCH", 200, 0.001)))  # case-sensitive
+    stats.count(entries(("X-1", 200, 0.001)))  # an unknown method seen before
 
-    assert sorted(stats.snapshot()["by"]) == [["PATCH", 200, 1], ["_OTHER", 200, 101]]
+    assert sorted(stats.snapshot()["by"]) == [["PATCH", 200, 1], ["_OTHER", 200, 102]]
 
 
 def test_snapshots_are_json_and_cumulative() -> None:
     stats = RequestStats()
-    stats.finished("GET", 200, 0.02)
+    stats.count(entries(("GET", 200, 0.02)))
     stats.in_flight = 3
     first = stats.snapshot()
     assert json.loads(json.dumps(first)) == first
 
-    stats.finished("GET", 200, 0.2)
+    stats.count(entries(("GET", 200, 0.2)))
     stats.in_flight = 1
     second = stats.snapshot()
 

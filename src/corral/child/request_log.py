@@ -1,19 +1,23 @@
-"""Every HTTP request, recorded for the metrics and the access log, at next to no cost.
+"""Every HTTP request and WebSocket session, recorded for the metrics and the access log,
+at next to no cost.
 
-The request's own coroutine only appends a tuple of raw values to a list.
-At most every `FLUSH_INTERVAL` seconds (and before each heartbeat) the
-worker goes over the block in one tight loop: it counts the requests for
-/metrics (`RequestStats`) and, with the access log on, formats their lines,
-prefixes and all, and writes them in blocks to the access log's pipe, which
-the manager forwards to its output as they come, with one write per read
+The protocol that serves a request (`corral.child.http_protocols`) appends a
+tuple of raw values to a list when its response is complete: it already
+holds the request's scope, and notes the status and the times. At most every
+`FLUSH_INTERVAL` seconds (and before each heartbeat) the worker goes over
+the block at once: it counts the requests for /metrics (`RequestStats.count`,
+in C loops) and, with the access log on, formats their lines, prefixes and
+all, and writes them in blocks to the access log's pipe, which the manager
+forwards to its output as they come, with one write per read
 (`corral.manager.access_log`). uvicorn's access log goes through `logging`
 for every request instead, which costs a FastAPI app up to half its rate.
 
-Formatting a block in one loop, away from the request's coroutine, is what
-makes it cheap: a hello-world request costs 1.0-1.7 us less CPU than with a
-line formatted as each request ends (`benchmarks/access_log_cost.py`). With
-the access log off, `CountRequests` counts each request as it ends instead:
-with no line to write there is nothing to batch.
+Handling a block at once, away from the request, is what makes it cheap:
+an ASGI middleware around the app that counted each request as it ended
+cost a hello-world worker 4.1 us (15%) more CPU per request than none
+(`benchmarks/cpu_per_request.py`); recorded by the protocol and counted in
+blocks, 1.9-2.0 us (6-7%). WebSocket sessions, few and long, are recorded
+by a middleware on the WebSocket protocol's app only (`RecordSessions`).
 """
 
 from __future__ import annotations
@@ -28,17 +32,15 @@ from time import perf_counter_ns
 from typing import Any
 from urllib.parse import quote
 
-from corral.child.request_stats import RequestStats
+from corral.child.request_stats import Entry, RequestStats
 
-Scope = MutableMapping[str, Any]
+LoggedEntry = tuple[str, int, int, int, tuple[str, int] | None, str, bytes, str]
+"""A request recorded for the access log: the `Entry` counted for /metrics
+(method, status, start, end), then client, path, query string and HTTP version."""
+
 Message = MutableMapping[str, Any]
 Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]], Send], Awaitable[None]]
-
-Entry = tuple[tuple[str, int] | None, str, str, bytes, str, int, int, int]
-"""One request as it is recorded: client, method, path, query string, HTTP
-version, status (0 if the app sent none), and its start and end on the
-perf_counter_ns clock."""
+ASGIApp = Callable[[MutableMapping[str, Any], Any, Send], Awaitable[None]]
 
 FLUSH_INTERVAL = 0.1  # at most this long between a request and its line
 
@@ -59,10 +61,10 @@ def format_client(client: tuple[str, int] | None) -> str:
     return f"{host}:{port}" if port else host
 
 
-def format_lines(entries: Iterable[Entry]) -> Iterator[str]:
+def format_lines(entries: Iterable[LoggedEntry]) -> Iterator[str]:
     """Access lines such as `127.0.0.1:50312 - "GET /a?b=1 HTTP/1.1" 200 0.4ms`."""
     durations = _DURATIONS
-    for client, method, path, query, version, status, started, ended in entries:
+    for method, status, started, ended, client, path, query, version in entries:
         who = format_client(client)
         if not path.isprintable():  # a %0A the client sent, decoded: one request, one line
             path = quote(path, safe="/:@!$&'()*+,;=-._~")
@@ -72,13 +74,13 @@ def format_lines(entries: Iterable[Entry]) -> Iterator[str]:
         yield f'{who} - "{method} {target} HTTP/{version}" {status or "-"} {took}'
 
 
-def format_json_lines(entries: list[Entry], process: str, pid: int) -> Iterator[str]:
+def format_json_lines(entries: list[LoggedEntry], process: str, pid: int) -> Iterator[str]:
     """The same lines for `--log-format json`: one object each, with the request's fields."""
     from corral.logformat import iso_time
 
     wall_minus_perf = time.time() - perf_counter_ns() / 1e9
     for entry, line in zip(entries, format_lines(entries), strict=True):
-        client, method, path, query, version, status, started, ended = entry
+        method, status, started, ended, client, path, query, version = entry
         record = {
             "time": iso_time(wall_minus_perf + ended / 1e9),
             "process": process,
@@ -109,7 +111,7 @@ class BlockWriter:
         self._separator = "\n" + prefix
         self._json_for = json_for  # (process, pid) for JSON lines; None for text lines
 
-    def write(self, entries: list[Entry]) -> None:
+    def write(self, entries: list[LoggedEntry]) -> None:
         if self._json_for is not None:
             text = "\n".join(format_json_lines(entries, *self._json_for)) + "\n"
         else:
@@ -134,7 +136,7 @@ class BlockWriter:
 class RequestLog:
     """The requests recorded since the last flush; a flush counts them and logs them.
 
-    `RecordRequests` appends to `entries` itself (a method call per request
+    The protocol appends to `entries` itself (a method call per request
     would cost more than the append) and calls `schedule` when `entries` was
     empty.
     """
@@ -142,8 +144,8 @@ class RequestLog:
     def __init__(self, stats: RequestStats, writer: BlockWriter | None) -> None:
         self.stats = stats
         self.writer = writer
-        self.counting = False  # whether a middleware counts into `stats` (see `instrument`)
-        self.entries: list[Entry] = []
+        self.entries: list[Entry] = []  # LoggedEntry when there is a writer
+        self.counting = False  # whether the protocols record into it (`RequestLog.served`)
         self._timer: asyncio.TimerHandle | None = None
 
     def schedule(self) -> None:
@@ -158,155 +160,53 @@ class RequestLog:
         entries = self.entries
         if not entries:
             return
-        finished = self.stats.finished
-        for entry in entries:
-            finished(entry[1], entry[5], (entry[7] - entry[6]) / 1e9)
+        self.stats.count(entries)
         if self.writer is not None:
-            self.writer.write(entries)
+            self.writer.write(entries)  # type: ignore[arg-type]  # LoggedEntry, with a writer
         entries.clear()
 
 
-class _Noter:
-    """Stands in for `send` to note the status the client got.
+class RecordSessions:
+    """ASGI middleware of the WebSocket protocol: records each session as a request.
 
-    `send` returns the real send's own awaitable: it adds a call per message
-    but no coroutine frame. Measured, a closure or a `__call__` costs the same.
-    """
-
-    __slots__ = ("_send", "status")
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
-        self.status = 0
-
-    def failed(self) -> None:
-        """The app raised: with no response started, uvicorn answers 500 (that is the status)."""
-        if not self.status:
-            self.status = 500
-
-
-class _StatusNoter(_Noter):
-    """An HTTP request's: the status of its response."""
-
-    __slots__ = ()
-
-    def send(self, message: Message) -> Awaitable[None]:
-        if message["type"] == "http.response.start":
-            self.status = message["status"]
-        return self._send(message)
-
-
-class _SessionNoter(_Noter):
-    """A WebSocket session's: 101 once accepted, 403 if closed before, or its denial's status."""
-
-    __slots__ = ()
-
-    def send(self, message: Message) -> Awaitable[None]:
-        if not self.status:
-            kind = message["type"]
-            if kind == "websocket.accept":
-                self.status = 101
-            elif kind == "websocket.close":
-                self.status = 403
-            elif kind == "websocket.http.response.start":
-                self.status = message["status"]
-        return self._send(message)
-
-
-def _noter(scope: Scope, send: Send) -> _Noter | None:
-    """The noter for a connection the app serves (a request, a session); None for lifespan."""
-    kind = scope["type"]
-    if kind == "http":
-        return _StatusNoter(send)
-    if kind == "websocket":
-        return _SessionNoter(send)
-    return None
-
-
-class RecordRequests:
-    """ASGI middleware: records each request (client, method, path, status, duration).
-
-    Every connection the app serves is one: an HTTP request (streamed or
-    not) and a WebSocket session, recorded as the `GET` of its handshake,
-    with status 101 once accepted and the session's length as its duration.
-    The request's own coroutine only records the raw values (reading the
-    scope after the app, which may have rewritten it); `RequestLog` counts
-    and formats them later. It keeps no reference to the scope: holding
-    thousands of scopes until the next flush would cost the garbage
-    collector far more.
+    A session is the `GET` of its handshake, with status 101 once accepted
+    (403 if closed before, or its denial's status) and the session's length
+    as its duration, so the access log, /metrics and --max-requests count
+    it. HTTP requests are recorded by their protocol
+    (`corral.child.http_protocols`); only the WebSocket protocol's app is
+    wrapped (`http_protocols.ws_protocol`), so no HTTP request pays for this.
     """
 
     def __init__(self, app: ASGIApp, log: RequestLog) -> None:
         self.app = app
         self.log = log
-        self._entries = log.entries
 
-    async def __call__(self, scope: Scope, receive: Any, send: Send) -> None:
-        noter = _noter(scope, send)
-        if noter is None:
-            await self.app(scope, receive, send)
-            return
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Send) -> None:
+        status = 0
+
+        def noting(message: Message) -> Awaitable[None]:
+            nonlocal status
+            if not status:
+                kind = message["type"]
+                if kind == "websocket.accept":
+                    status = 101
+                elif kind == "websocket.close":
+                    status = 403
+                elif kind == "websocket.http.response.start":
+                    status = message["status"]
+            return send(message)
+
         started = perf_counter_ns()
         try:
-            await self.app(scope, receive, noter.send)
+            await self.app(scope, receive, noting)
         except BaseException:
-            noter.failed()
+            status = status or 500  # uvicorn answers a handshake the app failed with a 500
             raise
         finally:
-            entries = self._entries
-            if not entries:
+            entry: tuple[Any, ...] = ("GET", status, started, perf_counter_ns())
+            if self.log.writer is not None:
+                where = (scope["client"], scope["path"], scope["query_string"])
+                entry += (*where, scope["http_version"])
+            if not self.log.entries:
                 self.log.schedule()
-            entries.append(
-                (
-                    scope.get("client"),
-                    scope.get("method", "GET"),
-                    scope["path"],
-                    scope["query_string"],
-                    scope["http_version"],
-                    noter.status,
-                    started,
-                    perf_counter_ns(),
-                )
-            )
-
-
-class CountRequests:
-    """ASGI middleware for when the access log is off: counts each request at once (as above).
-
-    Without lines to write there is nothing to batch, and holding a block of
-    entries for FLUSH_INTERVAL only makes them survive into the garbage
-    collector's older generations. Its body repeats RecordRequests' on
-    purpose: a shared base calling a hook would cost a call per request.
-    """
-
-    def __init__(self, app: ASGIApp, stats: RequestStats) -> None:
-        self.app = app
-        self.stats = stats
-
-    async def __call__(self, scope: Scope, receive: Any, send: Send) -> None:
-        noter = _noter(scope, send)
-        if noter is None:
-            await self.app(scope, receive, send)
-            return
-        started = perf_counter_ns()
-        try:
-            await self.app(scope, receive, noter.send)
-        except BaseException:
-            noter.failed()
-            raise
-        finally:
-            seconds = (perf_counter_ns() - started) / 1e9
-            self.stats.finished(scope.get("method", "GET"), noter.status, seconds)
-
-
-def instrument(app: ASGIApp, log: RequestLog, count: bool) -> ASGIApp:
-    """`app`, recording its requests for the access log (and counting them), or only counting
-    them if `count` (for /metrics, for --max-requests), or as it is if nothing needs them."""
-    if log.writer is not None:
-        app = RecordRequests(app, log)  # counts too: in its blocks, at no extra cost
-    elif count:
-        app = CountRequests(app, log.stats)
-    else:
-        return app
-    log.counting = True
-    return app
+            self.log.entries.append(entry)  # type: ignore[arg-type]  # Entry or LoggedEntry

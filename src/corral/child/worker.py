@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
-import functools
 import logging
 import os
 import random
@@ -29,10 +28,10 @@ import uvicorn
 from uvicorn._compat import asyncio_run
 
 from corral import posix
+from corral.child import http_protocols
 from corral.child.app_loader import AppLoadError
-from corral.child.client_limits import ClientLimits, LimitedHttpToolsProtocol
 from corral.child.proxy_headers import ProxyHeaders
-from corral.child.request_log import BlockWriter, RequestLog, instrument
+from corral.child.request_log import BlockWriter, RequestLog
 from corral.child.request_stats import RequestStats
 from corral.child.send_watch import SendWatch
 from corral.child.shutdown_log import PlannedStop
@@ -57,7 +56,6 @@ LIFESPAN_SHUTDOWN_RESERVE = 1.0
 REQUEST_LIMIT_CHECK = 0.1
 BACKLOG_LIMIT = 1.0  # a full stop accepts what waits in the queue for at most this long
 BACKLOG_POLL = 0.01
-IDLE_DRAIN_GRACE = 1.0  # how long a draining worker keeps an idle keep-alive connection
 RECYCLE_REMINDER = 5.0  # ask again if the manager could not replace us yet
 
 
@@ -102,8 +100,11 @@ def run_worker(spec: WorkerSpec) -> int:
         prefix = prefix_for(spec.name, spec.color)
         writer = BlockWriter(spec.access_fd, prefix, json_for)
     requests = RequestLog(RequestStats(), writer)
-    count = spec.config.request_metrics or spec.config.max_requests is not None
-    app = instrument(app, requests, count)
+    # What records requests: the access log, /metrics and --max-requests (which counts sessions).
+    recorded = (
+        writer is not None or spec.config.request_metrics or spec.config.max_requests is not None
+    )
+    requests.counting = recorded
     link = channel_socket(spec.channel_fd)
     request_limit = None
     if spec.config.max_requests is not None:
@@ -112,7 +113,11 @@ def run_worker(spec: WorkerSpec) -> int:
         )
     send_watch = SendWatch(timeout=spec.config.send_timeout)
     server = WorkerServer(
-        uvicorn_config(spec.config, app), link, request_limit, requests, send_watch
+        uvicorn_config(spec.config, app, requests if recorded else None),
+        link,
+        request_limit,
+        requests,
+        send_watch,
     )
     server.busy = busy
     server.app_description = web_app.describe(spec.config.threads)
@@ -157,19 +162,21 @@ def import_server_modules() -> None:
     async def placeholder(scope: Any, receive: Any, send: Any) -> None:
         """An app for uvicorn to check; it never serves."""
 
-    config = uvicorn.Config(placeholder, http=DrainingHttpToolsProtocol, log_config=None)
+    config = uvicorn.Config(placeholder, http=http_protocols.HttpToolsProtocol, log_config=None)
     config.load()
     config.get_loop_factory()
 
 
-def uvicorn_config(config: WebConfig, app: Any) -> uvicorn.Config:
+def uvicorn_config(config: WebConfig, app: Any, requests: RequestLog | None) -> uvicorn.Config:
+    """uvicorn's settings from corral's; `requests` records each request (None: nothing does)."""
     drain = max(config.graceful_timeout - LIFESPAN_SHUTDOWN_RESERVE, config.graceful_timeout / 2)
-    limits = ClientLimits.of(config)
     if config.proxy_headers:
         app = ProxyHeaders(app, config.forwarded_allow_ips)
     return uvicorn.Config(
         app,
-        http=functools.partial(DrainingHttpToolsProtocol, limits=limits),  # type: ignore[arg-type]
+        http=http_protocols.http_protocol(config, requests),  # type: ignore[arg-type]
+        ws=http_protocols.ws_protocol(config, requests),  # type: ignore[arg-type]
+        h11_max_incomplete_event_size=config.limit_request_head,
         loop=config.loop,
         ws_max_size=config.ws_max_size,
         ws_ping_interval=config.ws_ping_interval,
@@ -191,48 +198,6 @@ def uvicorn_config(config: WebConfig, app: Any) -> uvicorn.Config:
         ssl_ca_certs=config.ca_certs,
         server_header=False,
     )
-
-
-class DrainingHttpToolsProtocol(LimitedHttpToolsProtocol):
-    """uvicorn's httptools protocol, bounded, with a drain that cannot race a request on the wire.
-
-    uvicorn closes an idle keep-alive connection the moment it drains; a
-    request the client had just sent on it then fails. Here an idle
-    connection stays open for a short grace: a request that arrives in it is
-    answered with `Connection: close`, and the connection closes after.
-
-    A response whose headers are already out (a WSGI app's, sent from its
-    thread; any streamed one) went without `Connection: close`: closing the
-    connection once it ends would fail the client's next request on it. That
-    connection gets the same grace once its response is complete.
-    """
-
-    draining = False
-
-    def shutdown(self) -> None:
-        self.draining = True
-        if self.cycle is None or self.cycle.response_complete:
-            self._close_after_grace()
-        elif not self.cycle.response_started:
-            self.cycle.keep_alive = False
-
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        if self.draining and not self.transport.is_closing():
-            self._close_after_grace()
-
-    def _close_after_grace(self) -> None:
-        self.loop.call_later(min(IDLE_DRAIN_GRACE, self.timeout_keep_alive), self._close_if_idle)
-
-    def on_headers_complete(self) -> None:
-        super().on_headers_complete()
-        if self.draining and self.cycle is not None:
-            self.cycle.keep_alive = False
-
-    def _close_if_idle(self) -> None:
-        idle = self.cycle is None or self.cycle.response_complete
-        if idle and not self.transport.is_closing():
-            self.transport.close()
 
 
 class WorkerServer(uvicorn.Server):

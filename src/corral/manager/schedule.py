@@ -21,9 +21,8 @@ import random
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
+from typing import Any
 from zoneinfo import ZoneInfo
-
-from croniter import croniter
 
 from corral.settings import JobConfig
 
@@ -34,6 +33,14 @@ def repeats_within_the_day(expression: str) -> bool:
         return expression.lower() == "@hourly"
     minute, hour = expression.split()[:2]
     return minute.startswith("*") or hour.startswith("*")
+
+
+def _croniter() -> Any:
+    """croniter's class, imported only for a cron schedule: croniter and dateutil take about
+    1 MiB, which every process of the tree would map for what most systems do not declare."""
+    from croniter import croniter
+
+    return croniter
 
 
 class Schedule:
@@ -51,7 +58,7 @@ class Schedule:
         self.zone = ZoneInfo(config.timezone) if config.timezone else timezone.utc
         self.wildcard = config.schedule is not None and repeats_within_the_day(config.schedule)
         if config.schedule is not None:
-            self.minutes, self.hours = croniter.expand(config.schedule)[0][:2]
+            self.minutes, self.hours = _croniter().expand(config.schedule)[0][:2]
 
     def next_run(self) -> float:
         """The next intended time: after now, and after the last one handed out."""
@@ -75,7 +82,7 @@ class Schedule:
 
     def _cron_after(self, after: float) -> float:
         assert self.config.schedule is not None
-        cron = croniter(self.config.schedule, datetime.fromtimestamp(after, self.zone))
+        cron = _croniter()(self.config.schedule, datetime.fromtimestamp(after, self.zone))
         tick: float = cron.get_next(float)
         while tick <= after:
             tick = cron.get_next(float)

@@ -245,6 +245,8 @@ class WebGroup(Group):
             address = listeners.Address(fd=sock.fileno())
             url = listeners.url(address, sock, tls)
             self.output.say(f"listening on {url} ({counted(self.wanted, 'worker')})")
+        for note in self.config.unenforced_limits():
+            self.output.say(note)
 
     def _on_exited(self, zygote: ZygoteHandle, pid: int, code: int | None) -> None:
         """Worker `pid` of `zygote` exited with `code` (None: unknown, its zygote had exited)."""

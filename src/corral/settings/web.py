@@ -32,6 +32,8 @@ from corral.settings.base import (
 from corral.units import Duration, FileMode, PositiveDuration
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
+HttpChoice = Literal["auto", "httptools", "h11", "zttp"]
+WsChoice = Literal["auto", "none", "websockets", "websockets-sansio", "wsproto"]
 
 
 class ManagerConfig(Settings):
@@ -205,6 +207,29 @@ class WebConfig(Settings):
         "as uvicorn's --loop.",
     )
 
+    http: Annotated[HttpChoice, flag("--http", group=HTTP)] = Field(
+        "auto",
+        description="HTTP protocol implementation (uvicorn's): httptools (auto), h11 "
+        "(pure Python) or zttp (pip install zttp; needed for --http2).",
+    )
+    http2: Annotated[bool, flag("--http2/--no-http2", group=HTTP)] = Field(
+        False,
+        description="Serve HTTP/2 too (with --http zttp): over TLS when the client asks "
+        "by ALPN, in cleartext to a client that knows (h2c prior knowledge).",
+    )
+    ws: Annotated[WsChoice, flag("--ws", group=HTTP)] = Field(
+        "auto",
+        description="WebSocket protocol implementation (uvicorn's): websockets (auto), "
+        "websockets-sansio, wsproto, or none.",
+    )
+    ws_drain_grace: Annotated[Duration, flag("--ws-drain-grace", group=HTTP, metavar="SECONDS")] = (
+        Field(
+            0.0,
+            ge=0,
+            description="When a worker drains (reload, stop), let its WebSocket sessions go on "
+            "this long, then close them with code 1012 so that clients reconnect.",
+        )
+    )
     root_path: Annotated[str, flag("--root-path", group=HTTP)] = Field(
         "", description="The ASGI root_path, for an app mounted below a URL prefix."
     )
@@ -309,8 +334,7 @@ class WebConfig(Settings):
         bool, flag("--request-metrics/--no-request-metrics", group=LOGGING)
     ] = Field(
         True,
-        description="Count requests by method, status and duration for /metrics "
-        "(on a hello-world app, 8-15% of the request rate).",
+        description="Count requests by method, status and duration for /metrics.",
     )
     log_level: Annotated[LogLevel, flag("--log-level", group=LOGGING)] = Field(
         "info", description="critical, error, warning, info, debug or trace."
@@ -374,3 +398,34 @@ class WebConfig(Settings):
         if value is not None and info.data.get("certfile") is None and "certfile" in info.data:
             raise ValueError("a key goes with its certificate: give certfile (--certfile) too")
         return value
+
+    @field_validator("http2")
+    @classmethod
+    def _http2_by_zttp(cls, http2: bool, info: ValidationInfo) -> bool:
+        """http is declared (so validated) before http2: a refusal names http2."""
+        http = info.data.get("http", "auto")
+        if http2 and http != "zttp":
+            raise ValueError(
+                f"HTTP/2 is served by zttp: give http zttp (--http zttp) too, not {http!r}"
+            )
+        return http2
+
+    def unenforced_limits(self) -> list[str]:
+        """The limits set that this --http choice cannot enforce, each with what applies instead.
+
+        httptools enforces them all; h11 and zttp parse the request head
+        themselves and leave corral no place to measure it or time it.
+        """
+        if self.http in ("auto", "httptools"):
+            return []
+        head = (
+            "--limit-request-head (h11's largest incomplete event)"
+            if self.http == "h11"
+            else "zttp's own limit of 16 KiB on a request head"
+        )
+        return [
+            f"--http {self.http} does not enforce --limit-request-line, --limit-request-fields, "
+            f"--limit-request-field_size (only {head} applies), --header-read-timeout, "
+            "--body-read-timeout or the limit of pipelined requests; --keep-alive, "
+            "--limit-concurrency and --send-timeout apply"
+        ]
