@@ -348,8 +348,13 @@ def test_a_tick_due_while_the_jobs_zygote_is_replaced_runs_late_rather_than_neve
     assert server.stop() == 0
     ticks = sorted(float(tick) for tick, _ in _records(tmp_path / "stamp.txt"))
     places = _grid(ticks, 0.1)
-    assert places == list(range(len(places))), (places, server.output)  # none missed, none twice
+    assert len(set(places)) == len(places), (places, server.output)  # none twice
+    # None missed: a tick without its stamp is one whose run was in flight when its zygote
+    # was killed (it dies with it), and that run was reported failed.
+    missing = set(range(places[-1] + 1)) - set(places)
+    assert len(missing) <= server.count(r"stamp run failed"), (places, server.output)
     assert "tick missed" not in server.output
+    assert "run missed" not in server.output
 
 
 def test_a_run_lost_with_a_retiring_jobs_zygote_no_longer_blocks_the_schedule(corral, tmp_path):
