@@ -1,4 +1,5 @@
-"""What a request costs one worker, in CPU microseconds, for several ways of serving it.
+"""What a request costs one worker (and corral's manager), in CPU microseconds, for several
+ways of serving it.
 
     python benchmarks/cpu_per_request.py --rounds 3
     python benchmarks/cpu_per_request.py --app fastapi_app:app --path /items/42 \\
@@ -13,7 +14,9 @@ ceiling); an interpreter's path may come first (`/tmp/old/.venv/bin/python
 corral`), to compare another checkout of corral. Rounds alternate the variants;
 the median of each is printed with
 its ratio to the first, which is the request rate ratio when the worker is
-CPU-bound.
+CPU-bound. For corral, the manager's CPU per request is printed too: it
+reads the workers' access lines from a pipe and forwards them to its output
+(and its log buffer), on the same cores.
 
 With --profile DIR, each variant's worker is also recorded by py-spy
 (`py-spy record --format raw`, collapsed stacks, in DIR/N.txt) in a round
@@ -109,8 +112,9 @@ def wrk(port: int, path: str, seconds: float) -> int:
 
 def cpu_per_request(
     variant: str, app: str, path: str, seconds: float, profile: Path | None
-) -> float | None:
-    """Worker CPU microseconds per request; None when profiled (py-spy costs the worker CPU)."""
+) -> tuple[float, float | None] | None:
+    """CPU microseconds per request of the worker and of corral's manager (None for a bare
+    uvicorn); None when profiled (py-spy costs the worker CPU)."""
     port = free_port()
     argv, corral = command(variant, app, port)
     server = subprocess.Popen(argv, cwd=APPS, stdout=subprocess.DEVNULL)
@@ -122,9 +126,12 @@ def cpu_per_request(
         if profile is not None:
             record_profile(worker.pid, port, path, seconds, profile)
             return None
-        before = sum(worker.cpu_times()[:2])
+        processes = [worker, psutil.Process(server.pid)] if corral else [worker]
+        before = [sum(process.cpu_times()[:2]) for process in processes]
         served = wrk(port, path, seconds)
-        return (sum(worker.cpu_times()[:2]) - before) / served * 1e6
+        after = [sum(process.cpu_times()[:2]) for process in processes]
+        each = [(end - start) / served * 1e6 for start, end in zip(before, after, strict=True)]
+        return each[0], (each[1] if corral else None)
     finally:
         server.send_signal(signal.SIGTERM)
         try:
@@ -184,11 +191,14 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, metavar="DIR", help="py-spy profiles here")
     args = parser.parse_args()
     costs: dict[str, list[float]] = {variant: [] for variant in args.variants}
+    managers: dict[str, list[float]] = {variant: [] for variant in args.variants}
     for _ in range(args.rounds):
         for variant in args.variants:
-            cost = cpu_per_request(variant, args.app, args.path, args.seconds, None)
-            assert cost is not None
-            costs[variant].append(cost)
+            measured = cpu_per_request(variant, args.app, args.path, args.seconds, None)
+            assert measured is not None
+            costs[variant].append(measured[0])
+            if measured[1] is not None:
+                managers[variant].append(measured[1])
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
         for number, variant in enumerate(args.variants, 1):
@@ -202,8 +212,11 @@ def main() -> None:
     for variant, values in costs.items():
         cost = statistics.median(values)
         rounded = " ".join(f"{v:.2f}" for v in values)
+        manager = (
+            f"  manager {statistics.median(managers[variant]):.2f} us" if managers[variant] else ""
+        )
         print(f"{variant:<{width}}  {cost:6.2f} us  x{cost / first:.3f}  rate x{first / cost:.3f}"
-              f"  [{rounded}]")  # fmt: skip
+              f"  [{rounded}]{manager}")  # fmt: skip
 
 
 if __name__ == "__main__":
