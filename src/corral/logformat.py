@@ -2,7 +2,7 @@
 
 Shared by the manager (its own lines and its children's, see
 `corral.manager.output`) and the web workers (their access lines, which the
-manager forwards as they come: `corral.manager.access_log`), and read back
+manager forwards as they come: `corral.manager.output.Output.access_pipe`), and read back
 by `read_lines` when the log buffer hands those lines out.
 """
 

@@ -9,7 +9,7 @@ the block at once: it counts the requests for /metrics (`RequestStats.count`,
 in C loops) and, with the access log on, formats their lines, prefixes and
 all, and writes them in blocks to the access log's pipe, which the manager
 forwards to its output as they come, with one write per read
-(`corral.manager.access_log`). uvicorn's access log goes through `logging`
+(`corral.manager.output.Output.access_pipe`). uvicorn's access log goes through `logging`
 for every request instead, which costs a FastAPI app up to half its rate.
 
 Handling a block at once, away from the request, is what makes it cheap:

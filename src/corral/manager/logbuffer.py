@@ -4,7 +4,7 @@ Everything here runs on the manager's event loop thread: `append` is called
 for each line the manager prints, so it does constant work per follower and
 never waits.
 
-The web workers' access lines come in blocks (`corral.manager.access_log`),
+The web workers' access lines come in blocks (`corral.manager.output.Output.access_pipe`),
 up to thousands a second: a block is kept whole, as it was written, and is
 split into lines only when someone reads it (`recent`, or a follower), so
 that keeping them costs the manager next to nothing per request.
