@@ -432,7 +432,7 @@ def test_ttin_adds_a_worker_and_ttou_drains_the_highest_one_finishing_its_reques
         server.wait_accepted(_port(url), 7)
         mark = server.mark()
         server.send(signal.SIGTTOU)
-        server.wait_for(r"scaling web to 1 workers", after=mark)
+        server.wait_for(r"scaling web to 1 worker\b", after=mark)
         server.wait_for(rf"web\.2 stopped \(pid {web2}, exit code 0\)", after=mark, timeout=15)
         responses = [on_web2.result(timeout=15), *(f.result(timeout=15) for f in others)]
 
@@ -461,7 +461,7 @@ def test_ttou_closes_idle_keep_alive_on_the_drained_worker_cleanly_and_others_se
         server.wait_accepted(_port(url), 2)
         mark = server.mark()
         server.send(signal.SIGTTOU)
-        server.wait_for(r"scaling web to 1 workers", after=mark)
+        server.wait_for(r"scaling web to 1 worker\b", after=mark)
 
         assert _sees_clean_close(idle, timeout=5) == b""
         assert not slow.done(), "the idle connection should be closed while requests finish"

@@ -110,7 +110,7 @@ def test_ttou_twice_under_load_drains_two_workers_without_failing_a_request(corr
     time.sleep(1.5)
     mark = server.mark()
     server.send(signal.SIGTTOU)
-    server.wait_for(r"scaling web to 1 workers", after=mark)
+    server.wait_for(r"scaling web to 1 worker\b", after=mark)
     result = load_result(load)
 
     print(f"\nTTOU x2 under load: {result.requests} requests, {result.failures} failures")

@@ -590,3 +590,34 @@ def test_the_old_worker_serves_at_once_while_its_replacement_is_still_starting(
     assert server.wait_workers(1) == {"web.1": new}
     assert _parse(httpx.get(url, headers=CLOSE, timeout=5)) == ("v2", "web.1", new)
     assert server.stop() == 0
+
+
+def test_corral_restart_web_replaces_every_worker_with_the_same_code(corral, tmp_path: Path):
+    """`corral restart web` is not a reload: each worker is replaced (replacement first) from
+    the zygote that runs now, so new code on disk is not loaded, and the cause is `restart`."""
+    _write_app(tmp_path, "v1")
+    server = corral(
+        "run", "deployed:app", "--port", "0", "--workers", "2", cwd=tmp_path, env=NO_PYC
+    )
+    url = server.url()
+    old = server.wait_workers(2)
+    _served_only(_sample(url, {"web.1", "web.2"}), "v1", old)
+    _write_app(tmp_path, "v2")  # on disk, not loaded by a restart
+    mark = server.mark()
+    done = subprocess.run(
+        [sys.executable, "-m", "corral", "restart", "web"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done
+    assert done.stdout.strip() == "restarting web (one worker at a time, each replacement first)"
+    server.wait_for(r"restart of web complete: 2 workers replaced", after=mark, timeout=20)
+    for name, pid in old.items():
+        server.wait_for(rf"{name} stopped \(pid {pid}, exit code 0\): restart", 15, mark)
+    new = server.wait_workers(2)
+    assert not set(new.values()) & set(old.values()), (old, new)
+    _served_only(_sample(url, {"web.1", "web.2"}), "v1", new)
+    assert not [line for line in server.lines[mark:] if "reload" in line], server.output
+    assert server.stop() == 0

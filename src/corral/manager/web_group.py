@@ -119,7 +119,7 @@ class WebGroup(Group):
         self.serving = False
         self.stopping = False
         self.all_stopped = asyncio.Event()
-        self.reloading: asyncio.Task[None] | None = None
+        self.reloading: asyncio.Task[None] | None = None  # a reload's or a restart's roll
         self.background = Background()
         self.watcher: asyncio.Task[None] | None = None
         self.app_line = ""  # which app the workers serve, said when it changes
@@ -412,7 +412,7 @@ class WebGroup(Group):
         await self._until_old_workers_stop_accepting(new)
         current = [c for c in self.children.values() if c.generation == new.generation]
         running = sum(1 for c in current if c.serving())  # the rolled and the newly scaled
-        self.output.say(f"reload complete: {running} workers run the new code")
+        self.output.say(f"reload complete: {counted(running, 'worker')} on the new code")
         self.metrics.reload("ok")
 
     async def _until_old_workers_stop_accepting(self, new: ZygoteHandle) -> None:
@@ -435,7 +435,7 @@ class WebGroup(Group):
             )
         else:
             self.output.say(
-                f"reload failed part way: {rolled} workers run the new code, "
+                f"reload failed part way: {counted(rolled, 'worker')} on the new code, "
                 f"{len(self._older_than(new))} the old"
             )
 
@@ -526,7 +526,7 @@ class WebGroup(Group):
             raise Refused("web needs at least 1 worker")
         if count > MAX_MEMBERS:
             raise Refused(f"web: {count} workers is more than corral runs ({MAX_MEMBERS})")
-        self.output.say(f"scaling web to {count} workers")
+        self.output.say(f"scaling web to {counted(count, 'worker')}")
         self._scale_to(count)
         return f"web to {count}"
 
@@ -549,12 +549,16 @@ class WebGroup(Group):
             del self.resting[name]
 
     def restart(self, member: str | None) -> str:
-        """Replace worker `member` (the replacement starts first); every worker if None."""
+        """Replace worker `member` (the replacement starts first); every worker, one at a time,
+        if None. The replacements come from the current zygote: the same code (a reload is
+        what loads new code)."""
         if member is None:
-            message = self.reload()
-            return (
-                "restarting web (one worker at a time)" if message == "reloading web" else message
-            )
+            if self.stopping:
+                return "web: not restarted, corral is stopping"
+            if self.reloading is not None and not self.reloading.done():
+                return "web: a reload or a restart is already under way"
+            self.reloading = asyncio.get_running_loop().create_task(self._restart_all())
+            return "restarting web (one worker at a time, each replacement first)"
         if not member.startswith("web.") or not member[4:].isdigit():
             raise Refused(f"no process named {member!r}", unknown=True)
         child = next((c for c in self.children.values() if c.name == member), None)
@@ -564,6 +568,26 @@ class WebGroup(Group):
             return f"{member} is already being replaced"
         return f"restarting {member}"
 
+    async def _restart_all(self) -> None:
+        serving = [c for c in self.children.values() if c.serving()]
+        replaced = 0
+        for child in sorted(serving, key=lambda c: _index(c.name)):
+            if self.stopping:
+                return
+            if child.key not in self.children or not child.serving():
+                continue
+            replacement = self._replace(child, "restart", "was asked to restart")
+            if replacement is None:
+                continue  # already being replaced
+            if not await replacement.became_ready:
+                self.output.say(
+                    f"restart of web stopped after {counted(replaced, 'worker')}: "
+                    f"{replacement.name}'s replacement did not become ready"
+                )
+                return
+            replaced += 1
+        self.output.say(f"restart of web complete: {counted(replaced, 'worker')} replaced")
+
     def readiness(self) -> tuple[bool, str]:
         """Ready when every wanted worker is ready (and corral is not stopping)."""
         if self.stopping:
@@ -572,7 +596,7 @@ class WebGroup(Group):
         wanted = {f"web.{index}" for index in range(1, self.wanted + 1)}
         if wanted <= ready:
             return True, ""
-        return False, f"web: {len(wanted & ready)} of {self.wanted} workers ready"
+        return False, f"web: {len(wanted & ready)} of {counted(self.wanted, 'worker')} ready"
 
     def status(self) -> list[dict[str, Any]]:
         """The zygotes, the workers, and the names waiting out a backoff or failed."""
