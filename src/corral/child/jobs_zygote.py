@@ -60,5 +60,5 @@ def main(link_fd: int) -> int:
     link, decoder, spec, _ = started
     zygote = JobsZygote(link, decoder, spec)
     zygote.load()
-    channel.send(link, Loaded())
+    channel.send(link, Loaded(broken=sorted(zygote.broken)))
     return zygote.serve()

@@ -62,14 +62,21 @@ def _run_async(make: Any) -> int:
     return asyncio.run(main())
 
 
+IMPORT_ONLY = "--import-only"
+"""After NAME and TARGET: import the target and exit, 0 if it imports (the manager's check
+of the current code before a reload replaces running processes with it)."""
+
+
 def main() -> int:
-    name, target_name = sys.argv[1], sys.argv[2]
+    name, target_name, *rest = sys.argv[1:]
     posix.set_title(f"corral: {name}")  # the launcher asked for the parent-death signal
     try:
         target = load_app(target_name, factory=False)
     except AppLoadError as error:
         print(error, file=sys.stderr, flush=True)
         return FAILURE
+    if rest == [IMPORT_ONLY]:
+        return OK
     return run_callable(target)
 
 

@@ -210,6 +210,8 @@ class Loaded(Message):
     """The zygote has loaded its code and forks on request from now on."""
 
     tag: ClassVar[str] = "loaded"
+    # A jobs zygote's jobs whose target did not import (their runs fail with the error).
+    broken: list[str] = field(default_factory=list)
 
 
 @_message

@@ -131,7 +131,11 @@ class JobsGroup(Group):
 
     async def _launch_zygote(self) -> None:
         """A zygote with the current code and jobs; the previous one retires."""
-        old = self.zygotes.promote(await self.zygotes.launch())
+        self._take(await self.zygotes.launch())
+
+    def _take(self, zygote: ZygoteHandle) -> None:
+        """`zygote` forks the runs from now on; the previous one retires."""
+        old = self.zygotes.promote(zygote)
         if old is not None:
             self.zygotes.retire_if_idle(old, self._has_runs(old))
         self.unloadable = False
@@ -341,10 +345,18 @@ class JobsGroup(Group):
         if not self._call_targets():
             return
         try:
-            await self._launch_zygote()
+            new = await self.zygotes.launch()
         except (AppFailed, Refused) as error:
             self.output.say(f"jobs not reloaded: {error}")
             return
+        if new.broken and self.zygotes.current is not None:
+            self.zygotes.discard(new)
+            self.output.say(
+                f"jobs not reloaded: the current code of {', '.join(new.broken)} cannot be "
+                "imported (see above); the next runs use the code the jobs ran"
+            )
+            return
+        self._take(new)
         self.output.say("jobs reloaded: the next runs use the current code")
 
     def restart(self, member: str | None) -> str:

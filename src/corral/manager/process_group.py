@@ -16,6 +16,7 @@ import signal
 import time
 from typing import Any
 
+from corral.child.runner import IMPORT_ONLY
 from corral.manager.background import Background
 from corral.manager.child import Child, History, State, child_row
 from corral.manager.exits import describe_exit
@@ -153,9 +154,37 @@ class ProcessGroup(Group):
     # -- reload, restart, scale --------------------------------------------------------
 
     def reload(self) -> str:
-        """Restart the replicas one at a time, so that they run the current code."""
-        self.work.start(self._roll("reload"))
+        """Restart the replicas one at a time, so that they run the current code.
+
+        A `call` target that no longer imports stops the reload before any
+        replica does: they go on with the code they run, as web's workers do
+        when a new zygote cannot load the app.
+        """
+        self.work.start(self._reload())
         return f"reloading {self.name}"
+
+    async def _reload(self) -> None:
+        if self.config.call is not None and not await self._current_code_imports():
+            self.output.say(
+                f"reload of {self.name} failed: {self.config.call!r} cannot be imported "
+                f"(see above); its replicas keep running the code they run"
+            )
+            return
+        await self._roll("reload")
+
+    async def _current_code_imports(self) -> bool:
+        """Whether the call target imports, in a fresh interpreter as a replica would."""
+        argv = [*argv_for(self.name, self.config), IMPORT_ONLY]
+        env = {**self.env, **self.config.env}
+        try:
+            check = await spawn(
+                self.launcher, self.name, argv, self.output, env, self.config.cwd,
+                identity=self.identity,
+            )  # fmt: skip
+        except OSError as error:
+            self.output.say(f"{self.name}: cannot check the current code: {error}")
+            return False
+        return await check.wait() == 0
 
     async def _roll(self, reason: str) -> None:
         for index in sorted(self.children):

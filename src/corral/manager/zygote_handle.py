@@ -48,6 +48,7 @@ class ZygoteHandle:
         self.decoder = channel.Decoder()
         self.loaded: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self.load_failed = False  # it said its code cannot load (LoadFailed)
+        self.broken: list[str] = []  # a jobs zygote's jobs whose target did not import
         self.started_at = time.monotonic()
         self.retiring = False  # forks nothing more; exits once its children are gone
 
@@ -139,6 +140,7 @@ class ZygoteHandle:
         for message, _ in self.decoder.feed(data):
             if isinstance(message, (Loaded, LoadFailed)):
                 self.load_failed = isinstance(message, LoadFailed)
+                self.broken = message.broken if isinstance(message, Loaded) else []
                 if not self.loaded.done():
                     self.loaded.set_result(isinstance(message, Loaded))
             else:

@@ -110,6 +110,11 @@ class ZygoteSlot:
             return old
         return None
 
+    def discard(self, zygote: ZygoteHandle) -> None:
+        """A launched `zygote` that is not to be used (it has no child): it exits."""
+        zygote.retiring = True
+        self.retire_if_idle(zygote, busy=False)
+
     def retire_if_idle(self, zygote: ZygoteHandle, busy: bool) -> None:
         """Let a retiring `zygote` exit once it has no child left (`busy` says if it has)."""
         if zygote.retiring and not busy and zygote.generation in self.live:
