@@ -123,6 +123,30 @@ def test_job_runs_one_job_once_and_exits_with_its_result(corral, system):
     assert "broken run failed (exit code 3" in failed.output
 
 
+@pytest.mark.parametrize(
+    ("schedule", "grid"), [('schedule = "* * * * *"', 60.0), ('every = "0.3s"', None)]
+)
+def test_job_tells_the_run_its_tick_as_an_engine_starts_it(corral, system, schedule, grid):
+    """The tick of a run started by a CronJob or a timer: the latest time its cron schedule
+    names (the engine starts it a little after); for an `every` job, the start."""
+    config = system / "corral.toml"
+    config.write_text(
+        config.read_text().replace(
+            'command = "echo tick ran"\nevery = "0.3s"',
+            f"command = \"sh -c 'echo tick $CORRAL_JOB_TICK'\"\n{schedule}",
+        )
+    )
+    before = time.time()
+    done = corral("job", "tick", cwd=system)
+    assert done.wait(20) == 0, done.output
+    after = time.time()
+    tick = float(done.wait_for(r"tick\s+\| tick (\d+\.\d{3})$")[1])
+    if grid is None:
+        assert before - 0.001 <= tick <= after, (before, tick, after)
+    else:
+        assert tick % grid == 0 and before - grid < tick <= after, (before, tick, after)
+
+
 def test_job_is_killed_at_its_timeout(corral, system):
     slow = corral("job", "slow", cwd=system)
     assert slow.wait(20) == 1, slow.output

@@ -30,7 +30,7 @@ from corral.manager.job_runs import JobRuns, RunRecord
 from corral.manager.launcher_handle import LauncherHandle
 from corral.manager.metrics import Metrics
 from corral.manager.output import Output, Pump
-from corral.manager.schedule import Schedule
+from corral.manager.schedule import Schedule, tick_environment
 from corral.manager.spawn import Spawned, argv_for, signal_group, spawn
 from corral.manager.zygote_handle import AppFailed, ZygoteHandle
 from corral.manager.zygote_slot import ZygoteSlot
@@ -216,7 +216,7 @@ class JobsGroup(Group):
             return
         log_read, log_write = os.pipe()
         try:
-            env = {**config.env, **_run_env(run)}
+            env = {**config.env, **tick_environment(run.tick)}
             request = ForkRun(run.key, run.job, run.job, env, str(config.cwd or ""))
             zygote.fork(request, [log_write])
         except OSError:  # it has just died; its exit, on its way, starts a new one
@@ -258,7 +258,7 @@ class JobsGroup(Group):
             self._wait_for_zygote(run)
 
     async def _spawn_run(self, run: Run, config: JobConfig) -> None:
-        env = {**self.env, **config.env, **_run_env(run)}
+        env = {**self.env, **config.env, **tick_environment(run.tick)}
         try:
             run.process = await spawn(
                 self.launcher,
@@ -454,12 +454,3 @@ class JobsGroup(Group):
         for run in list(self.runs.values()):
             run.stopped = not run.timed_out
             self._kill(run)
-
-
-def _run_env(run: Run) -> dict[str, str]:
-    """What a run learns of itself: CORRAL_JOB_TICK, the Unix time of the tick it runs for.
-
-    A late run (a zygote being replaced, a busy machine) still knows its tick, so a job can
-    use it as the key of the work it does once per tick.
-    """
-    return {"CORRAL_JOB_TICK": f"{run.tick:.3f}"}

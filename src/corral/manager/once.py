@@ -21,6 +21,7 @@ from corral.exit_codes import FAILURE, OK, PRESTART_FAILED, USAGE
 from corral.manager.launcher_handle import LauncherHandle
 from corral.manager.output import Output
 from corral.manager.prestart import run_prestart
+from corral.manager.schedule import latest_tick, tick_environment
 from corral.manager.spawn import argv_for, signal_group, spawn
 from corral.posix import describe_exit
 from corral.settings import System
@@ -52,7 +53,7 @@ def job(system: System, name: str) -> int:
 
     async def run(launcher: LauncherHandle, output: Output) -> int:
         started = time.monotonic()
-        env = {**system.env, **config.env}
+        env = {**system.env, **config.env, **tick_environment(latest_tick(config, time.time()))}
         identity = posix.identity(system.manager.user, system.manager.group)
         try:
             process = await spawn(

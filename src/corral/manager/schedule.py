@@ -43,6 +43,28 @@ def _croniter() -> Any:
     return croniter
 
 
+def tick_environment(tick: float) -> dict[str, str]:
+    """What a run learns of itself: CORRAL_JOB_TICK, the Unix time of the tick it runs for.
+
+    A late run (a zygote being replaced, a busy machine) still knows its tick, so a job can
+    use it as the key of the work it does once per tick.
+    """
+    return {"CORRAL_JOB_TICK": f"{tick:.3f}"}
+
+
+def latest_tick(config: JobConfig, now: float) -> float:
+    """The tick a run started at `now` by another engine (a Kubernetes CronJob, a systemd
+    timer: `corral job NAME`) runs for, as a Unix time: the latest time its cron schedule
+    names at or before `now` (an engine starts a run a little after its time); `now` for an
+    `every` schedule, which has no grid outside corral."""
+    if config.schedule is None:
+        return now
+    zone = ZoneInfo(config.timezone) if config.timezone else timezone.utc
+    just_after = datetime.fromtimestamp(now + 0.001, zone)  # a run started right on its tick
+    tick: float = _croniter()(config.schedule, just_after).get_prev(float)
+    return tick
+
+
 class Schedule:
     """The intended times of one job's runs, as Unix times; jitter delays each run, not its time.
 
