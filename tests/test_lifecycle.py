@@ -443,6 +443,10 @@ def test_ttin_adds_a_worker_and_ttou_drains_the_highest_one_finishing_its_reques
     assert server.worker_states() == [("web.1", web1, "ready")]
     assert server.worker_pids() == {"web.1": web1}
     _request_until_served_by(url, "web.1", web1)
+    mark = server.mark()
+    server.send(signal.SIGTTOU)  # at one worker: refused, and said
+    server.wait_for(r"SIGTTOU: nothing changes: web needs at least 1 worker", after=mark)
+    assert server.worker_pids() == {"web.1": web1}
     assert server.stop() == 0
     assert server.count(r"web\.2 started") == 1, server.output  # not until the very end
 

@@ -538,8 +538,11 @@ class Manager:
         web = self.groups.get("web")
         if web is None or self.stopping:
             return
-        with contextlib.suppress(Refused):  # TTOU below one worker does nothing
+        try:
             web.scale(web.size + change)
+        except Refused as refused:  # TTOU at one worker, TTIN at the most corral runs
+            name = "SIGTTIN" if change > 0 else "SIGTTOU"
+            self.output.say(f"{name}: nothing changes: {refused}")
 
 
 def identities(system: System) -> tuple[dict[str, Any], dict[str, Any]]:
