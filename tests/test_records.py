@@ -77,3 +77,23 @@ def test_a_record_that_never_ends_is_let_go_at_its_size_limit():
     records = Records()
     done = records.feed([b"start"] + [b"  more"] * (MAX_LINES * 2))
     assert [len(record) for record in done] == [MAX_LINES, MAX_LINES]
+
+
+def test_an_error_shown_as_its_frames_alone_is_one_record_with_its_exception_line():
+    """A SyntaxError as Python shows it without a traceback (`format_exception_only`: what
+    corral prints for a target that does not import): its `File` line, the source, the
+    caret and the exception's line are one record, as a traceback's."""
+    records = _records_of(
+        """
+        import traceback
+        print("before")
+        try:
+            compile("def oops(:", "broken.py", "exec")
+        except SyntaxError as error:
+            print("".join(traceback.format_exception_only(error)), end="")
+        print("after")
+        """
+    )
+    (shown,) = [record for record in records if '  File "broken.py", line 1' in record]
+    assert shown[-1].startswith("SyntaxError: "), records
+    assert records[-1] == ["after"], records

@@ -2,7 +2,8 @@
 
 What continues a line: a Python traceback (its `Traceback (most recent call
 last):`, its indented frames, the exception's own line, `During handling of
-the above exception...` between chained exceptions), faulthandler's stack
+the above exception...` between chained exceptions; frames and the exception's line
+without the header, as a SyntaxError is shown), faulthandler's stack
 dump (`... (most recent call first):` and its frames), any indented line
 and any blank line. So the logging record `ERROR: Exception in ASGI application`
 and the traceback under it are one record, with that record's level.
@@ -18,7 +19,9 @@ MAX_LINES = 1000  # a record this long is let go as it is; what follows starts a
 MAX_BYTES = 1 << 16
 
 _TRACEBACK = b"(most recent call last):"  # frames, then the exception's line
-_HEADERS = (_TRACEBACK, b"(most recent call first):")  # and faulthandler's: frames alone
+_DUMP = b"(most recent call first):"  # faulthandler's: frames alone
+_HEADERS = (_TRACEBACK, _DUMP)
+_FRAME = b'  File "'  # a frame's first line: its source line, a caret may follow
 _CHAINS = (
     b"During handling of the above exception, another exception occurred:",
     b"The above exception was the direct cause of the following exception:",
@@ -29,6 +32,7 @@ class _In(enum.Enum):
     LINES = "lines"  # plain lines
     FRAMES = "frames"  # a traceback's frames: its exception's line comes next
     AFTER = "after"  # a traceback ended: a chained one may follow
+    DUMP = "dump"  # a stack dump's frames: nothing comes after them
 
 
 class Records:
@@ -61,6 +65,8 @@ class Records:
     def _continues(self, line: bytes) -> bool:
         """Whether `line` belongs to the held record; moves the traceback's state along."""
         if line[:1] in (b" ", b"\t"):
+            if line.startswith(_FRAME) and self._in is _In.LINES:
+                self._in = _In.FRAMES  # frames without a header: the exception's line follows
             return True
         if line.rstrip().endswith(_HEADERS):
             self._in = _after(line)
@@ -74,5 +80,9 @@ class Records:
 
 
 def _after(line: bytes) -> _In:
-    """Where a record stands after `line`: in a traceback's frames after its header."""
-    return _In.FRAMES if line.rstrip().endswith(_TRACEBACK) else _In.LINES
+    """Where a record stands after `line`: in a traceback's frames after its header, or
+    after a frame's line with none (a SyntaxError as `format_exception_only` shows it)."""
+    if line.rstrip().endswith(_DUMP):
+        return _In.DUMP
+    framed = line.rstrip().endswith(_TRACEBACK) or line.startswith(_FRAME)
+    return _In.FRAMES if framed else _In.LINES
