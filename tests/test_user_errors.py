@@ -270,3 +270,20 @@ def test_a_factory_without_its_name_is_refused_where_it_was_asked_for(tmp_path):
     ), line
     line = _one_line(_corral(tmp_path, "run", "plain.py", "--factory"), 2)
     assert line.startswith("corral: error: --factory: a factory is called by its name"), line
+
+
+def test_check_takes_the_flags_run_takes_and_checks_them_as_run_would(tmp_path):
+    """A command line is checked as it will run; a message that asks for a flag names one
+    check takes."""
+    (tmp_path / "both.py").write_text(
+        "class App:\n    def __call__(self, a, b, c=None):\n        pass\n\napp = App()\n"
+    )
+    asked = _one_line(_corral(tmp_path, "check", "both:app"), 1)
+    assert "give --interface asgi or --interface wsgi" in asked, asked
+    done = _corral(tmp_path, "check", "both:app", "--interface", "asgi")
+    assert (done.returncode, done.stdout) == (
+        0,
+        "corral: configuration valid; every target imports\n",
+    )
+    line = _one_line(_corral(tmp_path, "check", "both:app", "--workers", "0"), 1)
+    assert line == "corral: error: --workers: expected a number of 1 or more, got '0'", line

@@ -213,18 +213,23 @@ def resolve_for_one_part(config_path: Path | None) -> System:
     params=[
         DescribedArgument(["app"], required=False, help=APP_HELP),
         config_option(),
+        *setting_options(WebConfig),
+        *setting_options(ManagerConfig),
     ],
 )
+@click.pass_context
 @reports_usage_errors(FAILURE)
-def check(app: str | None, config_path: Path | None) -> None:
+def check(ctx: click.Context, app: str | None, config_path: Path | None, **_: Any) -> None:
     """Validate the configuration as `run` would, import every app and `call` target, and
     look for every program a `command` runs; start nothing.
 
+    Takes every option `run` takes, so that a command line can be checked as it will run.
     Exits 0 when all is well, 1 with one message per problem otherwise.
     """
     from corral.checks import problems_with
 
-    system = resolve(app, {}, config_path, Path.cwd(), spelling_of_settings())
+    flags = given_settings(ctx)
+    system = resolve(app, flags, config_path, Path.cwd(), spelling_of_settings())
     problems = problems_with(system, app_given=app is not None)
     if problems:
         fail(problems, FAILURE)
