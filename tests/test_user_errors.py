@@ -287,3 +287,20 @@ def test_check_takes_the_flags_run_takes_and_checks_them_as_run_would(tmp_path):
     )
     line = _one_line(_corral(tmp_path, "check", "both:app", "--workers", "0"), 1)
     assert line == "corral: error: --workers: expected a number of 1 or more, got '0'", line
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["run", "plain:app", "--wrokers", "2"], "No such option '--wrokers'"),
+        (["check", "--wrokers", "2"], "No such option '--wrokers'"),
+        (["scale"], "Missing argument 'GROUP=N...'"),
+        (["export", "nomad"], "'nomad' is not one of 'kubernetes', 'systemd', 'compose'"),
+        (["status", "--jsn"], "No such option '--jsn'"),
+        (["nosuch"], "No such command 'nosuch'"),
+    ],
+    ids=["run", "check", "scale", "export", "status", "command"],
+)
+def test_a_wrong_flag_or_argument_is_one_line_as_every_other_mistake(tmp_path, args, named):
+    line = _one_line(_corral(tmp_path, *args), 2)
+    assert line.startswith("corral: error: ") and named in line, line

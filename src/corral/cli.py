@@ -161,7 +161,27 @@ def reports_usage_errors(code: int = USAGE) -> Callable[[Callable[P, None]], Cal
     return decorate
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class CorralGroup(click.Group):
+    """click's group, whose usage errors (an unknown flag, a missing argument) are told as
+    corral's own are: `corral: error: ...`, one line, with click's exit code (2)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as error:  # `corral` alone: the help
+            click.echo(error.format_message())
+            sys.exit(error.exit_code)
+        except click.ClickException as error:
+            fail([error.format_message()], error.exit_code)
+        except click.Abort:  # Ctrl-C or end of input at a prompt
+            sys.exit(1)
+        if isinstance(result, int):  # --help, --version: click's own exit code
+            sys.exit(result)
+        return result
+
+
+@click.group(cls=CorralGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", "-V", prog_name="corral")
 def main() -> None:
     """corral runs a Python web application: ASGI or WSGI workers, supervised."""
