@@ -11,6 +11,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -33,9 +34,11 @@ every = "1h"
 """
 
 
-def _corral(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _corral(
+    directory: Path, *args: str, python: str | Path = sys.executable
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "corral", *args],
+        [python, "-m", "corral", *args],
         cwd=directory,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -270,3 +273,58 @@ def test_a_factory_without_its_name_is_refused_where_it_was_asked_for(tmp_path):
     ), line
     line = _one_line(_corral(tmp_path, "run", "plain.py", "--factory"), 2)
     assert line.startswith("corral: error: --factory: a factory is called by its name"), line
+
+
+# -- what the workers import, refused before they start ------------------------------------
+
+OPTIONAL = ("zttp", "wsproto")  # corral's extras: corral[zttp], corral[wsproto]
+
+
+@pytest.fixture(scope="module")
+def without_extras(tmp_path_factory) -> Path:
+    """The python of a virtualenv holding every package of this one but zttp and wsproto."""
+    root = tmp_path_factory.mktemp("venv")
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=TIMEOUT
+    )
+    python = root / "bin" / "python"
+    where = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    theirs = Path(
+        subprocess.run(
+            [python, "-c", where], capture_output=True, text=True, check=True, timeout=TIMEOUT
+        ).stdout.strip()
+    )
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if not entry.name.startswith(OPTIONAL):
+            (theirs / entry.name).symlink_to(entry)
+    return python
+
+
+@pytest.mark.parametrize(
+    ("flags", "toml", "expected"),
+    [
+        (
+            ["--http", "zttp"],
+            "",
+            "--http: zttp needs the zttp package, not installed: pip install 'corral[zttp]'",
+        ),
+        (["--http", "zttp", "--http2"], "", "--http: zttp needs the zttp package"),
+        ([], 'http = "zttp"\nhttp2 = true', "corral.toml: [web] http: zttp needs the zttp package"),
+        (
+            ["--ws", "wsproto"],
+            "",
+            "--ws: wsproto needs the wsproto package, not installed: pip install 'corral[wsproto]'",
+        ),
+        ([], 'ws = "wsproto"', "corral.toml: [web] ws: wsproto needs the wsproto package"),
+    ],
+    ids=["http", "http2", "file-http", "ws", "file-ws"],
+)
+def test_a_protocol_whose_package_is_not_installed_is_refused_with_how_to_install_it(
+    tmp_path, without_extras, flags, toml, expected
+):
+    """By `corral run` (flags and file) and `corral check` (the file: it takes no run flags)."""
+    _project(tmp_path, SOUND.replace("port = 0", f"port = 0\n{toml}"))
+    commands = [("run", 2)] if flags else [("run", 2), ("check", 1)]
+    for command, code in commands:
+        line = _one_line(_corral(tmp_path, command, *flags, python=without_extras), code)
+        assert line.startswith(f"corral: error: {expected}"), (command, line)
