@@ -328,3 +328,64 @@ def test_a_protocol_whose_package_is_not_installed_is_refused_with_how_to_instal
     for command, code in commands:
         line = _one_line(_corral(tmp_path, command, *flags, python=without_extras), code)
         assert line.startswith(f"corral: error: {expected}"), (command, line)
+
+
+# -- values written as gunicorn and TOML users write them --------------------------------------
+
+WRITTEN_NATURALLY = """
+[corral]
+only = "web,jobs"
+
+[env]
+PORT = 5
+RATIO = 0.5
+
+[web]
+app = "plain:app"
+bind = "127.0.0.1:0"
+env = { WORKERS_HINT = 2 }
+
+[jobs.tick]
+command = "sh -c 'echo $PORT $RATIO $N'"
+every = "1h"
+env = { N = 3 }
+"""
+
+
+def test_one_address_as_a_string_and_numbers_in_env_tables_are_taken(tmp_path):
+    _project(tmp_path, WRITTEN_NATURALLY)
+    checked = _corral(tmp_path, "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    ran = _corral(tmp_path, "job", "tick")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "tick       | 5 0.5 3" in ran.stdout.splitlines(), ran.stdout
+
+
+def test_one_bind_address_as_a_string_is_taken_by_corral_run_too():
+    from corral.settings import resolve
+
+    system = resolve("plain:app", {"bind": "127.0.0.1:8000"}, None, APPS, str, environ={})
+    assert system.web is not None and system.web.bind == ["127.0.0.1:8000"]
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ("[env]\nPORT = { x = 1 }", "[env]: 'PORT': expected a string or a number, got a table"),
+        (
+            '[web]\napp = "plain:app"\nenv = { PORT = [1] }',
+            "[web] env: 'PORT': expected a string or a number, got an array",
+        ),
+        (
+            '[jobs.tick]\ncommand = "true"\nevery = "1h"\nenv = { DEBUG = true }',
+            "[jobs.tick] env: 'DEBUG': expected a string or a number, got a boolean",
+        ),
+    ],
+    ids=["env", "web", "job"],
+)
+def test_an_env_value_that_is_not_text_or_a_number_is_refused_naming_its_key(
+    tmp_path, toml, expected
+):
+    _project(tmp_path, toml + "\n")
+    line = _one_line(_corral(tmp_path, "check"), 1)
+    assert line == f"corral: error: corral.toml: {expected}", line

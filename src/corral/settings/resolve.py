@@ -120,6 +120,8 @@ def validate(file: ConfigFile, context: dict[str, Any] | None = None) -> FileCon
             elif len(keys) == 1 and problem["type"] == "extra_forbidden":
                 messages.append(_unknown_top_level(file, section, problem["input"]))
                 continue
+            elif len(keys) == 1 and isinstance(file.table.get(section), dict):  # [env] whole
+                where = file.where(keys, None)
             else:
                 where = file.where(keys[:-1], keys[-1] if keys else None)
             messages.append(explain(model, where, keys[-1] if keys else "", problem))
