@@ -280,7 +280,7 @@ def test_closing_a_subscription_wakes_its_waiting_follower():
         ("/run/app/control.sock", UnixAddress(Path("/run/app/control.sock"))),
         ("control.sock", UnixAddress(Path("control.sock"))),
         ("/tmp/odd:1", UnixAddress(Path("/tmp/odd:1"))),  # a path, though it ends in :N
-        ("name:sock", UnixAddress(Path("name:sock"))),
+        ("./name:sock", UnixAddress(Path("name:sock"))),  # a ':' in a path: with a '/'
     ],
 )
 def test_parse_control_tells_tcp_from_a_path(value, address):
@@ -295,7 +295,13 @@ def test_parse_control_tells_tcp_from_a_path(value, address):
         ("[::1:9000", "expected HOST:PORT or [IPV6]:PORT"),
         ("[]:9000", "expected HOST:PORT or [IPV6]:PORT"),
         ("::1:9000", "write an IPv6 address in brackets, as [::1]:9000"),
-        ("127.0.0.1:70000", "the port must be a number from 0 to 65535"),
+        ("127.0.0.1:70000", "expected HOST:PORT with a port number from 0 to 65535"),
+        (
+            "127.0.0.1:notaport",
+            "a socket path with a ':' needs a '/', such as ./127.0.0.1:notaport",
+        ),
+        ("name:sock", "a socket path with a ':' needs a '/', such as ./name:sock"),
+        ("[::1]", "expected HOST:PORT with a port number"),
         ("/" + "x" * UNIX_PATH_MAX, f"at most {UNIX_PATH_MAX} bytes, this one has 108"),
     ],
 )

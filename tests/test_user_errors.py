@@ -389,3 +389,18 @@ def test_an_env_value_that_is_not_text_or_a_number_is_refused_naming_its_key(
     _project(tmp_path, toml + "\n")
     line = _one_line(_corral(tmp_path, "check"), 1)
     assert line == f"corral: error: corral.toml: {expected}", line
+
+
+def test_a_control_address_with_a_port_that_is_not_a_number_is_refused_not_made_a_file(tmp_path):
+    toml = SOUND + '\n[corral]\ncontrol = "127.0.0.1:notaport"\n'
+    expected = (
+        "'127.0.0.1:notaport': expected HOST:PORT with a port number from 0 to 65535; "
+        "a socket path with a ':' needs a '/', such as ./127.0.0.1:notaport"
+    )
+    _project(tmp_path, toml)
+    for command, code in (("run", 2), ("check", 1)):
+        line = _one_line(_corral(tmp_path, command), code)
+        assert line == f"corral: error: corral.toml: [corral] control: {expected}", line
+    line = _one_line(_corral(tmp_path, "run", "--control", "127.0.0.1:notaport"), 2)
+    assert line == f"corral: error: --control: {expected}", line
+    assert not (tmp_path / "127.0.0.1:notaport").exists()

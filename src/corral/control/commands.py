@@ -73,7 +73,7 @@ def control_command(function: Callable[..., None]) -> Callable[..., None]:
         metavar=CONTROL_FLAG.metavar,
         envvar=CONTROL_VARIABLE,
         callback=_parse_address,
-        help="The control API: a socket PATH or HOST:PORT "
+        help="The control API: a socket PATH (with a '/' if it has a ':') or HOST:PORT "
         f"[default: the socket of the corral running here; env: {CONTROL_VARIABLE}]",
     )
     @click.option(

@@ -56,7 +56,8 @@ class ManagerConfig(Settings):
     control: Annotated[str | None, flag("--control", group=CONTROL, metavar="ADDRESS")] = Field(
         None,
         description="Serve the control API on HOST:PORT too (changes need the token), "
-        "or put its Unix socket at PATH instead of the default.",
+        "or put its Unix socket at PATH instead of the default (a PATH with a ':' "
+        "needs a '/', such as ./name:x).",
     )
     log_format: Annotated[Literal["text", "json"], flag("--log-format", group=LOGGING)] = Field(
         "text", description="text (NAME | line) or json (one object per line)."
