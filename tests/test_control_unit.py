@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from corral.addresses import UNIX_PATH_MAX, AddressError, TcpAddress, UnixAddress, parse_control
+from corral.addresses import (
+    UNIX_PATH_MAX,
+    AddressError,
+    TcpAddress,
+    UnixAddress,
+    parse_control,
+    parse_tcp,
+)
 from corral.control.address import ControlPathError, control_path, control_paths
 from corral.control.table import (
     human_duration,
@@ -310,6 +317,21 @@ def test_parse_control_names_the_value_and_what_was_expected(value, message):
         parse_control(value)
     assert message in str(raised.value)
     assert value == "" or repr(value) in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("nope", "'nope': expected HOST:PORT, such as 0.0.0.0:9000"),
+        ("/run/x:9000", "'/run/x:9000': expected HOST:PORT, such as 0.0.0.0:9000"),
+        ("0.0.0.0:x", "'0.0.0.0:x': expected HOST:PORT with a port number from 0 to 65535"),
+    ],
+)
+def test_parse_tcp_takes_no_socket_path_and_says_so(value, message):
+    """The probes' address: a bad port is not told it could be a socket path."""
+    with pytest.raises(AddressError) as raised:
+        parse_tcp(value)
+    assert str(raised.value) == message
 
 
 def test_addresses_show_as_typed():
