@@ -404,3 +404,71 @@ def test_a_control_address_with_a_port_that_is_not_a_number_is_refused_not_made_
     line = _one_line(_corral(tmp_path, "run", "--control", "127.0.0.1:notaport"), 2)
     assert line == f"corral: error: --control: {expected}", line
     assert not (tmp_path / "127.0.0.1:notaport").exists()
+
+
+# -- TLS files, loaded as a worker loads them ----------------------------------------------------
+
+
+def _tls_files(directory: Path) -> None:
+    """cert.pem and its key.pem, both.pem holding the two, other-key.pem of another certificate."""
+    trustme = pytest.importorskip("trustme")
+    authority = trustme.CA()
+    issued, other = authority.issue_cert("localhost"), authority.issue_cert("localhost")
+    issued.cert_chain_pems[0].write_to_path(str(directory / "cert.pem"))
+    issued.private_key_pem.write_to_path(str(directory / "key.pem"))
+    issued.private_key_and_cert_chain_pem.write_to_path(str(directory / "both.pem"))
+    other.private_key_pem.write_to_path(str(directory / "other-key.pem"))
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (
+            {"certfile": "plain.py"},
+            "certfile: 'plain.py': not a PEM certificate "
+            "([X509: NO_CERTIFICATE_OR_CRL_FOUND] no certificate or crl found)",
+        ),
+        (
+            {"certfile": "cert.pem", "keyfile": "other-key.pem"},
+            "keyfile: 'other-key.pem': not an unencrypted PEM private key of the certificate in "
+            "'cert.pem' ([X509: KEY_VALUES_MISMATCH] key values mismatch)",
+        ),
+        (
+            {"certfile": "cert.pem", "keyfile": "plain.py"},
+            "keyfile: 'plain.py': not an unencrypted PEM private key of the certificate in "
+            "'cert.pem' ([SSL] PEM lib)",
+        ),
+        (
+            {"certfile": "cert.pem"},
+            "certfile: 'cert.pem': no unencrypted private key of its certificate in it: "
+            "give keyfile (--keyfile) too ([SSL] PEM lib)",
+        ),
+        (
+            {"certfile": "both.pem", "ca_certs": "plain.py"},
+            "ca_certs: 'plain.py': not PEM certificates "
+            "([X509: NO_CERTIFICATE_OR_CRL_FOUND] no certificate or crl found)",
+        ),
+    ],
+    ids=["not-a-certificate", "another-key", "not-a-key", "no-key", "not-ca-certs"],
+)
+def test_a_tls_file_that_cannot_be_loaded_is_refused_naming_it_and_ssls_reason(
+    tmp_path, files, expected
+):
+    _tls_files(tmp_path)
+    settings = "\n".join(f'{name} = "{path}"' for name, path in files.items())
+    _project(tmp_path, SOUND.replace("port = 0", f"port = 0\n{settings}"))
+    for command, code in (("run", 2), ("check", 1)):
+        line = _one_line(_corral(tmp_path, command), code)
+        assert line == f"corral: error: corral.toml: [web] {expected}", (command, line)
+    flags = [part for name, path in files.items() for part in (f"--{name.replace('_', '-')}", path)]
+    line = _one_line(_corral(tmp_path, "run", "plain:app", "--port", "0", *flags), 2)
+    assert line == f"corral: error: --{expected.replace('ca_certs', 'ca-certs')}", line
+
+
+@pytest.mark.parametrize("files", [("cert.pem", "key.pem"), ("both.pem",)], ids=["pair", "one"])
+def test_a_sound_certificate_and_key_pass_the_check(tmp_path, files):
+    _tls_files(tmp_path)
+    settings = f'certfile = "{files[0]}"' + (f'\nkeyfile = "{files[1]}"' if files[1:] else "")
+    _project(tmp_path, SOUND.replace("port = 0", f"port = 0\n{settings}"))
+    done = _corral(tmp_path, "check")
+    assert done.returncode == 0, done.stdout + done.stderr
