@@ -8,6 +8,7 @@ refuse at once). No mocks: real files, real users, real programs that are not th
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -366,6 +367,36 @@ def test_one_bind_address_as_a_string_is_taken_by_corral_run_too():
 
     system = resolve("plain:app", {"bind": "127.0.0.1:8000"}, None, APPS, str, environ={})
     assert system.web is not None and system.web.bind == ["127.0.0.1:8000"]
+
+
+def test_an_id_as_a_number_and_trusted_addresses_as_a_list_are_taken(tmp_path):
+    """As gunicorn takes `user = 1000` and uvicorn a list of forwarded_allow_ips."""
+    from corral.settings import resolve
+
+    uid, gid = os.getuid(), os.getgid()
+    toml = (
+        f'[corral]\nuser = {uid}\ngroup = {gid}\n\n[web]\napp = "plain:app"\n'
+        f'user = {uid}\nforwarded_allow_ips = ["127.0.0.1", "10.0.0.0/8"]\n'
+    )
+    _project(tmp_path, toml)
+    checked = _corral(tmp_path, "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    system = resolve(None, {}, None, tmp_path, str, environ={})
+    assert system.web is not None
+    assert (system.web.user, system.web.group) == (str(uid), str(gid))
+    assert system.web.forwarded_allow_ips == "127.0.0.1,10.0.0.0/8"
+
+
+def test_a_file_mode_written_as_a_decimal_number_is_refused_saying_how_to_write_it(tmp_path):
+    _project(tmp_path, '[web]\napp = "plain:app"\nuds_permissions = 660\n')
+    line = _one_line(_corral(tmp_path, "check"), 1)
+    assert line == (
+        "corral: error: corral.toml: [web] uds_permissions: expected a file mode from 000 to 777 "
+        "(octal), got the number 660 (0o1224): write it as octal text, '660', "
+        "or as a TOML octal number, 0o660"
+    ), line
+    _project(tmp_path, '[web]\napp = "plain:app"\nuds_permissions = 0o660\n')
+    assert _corral(tmp_path, "check").returncode == 0
 
 
 @pytest.mark.parametrize(

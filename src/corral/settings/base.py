@@ -65,6 +65,26 @@ OneOrMore = BeforeValidator(_one_or_more)
 """The metadata of a list setting that takes one value as a string too."""
 
 
+def _id_as_text(value: Any) -> Any:
+    """A user or group given by its number (`user = 1000`, as gunicorn takes it): its text."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+IdAsText = BeforeValidator(_id_as_text)
+"""The metadata of a user or group setting: a name, or an id as text or a number."""
+
+
+def _comma_joined(value: Any) -> Any:
+    """A comma-separated setting given as a list (uvicorn's `forwarded_allow_ips` takes both)."""
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return ",".join(value)
+    return value
+
+
+CommaJoined = BeforeValidator(_comma_joined)
+"""The metadata of a comma-separated setting that takes a list of its items too."""
+
+
 def _environment_table(table: Any) -> Any:
     """An environment table with its numbers as their decimal text (`PORT = 5` is "5"), as a
     TOML user writes them; ValueError naming each key whose value is not text or a number.

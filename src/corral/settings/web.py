@@ -27,7 +27,9 @@ from corral.settings.base import (
     SELECTION,
     TLS,
     WORKERS,
+    CommaJoined,
     Environment,
+    IdAsText,
     OneOrMore,
     Settings,
     flag,
@@ -76,12 +78,12 @@ class ManagerConfig(Settings):
         description="Write the access lines to this file instead (reopened on SIGUSR1); "
         "- for stdout. By default they go with the rest of the output.",
     )
-    user: Annotated[str | None, flag("--user", group=PROCESS)] = Field(
+    user: Annotated[str | None, flag("--user", group=PROCESS), IdAsText] = Field(
         None,
         description="Run every child (web, processes, jobs, prestart) as this user "
         "(name or uid); the manager keeps its own identity.",
     )
-    group: Annotated[str | None, flag("--group", group=PROCESS)] = Field(
+    group: Annotated[str | None, flag("--group", group=PROCESS), IdAsText] = Field(
         None,
         description="Run every child as this group (name or gid); by default, the user's own.",
     )
@@ -258,7 +260,7 @@ class WebConfig(Settings):
         "and from a peer on a Unix socket.",
     )
     forwarded_allow_ips: Annotated[
-        str, flag("--forwarded-allow-ips", group=HTTP, metavar="IPS")
+        str, flag("--forwarded-allow-ips", group=HTTP, metavar="IPS"), CommaJoined
     ] = Field(
         "127.0.0.1,::1",
         description="Comma-separated addresses and networks to trust proxy headers from "
@@ -365,11 +367,11 @@ class WebConfig(Settings):
         "directory changes. For development.",
     )
 
-    user: str | None = Field(
+    user: Annotated[str | None, IdAsText] = Field(
         None,
         description="Run the web processes as this user instead of [corral]'s user (file only).",
     )
-    group: str | None = Field(
+    group: Annotated[str | None, IdAsText] = Field(
         None,
         description="Run the web processes as this group instead of [corral]'s group (file only).",
     )
