@@ -329,6 +329,9 @@ def test_a_protocol_whose_package_is_not_installed_is_refused_with_how_to_instal
     for command, code in commands:
         line = _one_line(_corral(tmp_path, command, *flags, python=without_extras), code)
         assert line.startswith(f"corral: error: {expected}"), (command, line)
+    if not flags:  # an export is for another machine, where the package may well be
+        exported = _corral(tmp_path, "export", "systemd", python=without_extras)
+        assert exported.returncode == 0, exported.stdout + exported.stderr
 
 
 # -- values written as gunicorn and TOML users write them --------------------------------------

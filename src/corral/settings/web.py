@@ -422,10 +422,13 @@ class WebConfig(Settings):
 
     @field_validator("http", "ws", "loop")
     @classmethod
-    def _installed(cls, choice: str) -> str:
+    def _installed(cls, choice: str, info: ValidationInfo) -> str:
         """A choice whose package is not installed would fail in every worker, after the start:
-        refused here, without importing it (`find_spec`: a worker imports it, not the manager)."""
-        if choice in NEEDS_PACKAGE:
+        refused here, without importing it (`find_spec`: a worker imports it, not the manager).
+
+        Only for this machine (`here`): `corral export` writes for another one.
+        """
+        if choice in NEEDS_PACKAGE and here.runs_here(info):
             package, install = NEEDS_PACKAGE[choice]
             if importlib.util.find_spec(package) is None:
                 raise ValueError(f"{choice} needs the {package} package, not installed: {install}")
