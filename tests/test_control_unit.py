@@ -12,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from corral.addresses import UNIX_PATH_MAX, AddressError, TcpAddress, UnixAddress, parse_control
+from corral.addresses import (
+    UNIX_PATH_MAX,
+    AddressError,
+    TcpAddress,
+    UnixAddress,
+    parse_control,
+    parse_tcp,
+)
 from corral.control.address import ControlPathError, control_path, control_paths
 from corral.control.table import (
     human_duration,
@@ -280,7 +287,7 @@ def test_closing_a_subscription_wakes_its_waiting_follower():
         ("/run/app/control.sock", UnixAddress(Path("/run/app/control.sock"))),
         ("control.sock", UnixAddress(Path("control.sock"))),
         ("/tmp/odd:1", UnixAddress(Path("/tmp/odd:1"))),  # a path, though it ends in :N
-        ("name:sock", UnixAddress(Path("name:sock"))),
+        ("./name:sock", UnixAddress(Path("name:sock"))),  # a ':' in a path: with a '/'
     ],
 )
 def test_parse_control_tells_tcp_from_a_path(value, address):
@@ -295,7 +302,13 @@ def test_parse_control_tells_tcp_from_a_path(value, address):
         ("[::1:9000", "expected HOST:PORT or [IPV6]:PORT"),
         ("[]:9000", "expected HOST:PORT or [IPV6]:PORT"),
         ("::1:9000", "write an IPv6 address in brackets, as [::1]:9000"),
-        ("127.0.0.1:70000", "the port must be a number from 0 to 65535"),
+        ("127.0.0.1:70000", "expected HOST:PORT with a port number from 0 to 65535"),
+        (
+            "127.0.0.1:notaport",
+            "a socket path with a ':' needs a '/', such as ./127.0.0.1:notaport",
+        ),
+        ("name:sock", "a socket path with a ':' needs a '/', such as ./name:sock"),
+        ("[::1]", "expected HOST:PORT with a port number"),
         ("/" + "x" * UNIX_PATH_MAX, f"at most {UNIX_PATH_MAX} bytes, this one has 108"),
     ],
 )
@@ -304,6 +317,21 @@ def test_parse_control_names_the_value_and_what_was_expected(value, message):
         parse_control(value)
     assert message in str(raised.value)
     assert value == "" or repr(value) in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("nope", "'nope': expected HOST:PORT, such as 0.0.0.0:9000"),
+        ("/run/x:9000", "'/run/x:9000': expected HOST:PORT, such as 0.0.0.0:9000"),
+        ("0.0.0.0:x", "'0.0.0.0:x': expected HOST:PORT with a port number from 0 to 65535"),
+    ],
+)
+def test_parse_tcp_takes_no_socket_path_and_says_so(value, message):
+    """The probes' address: a bad port is not told it could be a socket path."""
+    with pytest.raises(AddressError) as raised:
+        parse_tcp(value)
+    assert str(raised.value) == message
 
 
 def test_addresses_show_as_typed():

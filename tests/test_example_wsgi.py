@@ -20,6 +20,9 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 def test_the_example_serves_with_two_workers_of_four_threads(corral, folder, app, found):
     readme = (EXAMPLES / folder / "README.md").read_text()
     assert f"corral run {' '.join([*app, '--workers 2 --threads 4'])}" in readme
+    # corral is not on the package index: installed from the clone the example is in.
+    assert f"pip install ../.. {folder} && .venv/bin/corral run" in readme
+    assert "pip install corral" not in readme
     server = corral(
         "run", *app, "--workers", "2", "--threads", "4", "--port", "0", cwd=EXAMPLES / folder
     )

@@ -227,18 +227,19 @@ def test_a_ctrl_c_while_the_manager_starts_stops_it_without_a_traceback(launch, 
     assert not server.wait_until_gone(5)
 
 
-def test_requests_cancelled_at_the_graceful_timeout_are_a_warning_not_errors(corral):
+@pytest.mark.parametrize(("count", "said"), [(1, "1 request"), (2, "2 requests")])
+def test_requests_cancelled_at_the_graceful_timeout_are_a_warning_not_errors(corral, count, said):
     server = corral("run", "plain:app", "--port", "0", "--graceful-timeout", "2")
     url = server.url()
     server.wait_workers(1)
-    with ThreadPoolExecutor(2) as pool:
-        slow = [pool.submit(httpx.get, f"{url}/slow?seconds=60", timeout=30) for _ in range(2)]
-        server.wait_accepted(int(url.rsplit(":", 1)[1]), 2)
+    with ThreadPoolExecutor(count) as pool:
+        slow = [pool.submit(httpx.get, f"{url}/slow?seconds=60", timeout=30) for _ in range(count)]
+        server.wait_accepted(int(url.rsplit(":", 1)[1]), count)
         _stops_within(server, 2 + PROMPTLY)
         for request in slow:
             with contextlib.suppress(httpx.HTTPError):
                 request.result()
-    server.wait_for(r"^web\.1\s+\| WARNING: 2 requests still running at --graceful-timeout")
+    server.wait_for(rf"^web\.1\s+\| WARNING: {said} still running at --graceful-timeout: cancelled")
 
 
 def test_a_job_run_still_going_at_the_stops_bound_is_stopped_not_failed(corral, tmp_path):

@@ -8,9 +8,11 @@ refuse at once). No mocks: real files, real users, real programs that are not th
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -33,9 +35,11 @@ every = "1h"
 """
 
 
-def _corral(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _corral(
+    directory: Path, *args: str, python: str | Path = sys.executable
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "corral", *args],
+        [python, "-m", "corral", *args],
         cwd=directory,
         stdin=subprocess.DEVNULL,
         capture_output=True,
@@ -304,3 +308,234 @@ def test_check_takes_the_flags_run_takes_and_checks_them_as_run_would(tmp_path):
 def test_a_wrong_flag_or_argument_is_one_line_as_every_other_mistake(tmp_path, args, named):
     line = _one_line(_corral(tmp_path, *args), 2)
     assert line.startswith("corral: error: ") and named in line, line
+
+
+# -- what the workers import, refused before they start ------------------------------------
+
+OPTIONAL = ("zttp", "wsproto")  # corral's extras: corral[zttp], corral[wsproto]
+
+
+@pytest.fixture(scope="module")
+def without_extras(tmp_path_factory) -> Path:
+    """The python of a virtualenv holding every package of this one but zttp and wsproto."""
+    root = tmp_path_factory.mktemp("venv")
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(root)], check=True, timeout=TIMEOUT
+    )
+    python = root / "bin" / "python"
+    where = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    theirs = Path(
+        subprocess.run(
+            [python, "-c", where], capture_output=True, text=True, check=True, timeout=TIMEOUT
+        ).stdout.strip()
+    )
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if not entry.name.startswith(OPTIONAL):
+            (theirs / entry.name).symlink_to(entry)
+    return python
+
+
+@pytest.mark.parametrize(
+    ("flags", "toml", "expected"),
+    [
+        (
+            ["--http", "zttp"],
+            "",
+            "--http: zttp needs the zttp package, not installed: pip install zttp",
+        ),
+        (["--http", "zttp", "--http2"], "", "--http: zttp needs the zttp package"),
+        ([], 'http = "zttp"\nhttp2 = true', "corral.toml: [web] http: zttp needs the zttp package"),
+        (
+            ["--ws", "wsproto"],
+            "",
+            "--ws: wsproto needs the wsproto package, not installed: pip install wsproto",
+        ),
+        ([], 'ws = "wsproto"', "corral.toml: [web] ws: wsproto needs the wsproto package"),
+    ],
+    ids=["http", "http2", "file-http", "ws", "file-ws"],
+)
+def test_a_protocol_whose_package_is_not_installed_is_refused_with_how_to_install_it(
+    tmp_path, without_extras, flags, toml, expected
+):
+    """By `corral run` and `corral check`, flags and file alike."""
+    _project(tmp_path, SOUND.replace("port = 0", f"port = 0\n{toml}"))
+    for command, code in [("run", 2), ("check", 1)]:
+        line = _one_line(_corral(tmp_path, command, *flags, python=without_extras), code)
+        assert line.startswith(f"corral: error: {expected}"), (command, line)
+    if not flags:  # an export is for another machine, where the package may well be
+        exported = _corral(tmp_path, "export", "systemd", python=without_extras)
+        assert exported.returncode == 0, exported.stdout + exported.stderr
+
+
+# -- values written as gunicorn and TOML users write them --------------------------------------
+
+WRITTEN_NATURALLY = """
+[corral]
+only = "web,jobs"
+
+[env]
+PORT = 5
+RATIO = 0.5
+
+[web]
+app = "plain:app"
+bind = "127.0.0.1:0"
+env = { WORKERS_HINT = 2 }
+
+[jobs.tick]
+command = "sh -c 'echo $PORT $RATIO $N'"
+every = "1h"
+env = { N = 3 }
+"""
+
+
+def test_one_address_as_a_string_and_numbers_in_env_tables_are_taken(tmp_path):
+    _project(tmp_path, WRITTEN_NATURALLY)
+    checked = _corral(tmp_path, "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    ran = _corral(tmp_path, "job", "tick")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    assert "tick       | 5 0.5 3" in ran.stdout.splitlines(), ran.stdout
+
+
+def test_one_bind_address_as_a_string_is_taken_by_corral_run_too():
+    from corral.settings import resolve
+
+    system = resolve("plain:app", {"bind": "127.0.0.1:8000"}, None, APPS, str, environ={})
+    assert system.web is not None and system.web.bind == ["127.0.0.1:8000"]
+
+
+def test_an_id_as_a_number_and_trusted_addresses_as_a_list_are_taken(tmp_path):
+    """As gunicorn takes `user = 1000` and uvicorn a list of forwarded_allow_ips."""
+    from corral.settings import resolve
+
+    uid, gid = os.getuid(), os.getgid()
+    toml = (
+        f'[corral]\nuser = {uid}\ngroup = {gid}\n\n[web]\napp = "plain:app"\n'
+        f'user = {uid}\nforwarded_allow_ips = ["127.0.0.1", "10.0.0.0/8"]\n'
+    )
+    _project(tmp_path, toml)
+    checked = _corral(tmp_path, "check")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    system = resolve(None, {}, None, tmp_path, str, environ={})
+    assert system.web is not None
+    assert (system.web.user, system.web.group) == (str(uid), str(gid))
+    assert system.web.forwarded_allow_ips == "127.0.0.1,10.0.0.0/8"
+
+
+def test_a_file_mode_written_as_a_decimal_number_is_refused_saying_how_to_write_it(tmp_path):
+    _project(tmp_path, '[web]\napp = "plain:app"\nuds_permissions = 660\n')
+    line = _one_line(_corral(tmp_path, "check"), 1)
+    assert line == (
+        "corral: error: corral.toml: [web] uds_permissions: expected a file mode from 000 to 777 "
+        "(octal), got the number 660 (0o1224): write it as octal text, '660', "
+        "or as a TOML octal number, 0o660"
+    ), line
+    _project(tmp_path, '[web]\napp = "plain:app"\nuds_permissions = 0o660\n')
+    assert _corral(tmp_path, "check").returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("toml", "expected"),
+    [
+        ("[env]\nPORT = { x = 1 }", "[env]: 'PORT': expected a string or a number, got a table"),
+        (
+            '[web]\napp = "plain:app"\nenv = { PORT = [1] }',
+            "[web] env: 'PORT': expected a string or a number, got an array",
+        ),
+        (
+            '[jobs.tick]\ncommand = "true"\nevery = "1h"\nenv = { DEBUG = true }',
+            "[jobs.tick] env: 'DEBUG': expected a string or a number, got a boolean",
+        ),
+    ],
+    ids=["env", "web", "job"],
+)
+def test_an_env_value_that_is_not_text_or_a_number_is_refused_naming_its_key(
+    tmp_path, toml, expected
+):
+    _project(tmp_path, toml + "\n")
+    line = _one_line(_corral(tmp_path, "check"), 1)
+    assert line == f"corral: error: corral.toml: {expected}", line
+
+
+def test_a_control_address_with_a_port_that_is_not_a_number_is_refused_not_made_a_file(tmp_path):
+    toml = SOUND + '\n[corral]\ncontrol = "127.0.0.1:notaport"\n'
+    expected = (
+        "'127.0.0.1:notaport': expected HOST:PORT with a port number from 0 to 65535; "
+        "a socket path with a ':' needs a '/', such as ./127.0.0.1:notaport"
+    )
+    _project(tmp_path, toml)
+    for command, code in (("run", 2), ("check", 1)):
+        line = _one_line(_corral(tmp_path, command), code)
+        assert line == f"corral: error: corral.toml: [corral] control: {expected}", line
+    line = _one_line(_corral(tmp_path, "run", "--control", "127.0.0.1:notaport"), 2)
+    assert line == f"corral: error: --control: {expected}", line
+    assert not (tmp_path / "127.0.0.1:notaport").exists()
+
+
+# -- TLS files, loaded as a worker loads them ----------------------------------------------------
+
+
+def _tls_files(directory: Path) -> None:
+    """cert.pem and its key.pem, both.pem holding the two, other-key.pem of another certificate."""
+    trustme = pytest.importorskip("trustme")
+    authority = trustme.CA()
+    issued, other = authority.issue_cert("localhost"), authority.issue_cert("localhost")
+    issued.cert_chain_pems[0].write_to_path(str(directory / "cert.pem"))
+    issued.private_key_pem.write_to_path(str(directory / "key.pem"))
+    issued.private_key_and_cert_chain_pem.write_to_path(str(directory / "both.pem"))
+    other.private_key_pem.write_to_path(str(directory / "other-key.pem"))
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (
+            {"certfile": "plain.py"},
+            "certfile: 'plain.py': not a PEM certificate "
+            "([X509: NO_CERTIFICATE_OR_CRL_FOUND] no certificate or crl found)",
+        ),
+        (
+            {"certfile": "cert.pem", "keyfile": "other-key.pem"},
+            "keyfile: 'other-key.pem': not an unencrypted PEM private key of the certificate in "
+            "'cert.pem' ([X509: KEY_VALUES_MISMATCH] key values mismatch)",
+        ),
+        (
+            {"certfile": "cert.pem", "keyfile": "plain.py"},
+            "keyfile: 'plain.py': not an unencrypted PEM private key of the certificate in "
+            "'cert.pem' ([SSL] PEM lib)",
+        ),
+        (
+            {"certfile": "cert.pem"},
+            "certfile: 'cert.pem': no unencrypted private key of its certificate in it: "
+            "give keyfile (--keyfile) too ([SSL] PEM lib)",
+        ),
+        (
+            {"certfile": "both.pem", "ca_certs": "plain.py"},
+            "ca_certs: 'plain.py': not PEM certificates "
+            "([X509: NO_CERTIFICATE_OR_CRL_FOUND] no certificate or crl found)",
+        ),
+    ],
+    ids=["not-a-certificate", "another-key", "not-a-key", "no-key", "not-ca-certs"],
+)
+def test_a_tls_file_that_cannot_be_loaded_is_refused_naming_it_and_ssls_reason(
+    tmp_path, files, expected
+):
+    _tls_files(tmp_path)
+    settings = "\n".join(f'{name} = "{path}"' for name, path in files.items())
+    _project(tmp_path, SOUND.replace("port = 0", f"port = 0\n{settings}"))
+    for command, code in (("run", 2), ("check", 1)):
+        line = _one_line(_corral(tmp_path, command), code)
+        assert line == f"corral: error: corral.toml: [web] {expected}", (command, line)
+    flags = [part for name, path in files.items() for part in (f"--{name.replace('_', '-')}", path)]
+    line = _one_line(_corral(tmp_path, "run", "plain:app", "--port", "0", *flags), 2)
+    assert line == f"corral: error: --{expected.replace('ca_certs', 'ca-certs')}", line
+
+
+@pytest.mark.parametrize("files", [("cert.pem", "key.pem"), ("both.pem",)], ids=["pair", "one"])
+def test_a_sound_certificate_and_key_pass_the_check(tmp_path, files):
+    _tls_files(tmp_path)
+    settings = f'certfile = "{files[0]}"' + (f'\nkeyfile = "{files[1]}"' if files[1:] else "")
+    _project(tmp_path, SOUND.replace("port = 0", f"port = 0\n{settings}"))
+    done = _corral(tmp_path, "check")
+    assert done.returncode == 0, done.stdout + done.stderr

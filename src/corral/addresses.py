@@ -116,19 +116,37 @@ class TcpAddress:
 
 
 def parse_control(value: str) -> UnixAddress | TcpAddress:
-    """HOST:PORT or [IPV6]:PORT is TCP; anything else (anything with a '/' too) is a socket path.
+    """A value with a '/', or without a ':', is a socket path; any other is HOST:PORT or
+    [IPV6]:PORT, with a numeric port.
 
+    So `127.0.0.1:notaport` is refused rather than taken for a file of that
+    name; a socket path with a ':' says it is a path with a '/' (`./name:x`).
     AddressError names `value` and what was expected.
     """
     if not value:
         raise AddressError(
             "an empty control address: expected a socket PATH, HOST:PORT or [IPV6]:PORT"
         )
-    host, colon, port = value.rpartition(":")
-    if not colon or "/" in value or not (port.isascii() and port.isdigit()):
+    if "/" in value or ":" not in value:
         return UnixAddress(unix_socket_path(value))
-    if int(port) > 65535:
-        raise AddressError(f"{value!r}: the port must be a number from 0 to 65535")
+    return _host_and_port(value, f"; a socket path with a ':' needs a '/', such as ./{value}")
+
+
+def parse_tcp(value: str) -> TcpAddress:
+    """HOST:PORT or [IPV6]:PORT, and nothing else (the probes' listener); else AddressError."""
+    if "/" in value or ":" not in value:
+        raise AddressError(f"{value!r}: expected HOST:PORT, such as 0.0.0.0:9000")
+    return _host_and_port(value)
+
+
+def _host_and_port(value: str, hint: str = "") -> TcpAddress:
+    """`value`, which has a ':', as HOST:PORT or [IPV6]:PORT; else AddressError, a bad port's
+    message ending with `hint`."""
+    host, _, port = value.rpartition(":")
+    if not (port.isascii() and port.isdigit()) or int(port) > 65535:
+        raise AddressError(
+            f"{value!r}: expected HOST:PORT with a port number from 0 to 65535{hint}"
+        )
     if host.startswith("[") and host.endswith("]") and len(host) > 2:
         return TcpAddress(host[1:-1], int(port))
     if not host or "[" in host or "]" in host:
@@ -136,11 +154,3 @@ def parse_control(value: str) -> UnixAddress | TcpAddress:
     if ":" in host:
         raise AddressError(f"{value!r}: write an IPv6 address in brackets, as [::1]:9000")
     return TcpAddress(host, int(port))
-
-
-def parse_tcp(value: str) -> TcpAddress:
-    """HOST:PORT or [IPV6]:PORT, and nothing else (the probes' listener); else AddressError."""
-    address = parse_control(value)
-    if not isinstance(address, TcpAddress):
-        raise AddressError(f"{value!r}: expected HOST:PORT, such as 0.0.0.0:9000")
-    return address

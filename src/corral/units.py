@@ -83,8 +83,13 @@ def parse_file_mode(value: Any) -> int:
             value = int(text, 8)
         except ValueError:
             raise ValueError(f"expected an octal file mode such as '660', got {text!r}") from None
-    if not 0 <= value <= 0o777:
-        raise ValueError(f"expected a file mode from 000 to 777 (octal), got {value:o}")
+        if not 0 <= value <= 0o777:
+            raise ValueError(f"expected a file mode from 000 to 777 (octal), got {value:o}")
+    elif not 0 <= value <= 0o777:  # a TOML number: 660 is decimal, 0o1224
+        raise ValueError(
+            f"expected a file mode from 000 to 777 (octal), got the number {value} "
+            f"(0o{value:o}): write it as octal text, '660', or as a TOML octal number, 0o660"
+        )
     return value
 
 

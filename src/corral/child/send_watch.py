@@ -22,6 +22,7 @@ from typing import Any
 
 from corral import posix
 from corral.child.request_log import format_client
+from corral.words import counted
 
 SWEEPS_PER_TIMEOUT = 4
 LONGEST_SWEEP_INTERVAL = 1.0  # seconds
@@ -60,9 +61,9 @@ class SendWatch:
             else:
                 client = format_client(transport.get_extra_info("peername") or None)
                 logger.warning(
-                    "%s took none of %d bytes of output in %gs (--send-timeout): dropped",
+                    "%s took none of %s of output in %gs (--send-timeout): dropped",
                     client,
-                    waiting,
+                    counted(waiting, "byte"),
                     self.timeout,
                 )
                 transport.abort()

@@ -15,6 +15,8 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from corral.words import counted
+
 CANCELLING = "Cancel %s running task(s), timeout graceful shutdown exceeded"  # uvicorn's
 
 
@@ -33,5 +35,7 @@ class PlannedStop(logging.Filter):
             return False
         if record.msg == CANCELLING:
             record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.msg = "%s requests still running at --graceful-timeout are cancelled"
+            if isinstance(record.args, tuple) and len(record.args) == 1:  # uvicorn's: the tasks
+                record.msg = "%s still running at --graceful-timeout: cancelled"
+                record.args = (counted(int(record.args[0]), "request"),)
         return True

@@ -17,7 +17,7 @@ from typing import Any
 from corral.child.app_loader import AppLoadError, attribute_of, call_factory, import_module
 from corral.child.interface import Interface, LooksLikeAFactory, Undecided, app_like, detect
 from corral.settings import WebConfig, app_ref
-from corral.words import with_article
+from corral.words import counted, with_article
 
 NAMES = ("app", "api", "application")
 
@@ -36,7 +36,7 @@ class WebApp:
         kind = type(self.app)
         what = f"{kind.__module__}.{kind.__qualname__}"
         if self.interface == "wsgi":
-            served = f"WSGI, {threads} thread{'s' if threads != 1 else ''} per worker"
+            served = f"WSGI, {counted(threads, 'thread')} per worker"
         elif threads > 1:
             served = f"ASGI (--threads {threads} applies to WSGI apps only)"
         else:

@@ -33,6 +33,7 @@ from corral.exit_codes import FAILURE, USAGE
 from corral.logformat import prefix_for
 from corral.settings import ManagerConfig, env_name
 from corral.settings.base import setting_flag
+from corral.words import counted
 
 
 def _parse_address(
@@ -73,7 +74,7 @@ def control_command(function: Callable[..., None]) -> Callable[..., None]:
         metavar=CONTROL_FLAG.metavar,
         envvar=CONTROL_VARIABLE,
         callback=_parse_address,
-        help="The control API: a socket PATH or HOST:PORT "
+        help="The control API: a socket PATH (with a '/' if it has a ':') or HOST:PORT "
         f"[default: the socket of the corral running here; env: {CONTROL_VARIABLE}]",
     )
     @click.option(
@@ -213,9 +214,9 @@ def dashboard(client: ControlClient, read_only: bool, no_browser: bool) -> None:
     """
     role = "read-only" if read_only else "admin"
     answer = client.post_json("/dashboard/login-code", {"role": role})
-    minutes = answer["expires_in"] / 60
+    minutes = counted(round(answer["expires_in"] / 60), "minute")
     click.echo(answer["url"])
-    click.echo(f"(a one-time login as {answer['role']}, good for {minutes:g} minutes)", err=True)
+    click.echo(f"(a one-time login as {answer['role']}, good for {minutes})", err=True)
     if not no_browser and has_display():
         webbrowser.open(answer["url"])
 

@@ -20,6 +20,7 @@ from corral.control.table import MISSING, render_table
 from corral.control.token import read_token, read_token_path, token_path
 from corral.errors import UsageError
 from corral.posix import is_manager
+from corral.words import counted
 
 # A corral that does not answer its status in this long is listed without its details.
 STATUS_TIMEOUT = 2.0
@@ -32,7 +33,7 @@ class SeveralRunning(UsageError):
         rows = [_describe(pid, path) for pid, path in running.items()]
         table = render_table(("PID", "APP", "CONFIG", "LISTENING", "CONTROL"), rows)
         super().__init__(
-            f"{len(running)} corrals are running in {project}; "
+            f"{counted(len(running), 'corral')} are running in {project}; "
             "pick one with --control PATH (or CORRAL_CONTROL=PATH):\n" + table
         )
 

@@ -16,10 +16,12 @@ import difflib
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from decimal import Decimal
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ByteSize,
     ConfigDict,
     ValidationError,
@@ -51,6 +53,70 @@ class ConfigError(UsageError):
 
     def __init__(self, messages: list[str]) -> None:
         super().__init__(*messages)
+
+
+def _one_or_more(value: Any) -> Any:
+    """A list setting given one value, as a string: a list of it (gunicorn's `bind` takes
+    "127.0.0.1:8000" as well as a list of them)."""
+    return [value] if isinstance(value, str) else value
+
+
+OneOrMore = BeforeValidator(_one_or_more)
+"""The metadata of a list setting that takes one value as a string too."""
+
+
+def _id_as_text(value: Any) -> Any:
+    """A user or group given by its number (`user = 1000`, as gunicorn takes it): its text."""
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+IdAsText = BeforeValidator(_id_as_text)
+"""The metadata of a user or group setting: a name, or an id as text or a number."""
+
+
+def _comma_joined(value: Any) -> Any:
+    """A comma-separated setting given as a list (uvicorn's `forwarded_allow_ips` takes both)."""
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return ",".join(value)
+    return value
+
+
+CommaJoined = BeforeValidator(_comma_joined)
+"""The metadata of a comma-separated setting that takes a list of its items too."""
+
+
+def _environment_table(table: Any) -> Any:
+    """An environment table with its numbers as their decimal text (`PORT = 5` is "5"), as a
+    TOML user writes them; ValueError naming each key whose value is not text or a number.
+
+    A boolean is refused too: "true", "True" and "1" are all said for it.
+    """
+    if not isinstance(table, dict):
+        return table
+    problems = []
+    text = {}
+    for key, value in table.items():
+        if isinstance(value, str):
+            text[key] = value
+        elif isinstance(value, int) and not isinstance(value, bool):
+            text[key] = str(value)
+        elif isinstance(value, float):
+            text[key] = format(Decimal(repr(value)), "f")
+        else:
+            problems.append(f"{key!r}: expected a string or a number, got {_kind(value)}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return text
+
+
+def _kind(value: Any) -> str:
+    """What a TOML value is, in the file's words: a table, an array, a boolean..."""
+    kinds = {dict: "a table", list: "an array", bool: "a boolean"}
+    return kinds.get(type(value), f"{type(value).__name__} {value!r}")
+
+
+Environment = Annotated[dict[str, str], BeforeValidator(_environment_table)]
+"""Environment variables by name, as [env] and every `env` table declare them."""
 
 
 BINDING = "Binding"

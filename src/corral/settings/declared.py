@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from corral.settings import here
-from corral.settings.base import MAX_MEMBERS
+from corral.settings.base import MAX_MEMBERS, Environment
 from corral.units import Duration, PositiveDuration
 
 CONFIG_FILE = "corral.toml"
@@ -52,7 +52,7 @@ class Runnable(_Strict):
         description="A command to run, split as a shell would and run without one, so that "
         "signals reach it.",
     )
-    env: dict[str, str] = Field(
+    env: Environment = Field(
         default_factory=dict, description="Environment variables for it, over [env]'s."
     )
     cwd: Path | None = Field(None, description="The directory it runs in (default: corral's own).")
@@ -250,7 +250,7 @@ class FileConfig(_Strict):
     prestart: PrestartConfig = Field(
         default_factory=PrestartConfig, description="Steps that run once before anything starts."
     )
-    env: dict[str, str] = Field(
+    env: Environment = Field(
         default_factory=dict, description="Environment variables for every process."
     )
     env_file: Path | None = Field(

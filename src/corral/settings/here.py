@@ -23,6 +23,11 @@ def context(directory: Path) -> dict[str, Any]:
     return {DIRECTORY: directory}
 
 
+def runs_here(info: ValidationInfo) -> bool:
+    """Whether these settings are checked for this machine (not for `corral export`'s)."""
+    return (info.context or {}).get(DIRECTORY) is not None
+
+
 def existing_file(value: Path | None, info: ValidationInfo) -> Path | None:
     """`value`, if a readable file is there; ValueError saying what is wrong otherwise."""
     path = _here(value, info)

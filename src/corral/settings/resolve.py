@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from corral.settings import app_ref, identities
+from corral.settings import app_ref, identities, tls
 from corral.settings import here as here_checks
 from corral.settings.base import ConfigError, env_name, explain
 from corral.settings.declared import (
@@ -120,6 +120,8 @@ def validate(file: ConfigFile, context: dict[str, Any] | None = None) -> FileCon
             elif len(keys) == 1 and problem["type"] == "extra_forbidden":
                 messages.append(_unknown_top_level(file, section, problem["input"]))
                 continue
+            elif len(keys) == 1 and isinstance(file.table.get(section), dict):  # [env] whole
+                where = file.where(keys, None)
             else:
                 where = file.where(keys[:-1], keys[-1] if keys else None)
             messages.append(explain(model, where, keys[-1] if keys else "", problem))
@@ -259,6 +261,8 @@ def resolve(
                     f"{web_where('factory')}: a factory is called by its name: "
                     f"give it in the app, as {named}:NAME"
                 )
+            if here:
+                problems += tls.problems(web, directory, web_where)
         except ConfigError as error:
             problems += error.messages
         except ValueError as error:

@@ -7,6 +7,7 @@ corral.toml key (`[web]` or `[corral]`). The CLI is derived from these models.
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -26,6 +27,10 @@ from corral.settings.base import (
     SELECTION,
     TLS,
     WORKERS,
+    CommaJoined,
+    Environment,
+    IdAsText,
+    OneOrMore,
     Settings,
     flag,
 )
@@ -35,6 +40,17 @@ LogLevel = Literal["critical", "error", "warning", "info", "debug", "trace"]
 HttpChoice = Literal["auto", "httptools", "h11", "zttp"]
 WsChoice = Literal["auto", "none", "websockets", "websockets-sansio", "wsproto"]
 
+# The package each --http, --ws and --loop choice imports in the workers, and how to install it
+# ("auto" falls back on what is there). uvicorn[standard] brings the others where it can.
+NEEDS_PACKAGE = {
+    "zttp": ("zttp", "pip install zttp (or corral's extra: corral[zttp])"),
+    "wsproto": ("wsproto", "pip install wsproto (or corral's extra: corral[wsproto])"),
+    "httptools": ("httptools", "pip install httptools"),
+    "websockets": ("websockets", "pip install websockets"),
+    "websockets-sansio": ("websockets", "pip install websockets"),
+    "uvloop": ("uvloop", "pip install uvloop"),
+}
+
 
 class ManagerConfig(Settings):
     """The manager's own settings, with or without a web app: [corral] in corral.toml."""
@@ -42,7 +58,8 @@ class ManagerConfig(Settings):
     control: Annotated[str | None, flag("--control", group=CONTROL, metavar="ADDRESS")] = Field(
         None,
         description="Serve the control API on HOST:PORT too (changes need the token), "
-        "or put its Unix socket at PATH instead of the default.",
+        "or put its Unix socket at PATH instead of the default (a PATH with a ':' "
+        "needs a '/', such as ./name:x).",
     )
     log_format: Annotated[Literal["text", "json"], flag("--log-format", group=LOGGING)] = Field(
         "text", description="text (NAME | line) or json (one object per line)."
@@ -61,12 +78,12 @@ class ManagerConfig(Settings):
         description="Write the access lines to this file instead (reopened on SIGUSR1); "
         "- for stdout. By default they go with the rest of the output.",
     )
-    user: Annotated[str | None, flag("--user", group=PROCESS)] = Field(
+    user: Annotated[str | None, flag("--user", group=PROCESS), IdAsText] = Field(
         None,
         description="Run every child (web, processes, jobs, prestart) as this user "
         "(name or uid); the manager keeps its own identity.",
     )
-    group: Annotated[str | None, flag("--group", group=PROCESS)] = Field(
+    group: Annotated[str | None, flag("--group", group=PROCESS), IdAsText] = Field(
         None,
         description="Run every child as this group (name or gid); by default, the user's own.",
     )
@@ -78,10 +95,12 @@ class ManagerConfig(Settings):
         description="Serve /livez, /readyz and /metrics, and nothing else, on HOST:PORT "
         "(no token: for a container's probes and a metrics scraper).",
     )
-    only: Annotated[list[str], flag("--only", group=SELECTION, metavar="GROUPS")] = Field(
-        default_factory=list,
-        description="Run only these groups, comma-separated: web, jobs (or jobs.NAME), "
-        "a process group (or one of its replicas, NAME.N); prestart is skipped.",
+    only: Annotated[list[str], flag("--only", group=SELECTION, metavar="GROUPS"), OneOrMore] = (
+        Field(
+            default_factory=list,
+            description="Run only these groups, comma-separated: web, jobs (or jobs.NAME), "
+            "a process group (or one of its replicas, NAME.N); prestart is skipped.",
+        )
     )
 
     @field_validator("only")
@@ -114,7 +133,9 @@ class WebConfig(Settings):
         description="The app (ASGI or WSGI): MODULE:ATTRIBUTE (main:app), a file "
         "(main.py, src/app/main.py, optionally with :ATTRIBUTE) or a package folder."
     )
-    bind: Annotated[list[str], flag("--bind", "-b", group=BINDING, metavar="ADDRESS")] = Field(
+    bind: Annotated[
+        list[str], flag("--bind", "-b", group=BINDING, metavar="ADDRESS"), OneOrMore
+    ] = Field(
         default_factory=list,
         description="Listen on HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N; repeatable. "
         "Replaces --host/--port.",
@@ -210,7 +231,7 @@ class WebConfig(Settings):
     http: Annotated[HttpChoice, flag("--http", group=HTTP)] = Field(
         "auto",
         description="HTTP protocol implementation (uvicorn's): httptools (auto), h11 "
-        "(pure Python) or zttp (pip install zttp; needed for --http2).",
+        "(pure Python) or zttp (pip install 'corral[zttp]'; needed for --http2).",
     )
     http2: Annotated[bool, flag("--http2/--no-http2", group=HTTP)] = Field(
         False,
@@ -220,7 +241,7 @@ class WebConfig(Settings):
     ws: Annotated[WsChoice, flag("--ws", group=HTTP)] = Field(
         "auto",
         description="WebSocket protocol implementation (uvicorn's): websockets (auto), "
-        "websockets-sansio, wsproto, or none.",
+        "websockets-sansio, wsproto (pip install 'corral[wsproto]'), or none.",
     )
     ws_drain_grace: Annotated[Duration, flag("--ws-drain-grace", group=HTTP, metavar="SECONDS")] = (
         Field(
@@ -239,7 +260,7 @@ class WebConfig(Settings):
         "and from a peer on a Unix socket.",
     )
     forwarded_allow_ips: Annotated[
-        str, flag("--forwarded-allow-ips", group=HTTP, metavar="IPS")
+        str, flag("--forwarded-allow-ips", group=HTTP, metavar="IPS"), CommaJoined
     ] = Field(
         "127.0.0.1,::1",
         description="Comma-separated addresses and networks to trust proxy headers from "
@@ -346,18 +367,18 @@ class WebConfig(Settings):
         "directory changes. For development.",
     )
 
-    user: str | None = Field(
+    user: Annotated[str | None, IdAsText] = Field(
         None,
         description="Run the web processes as this user instead of [corral]'s user (file only).",
     )
-    group: str | None = Field(
+    group: Annotated[str | None, IdAsText] = Field(
         None,
         description="Run the web processes as this group instead of [corral]'s group (file only).",
     )
     env_file: Annotated[Path | None, flag("--env-file", group=PROCESS, metavar="PATH")] = Field(
         None, description="Load environment variables for the app from this .env file."
     )
-    env: dict[str, str] = Field(
+    env: Environment = Field(
         default_factory=dict, description="Environment variables for the web processes (file only)."
     )
 
@@ -399,12 +420,29 @@ class WebConfig(Settings):
             raise ValueError("a key goes with its certificate: give certfile (--certfile) too")
         return value
 
+    @field_validator("http", "ws", "loop")
+    @classmethod
+    def _installed(cls, choice: str, info: ValidationInfo) -> str:
+        """A choice whose package is not installed would fail in every worker, after the start:
+        refused here, without importing it (`find_spec`: a worker imports it, not the manager).
+
+        Only for this machine (`here`): `corral export` writes for another one.
+        """
+        if choice in NEEDS_PACKAGE and here.runs_here(info):
+            package, install = NEEDS_PACKAGE[choice]
+            if importlib.util.find_spec(package) is None:
+                raise ValueError(f"{choice} needs the {package} package, not installed: {install}")
+        return choice
+
     @field_validator("http2")
     @classmethod
     def _http2_by_zttp(cls, http2: bool, info: ValidationInfo) -> bool:
-        """http is declared (so validated) before http2: a refusal names http2."""
-        http = info.data.get("http", "auto")
-        if http2 and http != "zttp":
+        """http is declared (so validated) before http2: a refusal names http2.
+
+        An http refused already (not in `info.data`) is not named again here.
+        """
+        http = info.data.get("http")
+        if http2 and http is not None and http != "zttp":
             raise ValueError(
                 f"HTTP/2 is served by zttp: give http zttp (--http zttp) too, not {http!r}"
             )
