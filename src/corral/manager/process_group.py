@@ -28,6 +28,7 @@ from corral.manager.respawn import Respawner
 from corral.manager.spawn import Spawned, argv_for, signal_group, spawn
 from corral.settings import ProcessConfig
 from corral.settings.base import MAX_MEMBERS
+from corral.words import counted
 
 
 class ProcessGroup(Group):
@@ -217,7 +218,7 @@ class ProcessGroup(Group):
             raise Refused(f"{self.name}: the number of replicas cannot be negative")
         if count > MAX_MEMBERS:
             raise Refused(f"{self.name}: {count} replicas is more than corral runs ({MAX_MEMBERS})")
-        self.output.say(f"scaling {self.name} to {count} replicas")
+        self.output.say(f"scaling {self.name} to {counted(count, 'replica')}")
         self.work.start(self._scale_to(count))
         return f"{self.name} to {count}"
 

@@ -180,7 +180,7 @@ class WebGroup(Group):
             if not child.stopped_accepting.done():
                 child.stopped_accepting.set_result(None)
         elif isinstance(message, Recycle):
-            self._replace(child, message.reason, f"served {message.requests} requests")
+            self._replace(child, message.reason, f"served {counted(message.requests, 'request')}")
 
     # -- transitions -------------------------------------------------------------
 
