@@ -12,6 +12,7 @@ import click
 from click.core import ParameterSource
 from pydantic import BaseModel
 
+from corral.control.commands import COMMANDS
 from corral.errors import UsageError
 from corral.exit_codes import FAILURE, USAGE
 from corral.settings import (
@@ -133,28 +134,7 @@ def fail(messages: list[str]) -> None:
     sys.exit(USAGE)
 
 
-class Main(click.Group):
-    """corral's commands. The verbs that talk to a running corral (`corral.control.commands`)
-    are imported only when one is invoked or listed: `corral run` starts sooner without the
-    control client and its imports."""
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name not in self.commands:
-            self._add_verbs()
-        return super().get_command(ctx, cmd_name)
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        self._add_verbs()
-        return super().list_commands(ctx)
-
-    def _add_verbs(self) -> None:
-        from corral.control.commands import COMMANDS
-
-        for command in COMMANDS:
-            self.add_command(command)
-
-
-@click.group(cls=Main, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", "-V", prog_name="corral")
 def main() -> None:
     """corral runs a Python web application: ASGI workers, supervised."""
@@ -194,6 +174,10 @@ def run(ctx: click.Context, app: str | None, config_path: Path | None, **_: Any)
     from corral.manager.supervisor import Manager
 
     sys.exit(Manager(system, load).run())
+
+
+for command in COMMANDS:
+    main.add_command(command)
 
 
 def resolve_or_exit(config_path: Path | None, code: int = FAILURE) -> System:

@@ -34,9 +34,7 @@ def _target(value: str | None) -> str | None:
 
 
 class _Strict(BaseModel):
-    # Each model's validator is built when first used, not at import: a plain `corral run APP`
-    # (no corral.toml) never uses these, and building them cost its start about 20 ms.
-    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Runnable(_Strict):

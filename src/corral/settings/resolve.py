@@ -157,7 +157,7 @@ def resolve(
     """
     file = find(explicit, directory)
     problems: list[str] = []
-    declared = FileConfig.model_construct()  # no file: the defaults, nothing to validate
+    declared = FileConfig()
     if file is not None:
         try:
             declared = validate(file)
