@@ -279,6 +279,22 @@ def start(
 # --- the peers' environment --------------------------------------------------------------
 
 
+def compile_project(python: Path | str) -> str:
+    """Compile the project's modules to bytecode, as pip does when it installs a wheel; a note.
+
+    An editable install run with PYTHONDONTWRITEBYTECODE=1 (or from a read-only tree) would
+    otherwise compile every corral module at every start, while the peers, installed by pip,
+    start from bytecode: 0.04-0.05 s more to the first 200 (measured), which an installed
+    corral does not pay.
+    """
+    code = (
+        "import compileall, os, corral; "
+        "compileall.compile_dir(os.path.dirname(corral.__file__), quiet=1)"
+    )
+    subprocess.run([str(python), "-c", code], check=True, timeout=300)
+    return f"{SUBJECT}'s modules were compiled to bytecode before the run, as pip does at install"
+
+
 def has_gunicorn_asgi_worker(python: Path) -> bool:
     """Whether this gunicorn has its own ASGI worker (`-k asgi`, gunicorn 24 and later)."""
     code = "import gunicorn.workers as w; print('asgi' in w.SUPPORTED_WORKERS)"
@@ -1058,6 +1074,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     began = time.monotonic()
     peers = harness.ensure_peers(args.upgrade_peers)
     servers, notes = select_servers(args.servers, peers)
+    notes.append(compile_project(sys.executable))
     for note in notes:
         print(note, file=sys.stderr)
     settings = Settings(

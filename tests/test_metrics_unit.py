@@ -382,3 +382,16 @@ def test_a_directory_corral_makes_is_handed_to_the_apps_user(
     prepare_multiprocess_dir({})
 
     assert chowned == [(private, 1001, 1002), (made, 1001, -1)]
+
+
+def test_an_exit_without_files_leaves_prometheus_client_unimported(tmp_path: Path) -> None:
+    """A worker of an app without metrics is replaced without waiting for that import."""
+    code = (
+        "import sys; from pathlib import Path; from corral.manager.metrics import Metrics; "
+        f"Metrics(Path({str(tmp_path)!r})).worker_exited({DEAD_PID}); "
+        "print('prometheus_client' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True
+    )
+    assert done.stdout.strip() == "False"

@@ -154,7 +154,9 @@ class Metrics:
         snapshot = self._live.pop(pid, None)
         if snapshot is not None:
             self._exited.add(snapshot)
-        if self.multiprocess_dir is not None:
+        # Only if it wrote any: the first import of prometheus_client (about 30 ms) would
+        # otherwise delay the replacement of every crashed worker of an app that writes none.
+        if self.multiprocess_dir is not None and _has_process_files(self.multiprocess_dir, pid):
             from prometheus_client.multiprocess import mark_process_dead
 
             mark_process_dead(pid, str(self.multiprocess_dir))
@@ -368,6 +370,16 @@ def prepare_multiprocess_dir(
     if created and owner is not None:
         os.chown(path, *owner)
     return path, owned
+
+
+def _has_process_files(path: Path, pid: int) -> bool:
+    """Whether process `pid` wrote prometheus_client files in `path`."""
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(path):
+            match = _PROCESS_FILE.fullmatch(entry.name)
+            if match and int(match[1]) == pid:
+                return True
+    return False
 
 
 def _remove_stale_files(path: Path) -> None:
