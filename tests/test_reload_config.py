@@ -103,7 +103,7 @@ def test_sighup_applies_a_changed_env_file_to_web_and_processes(corral, tmp_path
     (tmp_path / ".env").write_text("FEATURE=on\n")
     mark = server.mark()
     server.send(signal.SIGHUP)
-    server.wait_for(r"reload complete: 1 workers run the new code", after=mark)
+    server.wait_for(r"reload complete: 1 worker on the new code", after=mark)
     server.wait_for(r"^consumer\.1\s+\| consumer sees FEATURE=on$", after=mark)
     assert httpx.get(url, headers={"Connection": "close"}).text.startswith("on ")
     assert server.stop() == 0
@@ -246,7 +246,7 @@ def test_a_reload_after_one_that_added_a_process_group_is_applied_too(corral, tm
     mark = server.mark()
     server.send(signal.SIGHUP)
     server.wait_for(r"^extra\.1\s+\| extra sees FEATURE=on$", after=mark, timeout=20)
-    assert server.count(r"a reload is already under way") == 0, server.output
+    assert "ignored" not in server.output, server.output
     assert server.stop() == 0
 
 

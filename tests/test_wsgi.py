@@ -153,7 +153,7 @@ def test_a_reload_under_load_loses_no_request_and_serves_the_new_code(
         env_file.write_text("FLASKAPP_VERSION=v2\n")
         mark = server.mark()
         server.send(signal.SIGHUP)
-        server.wait_for(r"reload complete: 2 workers run the new code", after=mark, timeout=20)
+        server.wait_for(r"reload complete: 2 workers on the new code", after=mark, timeout=20)
     finally:
         result = load_result(load)
     print(f"{preload}: {result.requests} requests, {result.failures} failed")

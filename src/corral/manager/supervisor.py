@@ -85,6 +85,7 @@ class Manager:
         self.identity: dict[str, Any] = {}  # who every child runs as ([corral] user, group)
         self.background = Background()
         self.reloading: asyncio.Task[None] | None = None  # a reload of everything
+        self.reload_again = False  # a reload was asked for while one was under way
         self.started = asyncio.Event()  # every group declared at start has started
         self.reload_count = 0
         self.metrics = Metrics(None)
@@ -414,8 +415,9 @@ class Manager:
         if name is not None:
             return self.group(name).reload()
         if self.reloading is not None and not self.reloading.done():
-            self.output.say("a reload is already under way; this one is ignored")
-            raise Refused("a reload is already under way; this one is ignored")
+            self.reload_again = True  # several asked meanwhile make one more
+            self.output.say("a reload is under way; another follows it")
+            return "reloading everything once the reload under way is done"
         declared = self._read_again()
         self.reloading = self.background.start(self._reload_everything(declared))
         return "reloading everything"
@@ -436,15 +438,24 @@ class Manager:
             ) from None
 
     async def _reload_everything(self, declared: System | None) -> None:
+        """Reload, then once more if a reload was asked for meanwhile (with the configuration
+        as it is then): a change made during a reload is not lost."""
         await self.started.wait()  # a reload asked for while corral starts waits for it
-        if self.stopping:
-            return
-        self.reload_count += 1
-        self.notify.reloading()
-        try:
-            await self._reload_groups(declared)
-        finally:
-            self.notify.ready()  # over, whether it worked or not: the old code still serves
+        while not self.stopping:
+            self.reload_count += 1
+            self.notify.reloading()
+            try:
+                await self._reload_groups(declared)
+            finally:
+                self.notify.ready()  # over, whether it worked or not: the old code still serves
+            if not self.reload_again or self.stopping:
+                return
+            self.reload_again = False
+            self.output.say("reloading again: a reload was asked for during the last one")
+            try:
+                declared = self._read_again()
+            except Refused:  # said in the log; the system stays as the last reload left it
+                return
 
     async def _reload_groups(self, declared: System | None) -> None:
         """Apply `declared` (the configuration re-read), then reload every group, and wait."""
