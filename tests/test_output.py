@@ -134,6 +134,7 @@ def test_a_job_runs_lines_appear_as_printed(corral, tmp_path, kind):
                 [jobs.long]
                 {job}
                 every = "1h"
+                timeout = "3s"  # the stop waits for the run this long at most
             """,
         },
     )
