@@ -41,6 +41,7 @@ import sys
 import time
 from pathlib import Path
 
+import harness
 import psutil
 
 APPS = Path(__file__).parent / "apps"
@@ -50,12 +51,6 @@ DEFAULT_VARIANTS = (
     "corral --no-access-log --no-request-metrics",
     "uvicorn --no-access-log",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def command(variant: str, app: str, port: int) -> tuple[list[str], bool]:
@@ -104,10 +99,7 @@ def wrk(port: int, path: str, seconds: float) -> int:
         text=True,
         check=True,
     ).stdout
-    found = re.search(r"(\d+) requests in", report)
-    if found is None:
-        raise RuntimeError(f"wrk reported no requests:\n{report}")
-    return int(found.group(1))
+    return harness.parse_wrk(report).requests
 
 
 def cpu_per_request(
@@ -115,7 +107,7 @@ def cpu_per_request(
 ) -> tuple[float, float | None] | None:
     """CPU microseconds per request of the worker and of corral's manager (None for a bare
     uvicorn); None when profiled (py-spy costs the worker CPU)."""
-    port = free_port()
+    port = harness.free_port()
     argv, corral = command(variant, app, port)
     server = subprocess.Popen(argv, cwd=APPS, stdout=subprocess.DEVNULL)
     try:
