@@ -44,7 +44,7 @@ from uvicorn.protocols.http import httptools_impl
 from uvicorn.server import ServerState
 
 from corral.child.client_limits import ClientLimits, LimitedHttpToolsProtocol
-from corral.child.request_log import LoggedEntry, RecordSessions, RequestLog
+from corral.child.request_log import RecordSessions, RequestLog
 from corral.settings import WebConfig
 
 IDLE_DRAIN_GRACE = 1.0  # seconds a draining worker keeps an idle keep-alive connection
@@ -96,33 +96,8 @@ def use_cycles(module: Any, cycle: type) -> type:
 
 
 def record(requests: RequestLog, cycle: Any) -> None:
-    """Append the finished request of `cycle` to the worker's block of entries.
-
-    The entry is what /metrics counts (`Entry`), and with the access log on
-    what its line needs after that (`LoggedEntry`).
-    """
-    entries = requests.entries
-    if not entries:
-        requests.schedule()
-    scope = cycle.scope
-    if requests.writer is None:
-        entries.append((scope["method"], cycle.status, cycle.started, perf_counter_ns()))
-    else:
-        entries.append(logged_entry(cycle, perf_counter_ns()))
-
-
-def logged_entry(cycle: Any, ended: int) -> LoggedEntry:
-    scope = cycle.scope
-    return (
-        scope["method"],
-        cycle.status,
-        cycle.started,
-        ended,
-        scope["client"],
-        scope["path"],
-        scope["query_string"],
-        scope["http_version"],
-    )
+    """Append the finished request of `cycle` to the worker's block of entries."""
+    requests.record(cycle.scope, cycle.scope["method"], cycle.status, cycle.started)
 
 
 class DrainingH1:
