@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -43,6 +43,11 @@ def _croniter() -> Any:
     return croniter
 
 
+def _zone(config: JobConfig) -> tzinfo:
+    """The time zone a job's cron schedule is read in: its `timezone`, else UTC."""
+    return ZoneInfo(config.timezone) if config.timezone else timezone.utc
+
+
 def tick_environment(tick: float) -> dict[str, str]:
     """What a run learns of itself: CORRAL_JOB_TICK, the Unix time of the tick it runs for.
 
@@ -59,8 +64,8 @@ def latest_tick(config: JobConfig, now: float) -> float:
     `every` schedule, which has no grid outside corral."""
     if config.schedule is None:
         return now
-    zone = ZoneInfo(config.timezone) if config.timezone else timezone.utc
-    just_after = datetime.fromtimestamp(now + 0.001, zone)  # a run started right on its tick
+    # Just after `now`: a run started right on its tick runs for that tick.
+    just_after = datetime.fromtimestamp(now + 0.001, _zone(config))
     tick: float = _croniter()(config.schedule, just_after).get_prev(float)
     return tick
 
@@ -77,7 +82,7 @@ class Schedule:
         self.clock = clock
         self.start = clock()
         self.last: float | None = None  # the last time handed out by next_run
-        self.zone = ZoneInfo(config.timezone) if config.timezone else timezone.utc
+        self.zone = _zone(config)
         self.wildcard = config.schedule is not None and repeats_within_the_day(config.schedule)
         if config.schedule is not None:
             self.minutes, self.hours = _croniter().expand(config.schedule)[0][:2]
